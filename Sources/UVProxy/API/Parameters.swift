@@ -1,0 +1,147 @@
+/// Request parameters from the query string and, for form posts, the body (SPEC §2:
+/// "query string or application/x-www-form-urlencoded body"; the query wins).
+///
+/// Looks names up in the raw bytes without building a dictionary: a poll has two or three
+/// parameters, and decoding only happens for values actually used.
+public struct Parameters {
+    let query: ArraySlice<UInt8>
+    let form: ArraySlice<UInt8>?
+
+    public init(query: ArraySlice<UInt8>, form: ArraySlice<UInt8>? = nil) {
+        self.query = query
+        self.form = form
+    }
+
+    /// The raw (still percent-encoded) value of `name`, or nil if absent.
+    public func raw(_ name: StaticString) -> ArraySlice<UInt8>? {
+        if let v = Parameters.find(name, in: query) { return v }
+        if let form, let v = Parameters.find(name, in: form) { return v }
+        return nil
+    }
+
+    /// The value from the query string only.
+    public func rawQuery(_ name: StaticString) -> ArraySlice<UInt8>? { Parameters.find(name, in: query) }
+
+    /// The value from the form body only.
+    public func rawForm(_ name: StaticString) -> ArraySlice<UInt8>? { form.flatMap { Parameters.find(name, in: $0) } }
+
+    public func has(_ name: StaticString) -> Bool { raw(name) != nil }
+
+    /// The decoded value of `name`.
+    public func bytes(_ name: StaticString) -> [UInt8]? { raw(name).map(Parameters.decode) }
+
+    public func string(_ name: StaticString) -> String? { bytes(name).map { String(decoding: $0, as: UTF8.self) } }
+
+    /// A whole number: nil if absent, `.failure` if not digits.
+    public func unsigned(_ name: StaticString) -> Result<UInt64, ParameterError>? {
+        guard let raw = raw(name) else { return nil }
+        guard let n = Parameters.parseUnsigned(Parameters.decode(raw)[...]) else {
+            return .failure(ParameterError("\(name) must be a non-negative integer"))
+        }
+        return .success(n)
+    }
+
+    /// Seconds with optional decimals ("2", "0.5"), as milliseconds.
+    public func milliseconds(_ name: StaticString) -> Result<UInt64, ParameterError>? {
+        guard let raw = raw(name) else { return nil }
+        guard let ms = Parameters.parseSeconds(Parameters.decode(raw)[...]) else {
+            return .failure(ParameterError("\(name) must be a non-negative number of seconds"))
+        }
+        return .success(ms)
+    }
+
+    /// A flag: "1", "true", "yes", "on" (or present with no value) are true.
+    public func flag(_ name: StaticString) -> Bool {
+        guard let raw = raw(name) else { return false }
+        let v = Parameters.decode(raw).map(asciiLower)
+        return v.isEmpty || v == Array("1".utf8) || v == Array("true".utf8) || v == Array("yes".utf8) || v == Array("on".utf8)
+    }
+
+    static func find(_ name: StaticString, in bytes: ArraySlice<UInt8>) -> ArraySlice<UInt8>? {
+        let key = UnsafeBufferPointer(start: name.utf8Start, count: name.utf8CodeUnitCount)
+        var i = bytes.startIndex
+        let end = bytes.endIndex
+        while i < end {
+            var j = i
+            while j < end && bytes[j] != UInt8(ascii: "&") { j += 1 }
+            // pair is bytes[i..<j]
+            var eq = i
+            while eq < j && bytes[eq] != UInt8(ascii: "=") { eq += 1 }
+            if eq - i == key.count && bytes[i..<eq].elementsEqual(key) {
+                return eq < j ? bytes[(eq + 1)..<j] : bytes[j..<j]
+            }
+            i = j + 1
+        }
+        return nil
+    }
+
+    /// Percent-decoding with `+` as space (form encoding). Bad escapes are kept as they are.
+    public static func decode(_ raw: ArraySlice<UInt8>) -> [UInt8] {
+        var out: [UInt8] = []
+        out.reserveCapacity(raw.count)
+        var i = raw.startIndex
+        while i < raw.endIndex {
+            let c = raw[i]
+            if c == UInt8(ascii: "+") {
+                out.append(0x20)
+            } else if c == UInt8(ascii: "%"), i + 2 < raw.endIndex,
+                      let h = hex(raw[i + 1]), let l = hex(raw[i + 2]) {
+                out.append(h << 4 | l)
+                i += 3
+                continue
+            } else {
+                out.append(c)
+            }
+            i += 1
+        }
+        return out
+    }
+
+    static func hex(_ c: UInt8) -> UInt8? {
+        switch c {
+        case UInt8(ascii: "0")...UInt8(ascii: "9"): return c - UInt8(ascii: "0")
+        case UInt8(ascii: "a")...UInt8(ascii: "f"): return c - UInt8(ascii: "a") + 10
+        case UInt8(ascii: "A")...UInt8(ascii: "F"): return c - UInt8(ascii: "A") + 10
+        default: return nil
+        }
+    }
+
+    static func parseUnsigned(_ s: ArraySlice<UInt8>) -> UInt64? {
+        guard !s.isEmpty, s.count <= 20 else { return nil }
+        var n: UInt64 = 0
+        for c in s {
+            guard c >= 48 && c <= 57 else { return nil }
+            let (m, o1) = n.multipliedReportingOverflow(by: 10)
+            let (a, o2) = m.addingReportingOverflow(UInt64(c - 48))
+            if o1 || o2 { return nil }
+            n = a
+        }
+        return n
+    }
+
+    /// "12", "0.5", "1.250" → milliseconds (digits past the third decimal are ignored).
+    static func parseSeconds(_ s: ArraySlice<UInt8>) -> UInt64? {
+        let dot = s.firstIndex(of: UInt8(ascii: "."))
+        let whole = s[s.startIndex..<(dot ?? s.endIndex)]
+        let fraction = dot.map { s[($0 + 1)...] } ?? []
+        if whole.isEmpty && fraction.isEmpty { return nil }
+        let seconds: UInt64
+        if whole.isEmpty { seconds = 0 } else {
+            guard let w = parseUnsigned(whole), w < 1_000_000_000 else { return nil }
+            seconds = w
+        }
+        var ms: UInt64 = 0
+        var scale: UInt64 = 100
+        for c in fraction {
+            guard c >= 48 && c <= 57 else { return nil }
+            ms += UInt64(c - 48) * scale
+            scale /= 10
+        }
+        return seconds * 1000 + ms
+    }
+}
+
+public struct ParameterError: Error, Equatable {
+    public let reason: String
+    init(_ reason: String) { self.reason = reason }
+}

@@ -1,0 +1,329 @@
+/// Settings of the HTTP API that a reload may change.
+public struct APISettings: Sendable {
+    public var defaultTarget: Target
+    public var targets: [String: Target]
+    public var token: String?
+    public var corsOrigin: String?
+    public var maxWaitMs: UInt64 = 60_000
+    public var serveWebPage = false
+
+    public init(defaultTarget: Target, targets: [String: Target] = [:]) {
+        self.defaultTarget = defaultTarget
+        self.targets = targets
+    }
+
+    func target(named name: String?) -> Target? {
+        guard let name, name != "default", name != defaultTarget.name else { return defaultTarget }
+        return targets[name]
+    }
+}
+
+/// The `/sessions` and `/mud` API over a `SessionTable` (SPEC §2). Plain request → response
+/// logic: it sees requests and an `HTTPConnection` to answer on, never a socket.
+public final class ProxyAPI: HTTPHandler {
+    public var settings: APISettings
+    public let table: SessionTable
+    private let clock: () -> UInt64
+    /// Held long-polls right now.
+    public internal(set) var longPolls = 0
+    public internal(set) var eventStreams = 0
+    var metricsText: (() -> [UInt8])?
+    private var tokenBytes: [UInt8]?
+
+    public init(settings: APISettings, table: SessionTable, clock: @escaping () -> UInt64) {
+        self.settings = settings
+        self.table = table
+        self.clock = clock
+        tokenBytes = settings.token.map { Array("Bearer \($0)".utf8) }
+    }
+
+    public func update(_ settings: APISettings) {
+        self.settings = settings
+        tokenBytes = settings.token.map { Array("Bearer \($0)".utf8) }
+    }
+
+    // MARK: HTTPHandler
+
+    public func handle(_ request: HTTPRequest, on connection: HTTPConnection) {
+        let (path, query) = Router.split(request.target)
+        if request.method == .options, settings.corsOrigin != nil {
+            respondPreflight(connection)
+            return
+        }
+        guard let route = Router.route(path: path) else {
+            return error(connection, .notFound, "no such path")
+        }
+        if route == .webPage && !settings.serveWebPage {
+            return error(connection, .notFound, "no such path")
+        }
+        guard route.allows(request.method) else {
+            return error(connection, .methodNotAllowed, "method not allowed", allow: route.allow)
+        }
+        if route != .healthz, let tokenBytes, !constantTimeEquals(request.authorization, tokenBytes) {
+            connection.begin(.unauthorized)
+            connection.header("WWW-Authenticate", "Bearer")
+            return finishError(connection, "missing or wrong bearer token")
+        }
+        let params = Parameters(query: query, form: request.hasFormBody ? request.body[...] : nil)
+        switch route {
+        case .sessions:
+            create(connection, params, compat: false)
+        case .session(let id):
+            guard let session = lookup(id, connection) else { return }
+            if request.method == .delete {
+                table.delete(session)
+                respondEmpty(connection)
+            } else {
+                read(connection, session, params, compat: false)
+            }
+        case .input(let id):
+            guard let session = lookup(id, connection) else { return }
+            input(connection, session, request, params, respond: true)
+        case .events(let id):
+            guard lookup(id, connection) != nil else { return }
+            error(connection, .notFound, "event streams are not enabled in this build")
+        case .mud:
+            mud(connection, request, params)
+        case .healthz:
+            respond(connection, .ok, contentType: "text/plain", body: Array("ok".utf8))
+        case .metrics:
+            respond(connection, .ok, contentType: "text/plain; version=0.0.4", body: metricsText?() ?? [])
+        case .webPage:
+            respond(connection, .ok, contentType: "text/html; charset=utf-8", body: [])
+        }
+    }
+
+    public func heldRequestTimedOut(on connection: HTTPConnection) {
+        (connection.attachment as? PendingRequest)?.answer()
+    }
+
+    public func connectionWillClose(_ connection: HTTPConnection) {
+        (connection.attachment as? PendingRequest)?.cancel()
+    }
+
+    // MARK: Create
+
+    private func create(_ connection: HTTPConnection, _ params: Parameters, compat: Bool) {
+        let name = compat ? nil : params.string("target")
+        guard let target = settings.target(named: name) else {
+            return error(connection, .badRequest, "unknown target '\(name ?? "")'")
+        }
+        connection.hold(until: nil)
+        table.create(target: target) { [unowned self] result in
+            switch result {
+            case .success(let session):
+                var id: [UInt8] = []
+                session.id.write(to: &id)
+                if compat {
+                    connection.begin(.ok)
+                    connection.header("X-Session-Id", bytes: id)
+                    connection.finish(contentType: "text/plain", body: id)
+                } else {
+                    var body: [UInt8] = []
+                    body.append("{\"id\": ")
+                    body.appendJSONString(id)
+                    body.append(", \"target\": ")
+                    body.appendJSONString(target.name.utf8)
+                    body.append(", \"state\": ")
+                    body.append(session.isOpen ? "\"open\"}" : "\"closed\"}")
+                    connection.begin(.created)
+                    connection.header("Location", bytes: Array("/sessions/".utf8) + id)
+                    connection.finish(contentType: "application/json", body: body)
+                }
+            case .failure(.full):
+                error(connection, .serviceUnavailable, "session limit reached (\(table.settings.maxSessions) open)",
+                      retryAfter: true)
+            case .failure(.failed(let why)):
+                error(connection, .badGateway, "cannot connect to target '\(target.name)': \(why)")
+            case .failure(.timedOut):
+                error(connection, .gatewayTimeout,
+                      "no connection to target '\(target.name)' within \(target.connectTimeoutMs / 1000) s")
+            }
+        }
+    }
+
+    // MARK: Read
+
+    private func read(_ connection: HTTPConnection, _ session: Session, _ params: Parameters, compat: Bool) {
+        var since: UInt64?
+        var waitMs: UInt64 = 0
+        var max = Int.max
+        switch params.unsigned("since") {
+        case .failure(let e)?: return error(connection, .badRequest, e.reason)
+        case .success(let n)?: since = n
+        case nil: break
+        }
+        switch params.milliseconds("wait") {
+        case .failure(let e)?: return error(connection, .badRequest, e.reason)
+        case .success(let ms)?: waitMs = min(ms, settings.maxWaitMs)
+        case nil: break
+        }
+        switch params.unsigned("max") {
+        case .failure(let e)?: return error(connection, .badRequest, e.reason)
+        case .success(let n)?:
+            guard n >= 1 else { return error(connection, .badRequest, "max must be at least 1") }
+            max = Int(clamping: n)
+        case nil: break
+        }
+        let offset = since ?? session.delivered
+        switch session.ring.check(offset) {
+        case .beyondEnd:
+            return error(connection, .badRequest, "since \(offset) is beyond the end of the stream (\(session.ring.end))")
+        case .evicted:
+            connection.begin(.conflict)
+            connection.header("X-Offset-Base", session.ring.base)
+            return finishError(connection, "bytes before offset \(session.ring.base) were evicted")
+        case .ok:
+            break
+        }
+        let now = clock()
+        session.lastTouched = now
+        session.acknowledge(upTo: offset)
+        if offset < session.ring.end || !session.isOpen || waitMs == 0 {
+            return respondRead(connection, session: session, from: offset, max: max, compat: compat)
+        }
+        let pending = pendingRequest(for: connection)
+        pending.read = PendingRequest.Read(session: session, since: offset, max: max, compat: compat)
+        longPolls += 1
+        session.setWaiter(pending)
+        connection.hold(until: now + waitMs)
+    }
+
+    func respondRead(_ connection: HTTPConnection, session: Session, from offset: UInt64, max: Int, compat: Bool) {
+        guard session.ring.check(offset) == .ok else {
+            // Only possible if history was evicted while the read waited.
+            connection.begin(.conflict)
+            connection.header("X-Offset-Base", session.ring.base)
+            return finishError(connection, "bytes before offset \(session.ring.base) were evicted")
+        }
+        let length = Int(min(session.ring.end - offset, UInt64(max)))
+        session.delivered = offset + UInt64(length)
+        connection.begin(.ok)
+        connection.header("X-Offset", offset)
+        connection.header("X-Next-Offset", offset + UInt64(length))
+        if let reason = session.closeReason {
+            connection.header("X-Session-State", "closed")
+            connection.header("X-Close-Reason", reason.text)
+        } else {
+            connection.header("X-Session-State", "open")
+        }
+        session.ring.withBytes(from: offset, max: length) { a, b in
+            connection.finish(contentType: compat ? "text/plain" : "application/octet-stream", a, b)
+        }
+    }
+
+    private func pendingRequest(for connection: HTTPConnection) -> PendingRequest {
+        if let p = connection.attachment as? PendingRequest { return p }
+        let p = PendingRequest(connection: connection, api: self)
+        connection.attachment = p
+        return p
+    }
+
+    // MARK: Input
+
+    /// Sends the command of `request` to `session`. With `respond`, answers 204; otherwise
+    /// answers only errors and returns whether the caller may go on.
+    @discardableResult
+    private func input(_ connection: HTTPConnection, _ session: Session, _ request: HTTPRequest,
+                       _ params: Parameters, respond: Bool) -> Bool {
+        var seq: UInt64?
+        switch params.unsigned("seq") {
+        case .failure(let e)?: error(connection, .badRequest, e.reason); return false
+        case .success(let n)?:
+            guard n >= 1 else { error(connection, .badRequest, "seq must be at least 1"); return false }
+            seq = n
+        case nil: break
+        }
+        session.lastTouched = clock()
+        let raw = params.flag("raw")
+        let command: [UInt8]
+        if let q = params.rawQuery("cmd") {
+            command = Parameters.decode(q)
+        } else if let f = params.rawForm("cmd") {
+            command = Parameters.decode(f)
+        } else if respond {
+            command = request.body
+        } else {
+            return true  // /mud without cmd: a plain read
+        }
+        let result = command.withUnsafeBytes { bytes -> Session.InputResult in
+            let crlf = UnsafeRawBufferPointer(start: UnsafeRawPointer(("\r\n" as StaticString).utf8Start), count: 2)
+            if raw { return session.sendInput(bytes, .init(start: nil, count: 0), seq: seq) }
+            let (keep, append) = LineEnding.terminate(command)
+            return session.sendInput(UnsafeRawBufferPointer(rebasing: bytes[0..<keep]),
+                                     append ? crlf : .init(start: nil, count: 0), seq: seq)
+        }
+        switch result {
+        case .queued, .duplicate:
+            if respond {
+                connection.begin(.noContent)
+                if result == .duplicate { connection.header("X-Duplicate", "1") }
+                connection.finish(contentType: nil)
+            }
+            return true
+        case .closed:
+            error(connection, .conflict, "session is closed (\(session.closeReason?.text ?? "closed"))")
+        case .full:
+            error(connection, .serviceUnavailable, "too much input is waiting for the target", retryAfter: true)
+        }
+        return false
+    }
+
+    // MARK: /mud
+
+    private func mud(_ connection: HTTPConnection, _ request: HTTPRequest, _ params: Parameters) {
+        guard let idBytes = params.raw("id") else {
+            return create(connection, params, compat: true)
+        }
+        guard let session = SessionID(text: Parameters.decode(idBytes)).flatMap(table.session) else {
+            return error(connection, .notFound, "unknown session")
+        }
+        guard input(connection, session, request, params, respond: false) else { return }
+        read(connection, session, params, compat: true)
+    }
+
+    // MARK: Helpers
+
+    private func lookup(_ id: SessionID?, _ connection: HTTPConnection) -> Session? {
+        if let id, let session = table.session(id) { return session }
+        error(connection, .notFound, "unknown session")
+        return nil
+    }
+
+    private func respondEmpty(_ connection: HTTPConnection) {
+        connection.begin(.noContent)
+        connection.finish(contentType: nil)
+    }
+
+    private func respond(_ connection: HTTPConnection, _ status: HTTPStatus, contentType: StaticString, body: [UInt8]) {
+        connection.begin(status)
+        connection.finish(contentType: contentType, body: body)
+    }
+
+    private func respondPreflight(_ connection: HTTPConnection) {
+        connection.begin(.noContent)
+        connection.header("Access-Control-Allow-Methods", "GET, POST, DELETE, OPTIONS")
+        connection.header("Access-Control-Allow-Headers", "Authorization, Content-Type, Last-Event-ID")
+        connection.header("Access-Control-Max-Age", "86400")
+        connection.finish(contentType: nil)
+    }
+
+    func error(_ connection: HTTPConnection, _ status: HTTPStatus, _ reason: String,
+               allow: StaticString? = nil, retryAfter: Bool = false) {
+        connection.begin(status)
+        if let allow { connection.header("Allow", allow) }
+        if retryAfter { connection.header("Retry-After", "1") }
+        finishError(connection, reason)
+    }
+
+    private func finishError(_ connection: HTTPConnection, _ reason: String) {
+        connection.finishError(reason)
+    }
+}
+
+/// Compares without an early exit, so the time taken does not reveal how much matched.
+func constantTimeEquals(_ a: [UInt8], _ b: [UInt8]) -> Bool {
+    var diff = UInt8(a.count == b.count ? 0 : 1)
+    for i in 0..<b.count { diff |= (i < a.count ? a[i] : 0) ^ b[i] }
+    return diff == 0
+}

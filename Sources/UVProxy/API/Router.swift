@@ -1,0 +1,91 @@
+/// The API's paths (SPEC §2).
+public enum Route: Equatable, Sendable {
+    case sessions                       // /sessions
+    case session(SessionID?)            // /sessions/{id}
+    case input(SessionID?)              // /sessions/{id}/input
+    case events(SessionID?)             // /sessions/{id}/events
+    case mud                            // /mud
+    case healthz
+    case metrics
+    case webPage                        // /
+
+    /// The methods the path allows, for `405` and its `Allow` header.
+    public var allow: StaticString {
+        switch self {
+        case .sessions: return "POST"
+        case .session: return "GET, DELETE"
+        case .input: return "POST"
+        case .events: return "GET"
+        case .mud: return "GET, POST"
+        case .healthz, .metrics, .webPage: return "GET"
+        }
+    }
+
+    public func allows(_ method: HTTPMethod) -> Bool {
+        switch (self, method) {
+        case (.sessions, .post), (.session, .get), (.session, .delete), (.input, .post), (.events, .get),
+             (.mud, .get), (.mud, .post), (.healthz, .get), (.metrics, .get), (.webPage, .get):
+            return true
+        default:
+            return false
+        }
+    }
+}
+
+/// Splits a request-target into path and query and finds its route.
+public enum Router {
+    /// `nil` when no route has that path (404). A syntactically valid id segment that is not
+    /// one of ours routes with a nil id, so the API answers "unknown session".
+    public static func route(path: ArraySlice<UInt8>) -> Route? {
+        var p = path
+        if p.count > 1, p.last == UInt8(ascii: "/") { p = p.dropLast() }
+        if p.elementsEqual("/".utf8) { return .webPage }
+        if p.elementsEqual("/mud".utf8) { return .mud }
+        if p.elementsEqual("/healthz".utf8) { return .healthz }
+        if p.elementsEqual("/metrics".utf8) { return .metrics }
+        let prefix = "/sessions".utf8
+        guard p.starts(with: prefix) else { return nil }
+        var rest = p.dropFirst(prefix.count)
+        if rest.isEmpty { return .sessions }
+        guard rest.first == UInt8(ascii: "/") else { return nil }
+        rest = rest.dropFirst()
+        let slash = rest.firstIndex(of: UInt8(ascii: "/")) ?? rest.endIndex
+        let idText = rest[rest.startIndex..<slash]
+        guard isIDSyntax(idText) else { return nil }
+        let id = SessionID(text: idText)
+        let tail = rest[slash...]
+        if tail.isEmpty { return .session(id) }
+        if tail.elementsEqual("/input".utf8) { return .input(id) }
+        if tail.elementsEqual("/events".utf8) { return .events(id) }
+        return nil
+    }
+
+    /// 1 to 64 characters of `[A-Za-z0-9_-]` (SPEC §1).
+    static func isIDSyntax(_ s: ArraySlice<UInt8>) -> Bool {
+        guard (1...64).contains(s.count) else { return false }
+        return s.allSatisfy { c in
+            (c >= 48 && c <= 57) || (c >= 65 && c <= 90) || (c >= 97 && c <= 122) || c == 45 || c == 95
+        }
+    }
+
+    /// Path and query of a request-target (a fragment, if any, is dropped).
+    public static func split(_ target: [UInt8]) -> (path: ArraySlice<UInt8>, query: ArraySlice<UInt8>) {
+        var all = target[...]
+        if let hash = all.firstIndex(of: UInt8(ascii: "#")) { all = all[..<hash] }
+        guard let q = all.firstIndex(of: UInt8(ascii: "?")) else { return (all, all[all.endIndex...]) }
+        return (all[..<q], all[(q + 1)...])
+    }
+}
+
+/// The line-ending rule for commands (SPEC §2, Input): `\r\n` stays, a bare final `\n`
+/// becomes `\r\n`, anything else gets `\r\n` appended.
+public enum LineEnding {
+    /// How many bytes of `command` to send, and whether `\r\n` follows them.
+    public static func terminate<C: BidirectionalCollection>(_ command: C) -> (keep: Int, appendCRLF: Bool)
+        where C.Element == UInt8 {
+        let n = command.count
+        guard let last = command.last, last == 0x0A else { return (n, true) }
+        if n >= 2, command[command.index(command.endIndex, offsetBy: -2)] == 0x0D { return (n, false) }
+        return (n - 1, true)
+    }
+}

@@ -1,0 +1,106 @@
+/// Everything the daemon is configured with (SPEC §4). Flags fill it today; the config file and
+/// the environment fill the same fields.
+public struct ProxyConfig: Sendable {
+    public var listen = "127.0.0.1:8181"
+    public var upstream = "127.0.0.1:9000"
+    /// Named targets, `NAME=HOST:PORT`.
+    public var targets: [String: String] = [:]
+    public var maxSessions = 10_000
+    public var bufferSize = 1_048_576
+    public var idleTimeout: Double = 600
+    public var linger: Double = 60
+    public var maxWait: Double = 60
+    public var connectTimeout: Double = 10
+    public var token: String?
+    public var corsOrigin: String?
+    public var telnet = false
+    public var logLevel = "info"
+    /// Start the demo game on a loopback port and make it the default target.
+    public var demo = false
+    /// Serve the web client page at `/`.
+    public var web = false
+    public var shutdownTimeout: Double = 10
+
+    public init() {}
+
+    /// Rejects values no daemon could run with; the message names the setting.
+    public func validate() throws {
+        func positive(_ name: String, _ v: Double) throws {
+            guard v.isFinite, v > 0 else { throw ConfigError("\(name): must be a positive number, got \(v)") }
+        }
+        func nonNegative(_ name: String, _ v: Double) throws {
+            guard v.isFinite, v >= 0 else { throw ConfigError("\(name): must be zero or more, got \(v)") }
+        }
+        guard maxSessions >= 1 else { throw ConfigError("max-sessions: must be at least 1, got \(maxSessions)") }
+        guard bufferSize >= 1024 else { throw ConfigError("buffer-size: must be at least 1024 bytes, got \(bufferSize)") }
+        guard bufferSize <= 1 << 30 else { throw ConfigError("buffer-size: must be at most 1 GiB, got \(bufferSize)") }
+        try nonNegative("idle-timeout", idleTimeout)
+        try nonNegative("linger", linger)
+        try nonNegative("max-wait", maxWait)
+        try positive("connect-timeout", connectTimeout)
+        try positive("shutdown-timeout", shutdownTimeout)
+        if let token, token.isEmpty { throw ConfigError("token: must not be empty") }
+        let levels = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
+        guard levels.contains(logLevel.lowercased()) else {
+            throw ConfigError("log-level: must be one of \(levels.joined(separator: ", ")), got '\(logLevel)'")
+        }
+        for name in targets.keys where !ProxyConfig.isTargetName(name) {
+            throw ConfigError("target: '\(name)' is not a valid name (letters, digits, '-', '_', '.')")
+        }
+    }
+
+    static func isTargetName(_ s: String) -> Bool {
+        !s.isEmpty && s.count <= 64 && s.utf8.allSatisfy { c in
+            (c >= 48 && c <= 57) || (c >= 65 && c <= 90) || (c >= 97 && c <= 122) || c == 45 || c == 95 || c == 46
+        }
+    }
+
+    /// Parses `NAME=HOST:PORT`.
+    public static func parseTarget(_ text: String) throws -> (String, String) {
+        guard let eq = text.firstIndex(of: "=") else { throw ConfigError("target: '\(text)' is not NAME=HOST:PORT") }
+        let name = String(text[..<eq])
+        let address = String(text[text.index(after: eq)...])
+        guard isTargetName(name) else { throw ConfigError("target: '\(name)' is not a valid name") }
+        return (name, address)
+    }
+
+    static func ms(_ seconds: Double) -> UInt64 { UInt64((seconds * 1000).rounded()) }
+
+    var sessionSettings: SessionSettings {
+        var s = SessionSettings()
+        s.maxSessions = maxSessions
+        s.bufferSize = bufferSize
+        s.idleTimeoutMs = ProxyConfig.ms(idleTimeout)
+        s.lingerMs = ProxyConfig.ms(linger)
+        return s
+    }
+
+    /// Resolves every target address (names are resolved here, at start-up or reload).
+    func apiSettings(defaultAddress: SocketAddress? = nil) throws -> APISettings {
+        let timeout = ProxyConfig.ms(connectTimeout)
+        let address: SocketAddress
+        do { address = try defaultAddress ?? SocketAddress(parsing: upstream) } catch {
+            throw ConfigError("upstream: \(error)")
+        }
+        var settings = APISettings(defaultTarget: Target(name: "default", address: address, telnet: telnet,
+                                                         connectTimeoutMs: timeout))
+        for (name, text) in targets {
+            do {
+                settings.targets[name] = Target(name: name, address: try SocketAddress(parsing: text), telnet: telnet,
+                                                connectTimeoutMs: timeout)
+            } catch {
+                throw ConfigError("target \(name): \(error)")
+            }
+        }
+        settings.token = token
+        settings.corsOrigin = corsOrigin
+        settings.maxWaitMs = ProxyConfig.ms(maxWait)
+        settings.serveWebPage = web || demo
+        return settings
+    }
+}
+
+public struct ConfigError: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ d: String) { description = d }
+}

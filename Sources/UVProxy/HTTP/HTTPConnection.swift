@@ -1,0 +1,345 @@
+/// What serves requests. Every request handed to `handle` must get exactly one response
+/// (`respond…`, or a stream that ends), now or later; later means the connection is "held"
+/// and pipelined requests behind it wait, in order.
+public protocol HTTPHandler: AnyObject {
+    func handle(_ request: HTTPRequest, on connection: HTTPConnection)
+    /// The deadline set with `hold(until:)` passed: answer the held request now.
+    func heldRequestTimedOut(on connection: HTTPConnection)
+    /// The connection is going away; drop any reference to a held request.
+    func connectionWillClose(_ connection: HTTPConnection)
+}
+
+/// Limits of the HTTP layer (SPEC §2, "HTTP conformance and limits").
+public struct HTTPLimits: Sendable {
+    public var maxHeader = 8 * 1024
+    public var maxBody = 64 * 1024
+    public var headerTimeoutMs: UInt64 = 10_000
+    public var keepAliveTimeoutMs: UInt64 = 75_000
+    /// Stop reading a client whose unread responses exceed this (slow reader protection).
+    public var maxQueuedResponseBytes = 4 * 1024 * 1024
+    public init() {}
+}
+
+/// One client connection: bytes in → http_parser → one request at a time to the handler →
+/// responses out, in request order.
+public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate, DeadlineOwner {
+    let stream: TCPStream
+    private let parser: HTTPRequestParser
+    private unowned let server: HTTPServer
+    /// Free for the handler (the API keeps its per-connection state here).
+    public var attachment: AnyObject?
+    /// Whether the request being answered asked to keep the connection.
+    private var keepAlive = true
+    private var isHTTP10 = false
+    private var requestReady = false
+    private var inParseLoop = false
+    /// A request was handed to the handler and not answered yet.
+    public private(set) var awaitingResponse = false
+    /// A streamed response (SSE) is in progress.
+    public private(set) var isStreaming = false
+    /// Bytes received while a request was outstanding, parsed once it is answered.
+    private var unparsed: [UInt8] = []
+    private var unparsedStart = 0
+    private var head: [UInt8] = []
+    private var lastActivity: UInt64
+    private enum Phase { case open, lingering, closed }
+    private var phase = Phase.open
+    private enum TimerKind { case idle, headers, held, linger }
+    private var timerKind = TimerKind.idle
+    public var deadline: UInt64 = 0
+    public var deadlineSlot: Int = -1
+
+    init(stream: TCPStream, server: HTTPServer) {
+        self.stream = stream
+        self.server = server
+        parser = HTTPRequestParser(maxBody: server.limits.maxBody)
+        lastActivity = stream.loop.now
+        parser.delegate = self
+        stream.delegate = self
+        stream.startReading()
+        schedule(.idle, at: lastActivity + server.limits.keepAliveTimeoutMs)
+    }
+
+    public var isOpen: Bool { phase == .open }
+    public var peerAddress: SocketAddress? { stream.peerAddress }
+    var loop: EventLoop { stream.loop }
+
+    // MARK: Bytes in
+
+    public func stream(_ stream: TCPStream, didRead bytes: UnsafeRawBufferPointer) {
+        lastActivity = loop.now
+        switch phase {
+        case .closed, .lingering:
+            return  // lingering: read and discard until the peer closes
+        case .open:
+            break
+        }
+        if awaitingResponse || unparsed.count > unparsedStart {
+            unparsed.append(contentsOf: bytes)
+            if unparsed.count - unparsedStart > server.limits.maxHeader + server.limits.maxBody + 4096 {
+                stream.stopReading()  // enough queued; resume when answered
+            }
+            return
+        }
+        let consumed = parseLoop(bytes)
+        if consumed < bytes.count, phase == .open {
+            unparsed.append(contentsOf: UnsafeRawBufferPointer(rebasing: bytes[consumed...]))
+        }
+    }
+
+    public func stream(_ stream: TCPStream, didEnd error: Int32) {
+        // The client went away (or half-closed). A held request can no longer be answered.
+        close()
+    }
+
+    public func streamDidDrainWrites(_ stream: TCPStream) {
+        if phase == .open, !awaitingResponse, unparsed.count > unparsedStart { parseUnparsed() }
+    }
+
+    /// Parses as many whole requests from `bytes` as can be answered now; returns bytes consumed.
+    private func parseLoop(_ bytes: UnsafeRawBufferPointer) -> Int {
+        inParseLoop = true
+        defer { inParseLoop = false }
+        var offset = 0
+        while phase == .open, !awaitingResponse, offset < bytes.count,
+              stream.queuedWriteBytes <= server.limits.maxQueuedResponseBytes {
+            switch parser.parse(UnsafeRawBufferPointer(rebasing: bytes[offset...])) {
+            case .success(let n):
+                offset += n
+                if requestReady {
+                    requestReady = false
+                    dispatch()
+                } else if parser.inHeaders, timerKind != .headers {
+                    schedule(.headers, at: loop.now + server.limits.headerTimeoutMs)
+                }
+                if n == 0 && !awaitingResponse && phase == .open && !requestReady { return offset }
+            case .failure(let error):
+                fail(error)
+                return bytes.count
+            }
+        }
+        return offset
+    }
+
+    private func parseUnparsed() {
+        guard unparsed.count > unparsedStart else { return }
+        let consumed = unparsed.withUnsafeBytes { all in
+            parseLoop(UnsafeRawBufferPointer(rebasing: all[unparsedStart...]))
+        }
+        unparsedStart += consumed
+        if unparsedStart >= unparsed.count {
+            unparsed.removeAll(keepingCapacity: unparsed.capacity <= 16 * 1024)
+            unparsedStart = 0
+        }
+        if phase == .open, !stream.isReading { stream.startReading() }
+    }
+
+    // MARK: Requests
+
+    func parserDidCompleteHeaders(_ request: HTTPRequest) {
+        if request.expectContinue, !request.isHTTP10, !awaitingResponse {
+            head.removeAll(keepingCapacity: true)
+            head.append(HTTPStatus.continue.statusLine)
+            head.append("\r\n")
+            head.withUnsafeBytes { _ = stream.write($0) }
+        }
+    }
+
+    func parserDidCompleteRequest(_ request: inout HTTPRequest) {
+        requestReady = true
+    }
+
+    private func dispatch() {
+        awaitingResponse = true
+        keepAlive = parser.request.keepAlive
+        isHTTP10 = parser.request.isHTTP10
+        server.metrics.requests += 1
+        server.handler?.handle(parser.request, on: self)
+        parser.resume()
+    }
+
+    private func fail(_ error: HTTPParseError) {
+        keepAlive = false
+        awaitingResponse = true
+        switch error {
+        case .malformed(let why): respondError(.badRequest, "malformed request: \(why)")
+        case .headersTooLarge: respondError(.headersTooLarge, "request line and headers exceed \(server.limits.maxHeader) bytes")
+        case .bodyTooLarge: respondError(.payloadTooLarge, "request body exceeds \(server.limits.maxBody) bytes")
+        }
+    }
+
+    // MARK: Holding a request (long-poll, pending create)
+
+    /// Keeps the current request open; `heldRequestTimedOut` is called at `until` (loop ms) if set.
+    public func hold(until: UInt64?) {
+        if let until { schedule(.held, at: until) } else { cancelTimer() }
+    }
+
+    // MARK: Responses
+
+    /// Starts a response: the status line. Add headers with `header`, finish with `finish`.
+    public func begin(_ status: HTTPStatus) {
+        head.removeAll(keepingCapacity: true)
+        head.append(status.statusLine)
+        server.metrics.statusCounts[status.rawValue] += 1
+        if let cors = server.corsHeaders { head.append(contentsOf: cors) }
+    }
+
+    public func header(_ name: StaticString, _ value: StaticString) {
+        head.append(name); head.append(": "); head.append(value); head.append("\r\n")
+    }
+
+    public func header(_ name: StaticString, _ value: UInt64) {
+        head.append(name); head.append(": "); head.appendDecimal(value); head.append("\r\n")
+    }
+
+    public func header<C: Collection>(_ name: StaticString, bytes: C) where C.Element == UInt8 {
+        head.append(name); head.append(": "); head.append(contentsOf: bytes); head.append("\r\n")
+    }
+
+    public func header(_ name: StaticString, _ value: String) {
+        header(name, bytes: value.utf8)
+    }
+
+    /// Ends the head and sends it with a body of up to two parts (a ring buffer's two halves).
+    public func finish(contentType: StaticString?, _ a: UnsafeRawBufferPointer = .init(start: nil, count: 0),
+                       _ b: UnsafeRawBufferPointer = .init(start: nil, count: 0)) {
+        guard phase == .open, awaitingResponse else { return }
+        if let contentType { header("Content-Type", contentType) }
+        header("Content-Length", UInt64(a.count + b.count))
+        endHead()
+        head.withUnsafeBytes { _ = stream.write($0, a, b) }
+        responseDone()
+    }
+
+    public func finish(contentType: StaticString?, body: [UInt8]) {
+        body.withUnsafeBytes { finish(contentType: contentType, $0) }
+    }
+
+    private func endHead() {
+        head.append("Cache-Control: no-store\r\n")
+        if !keepAlive || !server.isAccepting {
+            keepAlive = false
+            head.append("Connection: close\r\n")
+        } else if isHTTP10 {
+            head.append("Connection: keep-alive\r\n")
+        }
+        head.append("\r\n")
+    }
+
+    /// A JSON error: `{"error": "…"}`.
+    public func respondError(_ status: HTTPStatus, _ reason: String) {
+        begin(status)
+        finishError(reason)
+    }
+
+    /// Ends a response begun with an error status with the JSON error body.
+    public func finishError(_ reason: String) {
+        var body: [UInt8] = []
+        body.append("{\"error\": ")
+        body.appendJSONString(reason.utf8)
+        body.append("}")
+        finish(contentType: "application/json", body: body)
+    }
+
+    /// Starts a response of unknown length (SSE). The connection closes when it ends.
+    public func beginStream(contentType: StaticString) {
+        guard phase == .open, awaitingResponse else { return }
+        keepAlive = false
+        isStreaming = true
+        header("Content-Type", contentType)
+        endHead()
+        head.withUnsafeBytes { _ = stream.write($0) }
+        cancelTimer()
+    }
+
+    public func writeStream(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer = .init(start: nil, count: 0)) {
+        guard phase == .open, isStreaming else { return }
+        stream.write(a, b)
+    }
+
+    public var queuedWriteBytes: Int { stream.queuedWriteBytes }
+
+    public func endStream() {
+        guard isStreaming else { return }
+        isStreaming = false
+        responseDone()
+    }
+
+    private func responseDone() {
+        awaitingResponse = false
+        server.metrics.countResponse()
+        if !keepAlive {
+            startLingeringClose()
+            return
+        }
+        schedule(.idle, at: lastActivity + server.limits.keepAliveTimeoutMs)
+        if !inParseLoop { parseUnparsed() }
+    }
+
+    // MARK: Closing
+
+    /// Half-closes after the response and discards input for a moment, so the client reads the
+    /// response instead of a reset caused by unread request bytes.
+    private func startLingeringClose() {
+        guard phase == .open else { return }
+        phase = .lingering
+        server.handler?.connectionWillClose(self)
+        stream.shutdown()
+        if !stream.isReading { stream.startReading() }
+        schedule(.linger, at: loop.now + 2_000)
+    }
+
+    public func close() {
+        guard phase != .closed else { return }
+        if phase == .open { server.handler?.connectionWillClose(self) }
+        phase = .closed
+        awaitingResponse = false
+        cancelTimer()
+        stream.close()
+        server.connectionClosed(self)
+        attachment = nil
+    }
+
+    // MARK: Timers
+
+    private func schedule(_ kind: TimerKind, at: UInt64) {
+        timerKind = kind
+        loop.deadlines.schedule(self, at: at)
+    }
+
+    private func cancelTimer() {
+        timerKind = .idle
+        loop.deadlines.cancel(self)
+    }
+
+    public func deadlineReached(now: UInt64) {
+        switch timerKind {
+        case .idle:
+            guard phase == .open, !awaitingResponse else { return }
+            let due = lastActivity + server.limits.keepAliveTimeoutMs
+            if now >= due {
+                close()
+            } else if parser.inHeaders {
+                schedule(.headers, at: lastActivity + server.limits.headerTimeoutMs)
+            } else {
+                schedule(.idle, at: due)
+            }
+        case .headers:
+            guard phase == .open, !awaitingResponse else { return }
+            guard parser.inHeaders else {  // headers done, body still coming: idle rules apply
+                schedule(.idle, at: lastActivity + server.limits.keepAliveTimeoutMs)
+                return
+            }
+            keepAlive = false
+            awaitingResponse = true
+            respondError(.requestTimeout, "request headers not complete within \(server.limits.headerTimeoutMs / 1000) seconds")
+        case .held:
+            guard phase == .open, awaitingResponse else { return }
+            timerKind = .idle
+            server.handler?.heldRequestTimedOut(on: self)
+        case .linger:
+            close()
+        }
+    }
+}

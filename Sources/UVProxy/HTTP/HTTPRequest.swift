@@ -1,0 +1,69 @@
+/// The request methods the API distinguishes.
+public enum HTTPMethod: Sendable {
+    case get, head, post, put, delete, options, other
+
+    init(parserMethod: UInt32) {
+        switch parserMethod {
+        case 0: self = .delete
+        case 1: self = .get
+        case 2: self = .head
+        case 3: self = .post
+        case 4: self = .put
+        case 6: self = .options
+        default: self = .other
+        }
+    }
+}
+
+/// One parsed request. The connection reuses a single instance, so the arrays keep their
+/// capacity from request to request: a poll allocates nothing here.
+///
+/// Only the headers the proxy acts on are kept; the rest are skipped as they are parsed.
+public struct HTTPRequest {
+    public var method: HTTPMethod = .get
+    public var target: [UInt8] = []          // request-target as sent: path and query
+    public var versionMinor: Int = 1
+    public var versionMajor: Int = 1
+    public var keepAlive = true
+    public var body: [UInt8] = []
+    public var contentType: [UInt8] = []
+    public var authorization: [UInt8] = []
+    public var lastEventID: [UInt8]? = nil
+    public var origin: [UInt8]? = nil
+    public var forwardedFor: [UInt8]? = nil
+    public var expectContinue = false
+    var transferEncodingCount = 0
+    var contentLengthCount = 0
+
+    public init() {}
+
+    mutating func reset() {
+        method = .get
+        target.removeAll(keepingCapacity: true)
+        body.removeAll(keepingCapacity: true)
+        contentType.removeAll(keepingCapacity: true)
+        authorization.removeAll(keepingCapacity: true)
+        lastEventID = nil
+        origin = nil
+        forwardedFor = nil
+        expectContinue = false
+        transferEncodingCount = 0
+        contentLengthCount = 0
+        keepAlive = true
+    }
+
+    public var isHTTP10: Bool { versionMajor == 1 && versionMinor == 0 }
+
+    /// Whether the body is a form (`application/x-www-form-urlencoded`, parameters allowed).
+    public var hasFormBody: Bool {
+        let name = Array("application/x-www-form-urlencoded".utf8)
+        guard contentType.count >= name.count else { return false }
+        for i in 0..<name.count where asciiLower(contentType[i]) != name[i] { return false }
+        return contentType.count == name.count || contentType[name.count] == UInt8(ascii: ";")
+            || contentType[name.count] == UInt8(ascii: " ")
+    }
+}
+
+@inline(__always) func asciiLower(_ c: UInt8) -> UInt8 {
+    (c >= 65 && c <= 90) ? c | 0x20 : c
+}

@@ -1,0 +1,166 @@
+import CUV
+
+/// Why a request could not be parsed; each maps to one status code.
+public enum HTTPParseError: Error, Equatable {
+    case malformed(String)        // 400, connection closed
+    case headersTooLarge          // 431
+    case bodyTooLarge             // 413
+}
+
+/// What the parser tells its owner.
+protocol HTTPRequestParserDelegate: AnyObject {
+    /// Headers are complete and acceptable; `Expect: 100-continue` may be answered now.
+    func parserDidCompleteHeaders(_ request: HTTPRequest)
+    /// A whole request has arrived; the parser is paused until `resume()`.
+    func parserDidCompleteRequest(_ request: inout HTTPRequest)
+}
+
+/// http_parser (the C library) driven for requests: collects one `HTTPRequest` at a time and
+/// pauses after each, so pipelined requests are handed out one by one, in order.
+///
+/// The C callbacks find this object through `http_parser.data` (unretained: the parser never
+/// outlives its owner). This file is the only place that touches http_parser.
+final class HTTPRequestParser {
+    private let parser: UnsafeMutablePointer<http_parser>
+    private let settings: UnsafeMutablePointer<http_parser_settings>
+    unowned(unsafe) var delegate: HTTPRequestParserDelegate?
+    private(set) var request = HTTPRequest()
+    let maxBody: Int
+    private var field: [UInt8] = []
+    private var value: [UInt8] = []
+    private var inValue = false
+    private var failure: HTTPParseError?
+    /// True between the first byte of a request and its headers' end (the 408 clock runs).
+    private(set) var inHeaders = false
+
+    /// Sets http_parser's process-wide header limit (request line plus headers).
+    static func setMaxHeaderSize(_ bytes: Int) { http_parser_set_max_header_size(UInt32(bytes)) }
+
+    init(maxBody: Int) {
+        self.maxBody = maxBody
+        parser = .allocate(capacity: 1)
+        settings = .allocate(capacity: 1)
+        settings.initialize(to: http_parser_settings())
+        http_parser_init(parser, HTTP_REQUEST)
+        parser.pointee.data = nil
+        settings.pointee.on_message_begin = { p in
+            let me = HTTPRequestParser.from(p)
+            me.request.reset()
+            me.field.removeAll(keepingCapacity: true)
+            me.value.removeAll(keepingCapacity: true)
+            me.inValue = false
+            me.inHeaders = true
+            return 0
+        }
+        settings.pointee.on_url = { p, at, len in
+            HTTPRequestParser.from(p).request.target.append(contentsOf: UnsafeRawBufferPointer(start: at, count: len))
+            return 0
+        }
+        settings.pointee.on_header_field = { p, at, len in
+            let me = HTTPRequestParser.from(p)
+            if me.inValue { if !me.commitHeader() { return 1 } }
+            for byte in UnsafeRawBufferPointer(start: at, count: len) { me.field.append(asciiLower(byte)) }
+            return 0
+        }
+        settings.pointee.on_header_value = { p, at, len in
+            let me = HTTPRequestParser.from(p)
+            me.inValue = true
+            me.value.append(contentsOf: UnsafeRawBufferPointer(start: at, count: len))
+            return 0
+        }
+        settings.pointee.on_headers_complete = { p in
+            let me = HTTPRequestParser.from(p)
+            return me.headersComplete(p!)
+        }
+        settings.pointee.on_body = { p, at, len in
+            let me = HTTPRequestParser.from(p)
+            guard me.request.body.count + len <= me.maxBody else {
+                me.failure = .bodyTooLarge
+                return 1
+            }
+            me.request.body.append(contentsOf: UnsafeRawBufferPointer(start: at, count: len))
+            return 0
+        }
+        settings.pointee.on_message_complete = { p in
+            let me = HTTPRequestParser.from(p)
+            http_parser_pause(p, 1)
+            me.delegate?.parserDidCompleteRequest(&me.request)
+            return 0
+        }
+    }
+
+    deinit {
+        parser.deallocate()
+        settings.deallocate()
+    }
+
+    private static func from(_ p: UnsafeMutablePointer<http_parser>?) -> HTTPRequestParser {
+        Unmanaged<HTTPRequestParser>.fromOpaque(p!.pointee.data).takeUnretainedValue()
+    }
+
+    /// Parses `bytes` until they run out, a request completes (then it pauses) or an error.
+    /// Returns how many bytes were consumed, or the error.
+    func parse(_ bytes: UnsafeRawBufferPointer) -> Result<Int, HTTPParseError> {
+        parser.pointee.data = Unmanaged.passUnretained(self).toOpaque()
+        let consumed = http_parser_execute(parser, settings, bytes.baseAddress?.assumingMemoryBound(to: CChar.self), bytes.count)
+        let errno = http_errno(rawValue: parser.pointee.http_errno)
+        if errno == HPE_OK || errno == HPE_PAUSED { return .success(consumed) }
+        if let failure { return .failure(failure) }
+        if errno == HPE_HEADER_OVERFLOW { return .failure(.headersTooLarge) }
+        return .failure(.malformed(String(cString: http_errno_description(errno))))
+    }
+
+    /// Lets the parser continue after a completed request.
+    func resume() { http_parser_pause(parser, 0) }
+
+    private func headersComplete(_ p: UnsafeMutablePointer<http_parser>) -> Int32 {
+        if inValue, !commitHeader() { return 1 }
+        inHeaders = false
+        request.method = HTTPMethod(parserMethod: UInt32(p.pointee.method))
+        request.versionMajor = Int(p.pointee.http_major)
+        request.versionMinor = Int(p.pointee.http_minor)
+        request.keepAlive = http_should_keep_alive(p) != 0
+        if request.transferEncodingCount > 1 || request.contentLengthCount > 1 {
+            failure = .malformed(request.transferEncodingCount > 1
+                ? "more than one Transfer-Encoding header" : "more than one Content-Length header")
+            return 1
+        }
+        let length = p.pointee.content_length
+        if request.contentLengthCount == 1, length != UInt64.max, length > UInt64(maxBody) {
+            failure = .bodyTooLarge
+            return 1
+        }
+        delegate?.parserDidCompleteHeaders(request)
+        return 0
+    }
+
+    /// Keeps the value of a header the proxy acts on; returns false to reject the request.
+    private func commitHeader() -> Bool {
+        defer {
+            field.removeAll(keepingCapacity: true)
+            value.removeAll(keepingCapacity: true)
+            inValue = false
+        }
+        switch field.count {
+        case 6 where field.elementsEqual("expect".utf8):
+            request.expectContinue = value.count == 12 && value.map(asciiLower).elementsEqual("100-continue".utf8)
+        case 6 where field.elementsEqual("origin".utf8):
+            request.origin = value
+        case 12 where field.elementsEqual("content-type".utf8):
+            request.contentType = value
+        case 13 where field.elementsEqual("authorization".utf8):
+            request.authorization = value
+        case 13 where field.elementsEqual("last-event-id".utf8):
+            request.lastEventID = value
+        case 14 where field.elementsEqual("content-length".utf8):
+            request.contentLengthCount += 1
+        case 15 where field.elementsEqual("x-forwarded-for".utf8):
+            request.forwardedFor = value
+        case 17 where field.elementsEqual("transfer-encoding".utf8):
+            request.transferEncodingCount += 1
+        default:
+            break
+        }
+        return true
+    }
+}

@@ -1,0 +1,68 @@
+/// Counters of the HTTP layer, read by `/metrics`.
+public struct HTTPMetrics {
+    public var connections = 0
+    public var requests: UInt64 = 0
+    public var responses: UInt64 = 0
+    /// Responses by status code (index = code).
+    public var statusCounts = [UInt64](repeating: 0, count: 600)
+    mutating func countResponse() { responses += 1 }
+}
+
+/// Accepts client connections and gives each an `HTTPConnection`.
+public final class HTTPServer {
+    let loop: EventLoop
+    public let limits: HTTPLimits
+    public weak var handler: HTTPHandler?
+    private var listener: TCPListener?
+    private var connections: [ObjectIdentifier: HTTPConnection] = [:]
+    public internal(set) var metrics = HTTPMetrics()
+    /// Extra header lines (CORS) written into every response.
+    var corsHeaders: [UInt8]?
+    public private(set) var isAccepting = false
+
+    public init(loop: EventLoop, limits: HTTPLimits, corsHeaders: [UInt8]? = nil) {
+        self.loop = loop
+        self.limits = limits
+        self.corsHeaders = corsHeaders
+        HTTPRequestParser.setMaxHeaderSize(limits.maxHeader)
+    }
+
+    /// Binds and listens; returns the address actually bound.
+    @discardableResult
+    public func listen(on address: SocketAddress) throws -> SocketAddress {
+        let listener = try TCPListener(loop: loop, address: address) { [unowned self] stream in
+            let connection = HTTPConnection(stream: stream, server: self)
+            self.connections[ObjectIdentifier(connection)] = connection
+            self.metrics.connections = self.connections.count
+        }
+        self.listener = listener
+        isAccepting = true
+        return listener.localAddress
+    }
+
+    /// Stops accepting; open connections answer what they have and close after it.
+    public func stopAccepting() {
+        isAccepting = false
+        listener?.close()
+        listener = nil
+    }
+
+    /// Closes every connection now.
+    public func closeAll() {
+        for connection in Array(connections.values) { connection.close() }
+    }
+
+    public var connectionCount: Int { connections.count }
+
+    /// Connections that are idle between requests (nothing held, nothing streaming).
+    func closeIdleConnections() {
+        for connection in Array(connections.values) where !connection.awaitingResponse {
+            connection.close()
+        }
+    }
+
+    func connectionClosed(_ connection: HTTPConnection) {
+        connections[ObjectIdentifier(connection)] = nil
+        metrics.connections = connections.count
+    }
+}

@@ -1,0 +1,88 @@
+/// The status codes the proxy sends, with their reason phrases.
+public enum HTTPStatus: Int, Sendable {
+    case `continue` = 100
+    case ok = 200
+    case created = 201
+    case noContent = 204
+    case badRequest = 400
+    case unauthorized = 401
+    case notFound = 404
+    case methodNotAllowed = 405
+    case requestTimeout = 408
+    case conflict = 409
+    case payloadTooLarge = 413
+    case headersTooLarge = 431
+    case internalServerError = 500
+    case badGateway = 502
+    case serviceUnavailable = 503
+    case gatewayTimeout = 504
+
+    /// The whole status line, ready to write.
+    var statusLine: StaticString {
+        switch self {
+        case .continue: return "HTTP/1.1 100 Continue\r\n"
+        case .ok: return "HTTP/1.1 200 OK\r\n"
+        case .created: return "HTTP/1.1 201 Created\r\n"
+        case .noContent: return "HTTP/1.1 204 No Content\r\n"
+        case .badRequest: return "HTTP/1.1 400 Bad Request\r\n"
+        case .unauthorized: return "HTTP/1.1 401 Unauthorized\r\n"
+        case .notFound: return "HTTP/1.1 404 Not Found\r\n"
+        case .methodNotAllowed: return "HTTP/1.1 405 Method Not Allowed\r\n"
+        case .requestTimeout: return "HTTP/1.1 408 Request Timeout\r\n"
+        case .conflict: return "HTTP/1.1 409 Conflict\r\n"
+        case .payloadTooLarge: return "HTTP/1.1 413 Payload Too Large\r\n"
+        case .headersTooLarge: return "HTTP/1.1 431 Request Header Fields Too Large\r\n"
+        case .internalServerError: return "HTTP/1.1 500 Internal Server Error\r\n"
+        case .badGateway: return "HTTP/1.1 502 Bad Gateway\r\n"
+        case .serviceUnavailable: return "HTTP/1.1 503 Service Unavailable\r\n"
+        case .gatewayTimeout: return "HTTP/1.1 504 Gateway Timeout\r\n"
+        }
+    }
+}
+
+/// Appending text to a byte buffer without going through `String`.
+extension Array where Element == UInt8 {
+    @inline(__always) mutating func append(_ s: StaticString) {
+        append(contentsOf: UnsafeBufferPointer(start: s.utf8Start, count: s.utf8CodeUnitCount))
+    }
+
+    /// Decimal digits of `n`.
+    mutating func appendDecimal(_ n: UInt64) {
+        if n < 10 { append(UInt8(48 + n)); return }
+        var v = n
+        var len = 0
+        while v > 0 { v /= 10; len += 1 }
+        let start = count
+        append(contentsOf: repeatElement(UInt8(48), count: len))
+        v = n
+        var i = start + len - 1
+        while v > 0 {
+            self[i] = UInt8(48 + v % 10)
+            v /= 10
+            i -= 1
+        }
+    }
+
+    mutating func appendDecimal(_ n: Int) { appendDecimal(UInt64(Swift.max(n, 0))) }
+
+    /// `s` as a JSON string literal, with quotes.
+    mutating func appendJSONString<S: Sequence>(_ s: S) where S.Element == UInt8 {
+        append(UInt8(ascii: "\""))
+        for c in s {
+            switch c {
+            case UInt8(ascii: "\""): append("\\\"")
+            case UInt8(ascii: "\\"): append("\\\\")
+            case 0x0A: append("\\n")
+            case 0x0D: append("\\r")
+            case 0x09: append("\\t")
+            case 0..<0x20:
+                append("\\u00")
+                let hex: [UInt8] = Array("0123456789abcdef".utf8)
+                append(hex[Int(c >> 4)])
+                append(hex[Int(c & 15)])
+            default: append(c)
+            }
+        }
+        append(UInt8(ascii: "\""))
+    }
+}

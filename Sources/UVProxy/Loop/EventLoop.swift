@@ -1,0 +1,87 @@
+import CUV
+
+/// One libuv loop on one thread. Everything in UVProxy runs on it, through callbacks.
+///
+/// The loop also owns two things every handle shares: the read slab (reads are consumed
+/// synchronously in their callback, so a single 64 KiB buffer serves every stream and idle
+/// connections cost no read buffer at all) and the deadline queue (one uv timer for every
+/// timeout in the process, see `DeadlineQueue`).
+public final class EventLoop {
+    let raw: UnsafeMutablePointer<uv_loop_t>
+    let readSlab: UnsafeMutableRawPointer
+    static let readSlabSize = 64 * 1024
+    /// All timeouts of sessions and connections, driven by one uv timer.
+    public private(set) var deadlines: DeadlineQueue!
+
+    public init() throws {
+        raw = .allocate(capacity: 1)
+        let rc = uv_loop_init(raw)
+        readSlab = .allocate(byteCount: EventLoop.readSlabSize, alignment: 16)
+        guard rc == 0 else {
+            raw.deallocate()
+            readSlab.deallocate()
+            throw UVError(rc, "uv_loop_init")
+        }
+        raw.pointee.data = Unmanaged.passUnretained(self).toOpaque()
+        deadlines = DeadlineQueue(timer: try LoopTimer(loop: self), loop: self)
+    }
+
+    /// Runs until no handle is active, or `stop()` was called.
+    public func run() {
+        uv_run(raw, UV_RUN_DEFAULT)
+    }
+
+    /// Runs one non-blocking iteration (tests).
+    public func runOnce() {
+        uv_run(raw, UV_RUN_NOWAIT)
+    }
+
+    public func stop() {
+        uv_stop(raw)
+    }
+
+    /// Milliseconds of the loop's clock, cached at the start of each iteration.
+    public var now: UInt64 { uv_now(raw) }
+
+    /// Closes what is left (handles closed by their owners first) and frees the loop.
+    public func close() {
+        deadlines.shutdown()
+        // Give pending close callbacks their turn, then close stragglers.
+        uv_run(raw, UV_RUN_NOWAIT)
+        uv_walk(raw, { handle, _ in
+            guard let handle, uv_is_closing(handle) == 0, let data = handle.pointee.data else { return }
+            Unmanaged<LoopHandle>.fromOpaque(data).takeUnretainedValue().close()
+        }, nil)
+        uv_run(raw, UV_RUN_DEFAULT)
+        uv_loop_close(raw)
+    }
+
+    static func from(_ loop: UnsafeMutablePointer<uv_loop_t>?) -> EventLoop {
+        Unmanaged<EventLoop>.fromOpaque(loop!.pointee.data).takeUnretainedValue()
+    }
+
+    deinit {
+        readSlab.deallocate()
+        raw.deallocate()
+    }
+}
+
+/// A libuv error code with the call that returned it.
+public struct UVError: Error, CustomStringConvertible {
+    public let code: Int32
+    public let call: String
+    public init(_ code: Int32, _ call: String) {
+        self.code = code
+        self.call = call
+    }
+    /// libuv's short name, as `ECONNREFUSED`.
+    public var name: String { UVError.name(code) }
+    public var description: String { "\(call): \(String(cString: uv_strerror(code)))" }
+
+    public static func name(_ code: Int32) -> String { String(cString: uv_err_name(code)) }
+    public static let eof = Int32(UV_EOF.rawValue)
+    public static let connectionReset = Int32(UV_ECONNRESET.rawValue)
+    public static let timedOut = Int32(UV_ETIMEDOUT.rawValue)
+    public static let cancelled = Int32(UV_ECANCELED.rawValue)
+    public static let again = Int32(UV_EAGAIN.rawValue)
+}

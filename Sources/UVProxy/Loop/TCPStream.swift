@@ -1,0 +1,190 @@
+import CUV
+
+/// What a `TCPStream` reports. Every call happens on the loop thread, from a libuv callback.
+public protocol TCPStreamDelegate: AnyObject {
+    /// Bytes read. They live in the loop's shared read slab: valid only during this call.
+    func stream(_ stream: TCPStream, didRead bytes: UnsafeRawBufferPointer)
+    /// The peer closed (`UVError.eof`) or the stream failed. Called once; reading has stopped.
+    func stream(_ stream: TCPStream, didEnd error: Int32)
+    /// Every queued write has reached the kernel.
+    func streamDidDrainWrites(_ stream: TCPStream)
+    /// Most bytes the next read may deliver (backpressure for upstream sessions).
+    func streamReadLimit(_ stream: TCPStream) -> Int
+    /// An outgoing connect finished with `status` (0 or a libuv error).
+    func stream(_ stream: TCPStream, didConnect status: Int32)
+}
+
+extension TCPStreamDelegate {
+    public func streamDidDrainWrites(_ stream: TCPStream) {}
+    public func streamReadLimit(_ stream: TCPStream) -> Int { EventLoop.readSlabSize }
+    public func stream(_ stream: TCPStream, didConnect status: Int32) {}
+}
+
+/// A TCP connection (accepted or outgoing).
+///
+/// Writes first try `uv_try_write` straight from the caller's buffers (no copy at all when the
+/// kernel takes everything, the common case); only what the kernel refuses is copied, once,
+/// into a block that lives until its `uv_write` callback.
+public final class TCPStream: LoopHandle {
+    public var delegate: TCPStreamDelegate?
+    public private(set) var isReading = false
+    private var ended = false
+    private var pendingWrites = 0
+
+    public init(loop: EventLoop) throws {
+        super.init(loop: loop, byteCount: MemoryLayout<uv_tcp_t>.size)
+        let rc = uv_tcp_init(loop.raw, raw.assumingMemoryBound(to: uv_tcp_t.self))
+        guard rc == 0 else { throw UVError(rc, "uv_tcp_init") }
+        adopt()
+    }
+
+    var stream: UnsafeMutablePointer<uv_stream_t> { raw.assumingMemoryBound(to: uv_stream_t.self) }
+    var tcp: UnsafeMutablePointer<uv_tcp_t> { raw.assumingMemoryBound(to: uv_tcp_t.self) }
+
+    /// Bytes accepted by `write` that the kernel has not taken yet.
+    public var queuedWriteBytes: Int { isClosing ? 0 : Int(uv_stream_get_write_queue_size(stream)) }
+
+    func setNoDelay() { uv_tcp_nodelay(tcp, 1) }
+
+    public func enableKeepAlive(seconds: UInt32) { uv_tcp_keepalive(tcp, 1, seconds) }
+
+    /// The peer's address, for logs.
+    public var peerAddress: SocketAddress? {
+        var storage = sockaddr_storage()
+        var len = Int32(MemoryLayout<sockaddr_storage>.size)
+        let rc = withUnsafeMutablePointer(to: &storage) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { uv_tcp_getpeername(tcp, $0, &len) }
+        }
+        return rc == 0 ? SocketAddress(storage) : nil
+    }
+
+    // MARK: Connect
+
+    public func connect(to address: SocketAddress) {
+        let request = UnsafeMutablePointer<uv_connect_t>.allocate(capacity: 1)
+        let rc = address.withSockaddr { addr in
+            uv_tcp_connect(request, tcp, addr) { request, status in
+                let handle = request!.pointee.handle
+                request!.deallocate()
+                let stream = LoopHandle.owner(UnsafeMutableRawPointer(handle), as: TCPStream.self)
+                guard !stream.isClosing else { return }
+                stream.setNoDelay()
+                stream.delegate?.stream(stream, didConnect: status)
+            }
+        }
+        if rc != 0 {
+            request.deallocate()
+            delegate?.stream(self, didConnect: rc)
+        }
+    }
+
+    // MARK: Read
+
+    public func startReading() {
+        guard !isReading, !isClosing, !ended else { return }
+        let rc = uv_read_start(stream, { handle, suggested, buf in
+            let stream = LoopHandle.owner(UnsafeMutableRawPointer(handle), as: TCPStream.self)
+            let limit = min(stream.delegate?.streamReadLimit(stream) ?? 0, EventLoop.readSlabSize)
+            buf!.pointee = uv_buf_init(stream.loop.readSlab.assumingMemoryBound(to: CChar.self), UInt32(max(limit, 0)))
+        }, { handle, nread, buf in
+            let stream = LoopHandle.owner(UnsafeMutableRawPointer(handle), as: TCPStream.self)
+            if nread > 0 {
+                stream.delegate?.stream(stream, didRead: UnsafeRawBufferPointer(start: buf!.pointee.base, count: nread))
+            } else if nread == Int(UV_ENOBUFS.rawValue) {
+                stream.stopReading()  // the delegate allowed no bytes: it resumes reading itself
+            } else if nread < 0 {
+                stream.end(Int32(nread))
+            }
+        })
+        if rc == 0 { isReading = true } else { end(rc) }
+    }
+
+    public func stopReading() {
+        guard isReading else { return }
+        isReading = false
+        if !isClosing { uv_read_stop(stream) }
+    }
+
+    private func end(_ error: Int32) {
+        guard !ended, !isClosing else { return }
+        ended = true
+        stopReading()
+        delegate?.stream(self, didEnd: error)
+    }
+
+    // MARK: Write
+
+    /// Writes up to three buffers in order. Returns 0 or a libuv error (the stream then also
+    /// reports `didEnd` unless it is closing).
+    @discardableResult
+    public func write(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer = .init(start: nil, count: 0),
+                      _ c: UnsafeRawBufferPointer = .init(start: nil, count: 0)) -> Int32 {
+        guard !isClosing else { return UVError.cancelled }
+        let total = a.count + b.count + c.count
+        guard total > 0 else { return 0 }
+        var written = 0
+        if pendingWrites == 0 {
+            var bufs = (TCPStream.buf(a), TCPStream.buf(b), TCPStream.buf(c))
+            let n = withUnsafeMutablePointer(to: &bufs) {
+                $0.withMemoryRebound(to: uv_buf_t.self, capacity: 3) { uv_try_write(stream, $0, 3) }
+            }
+            if n >= 0 {
+                written = Int(n)
+            } else if n != UVError.again {
+                end(n)
+                return n
+            }
+        }
+        if written == total { return 0 }
+        // Copy what the kernel did not take, once, behind the request header.
+        let remaining = total - written
+        let header = (MemoryLayout<uv_write_t>.size + 15) & ~15
+        let block = UnsafeMutableRawPointer.allocate(byteCount: header + remaining, alignment: 16)
+        var cursor = block + header
+        var skip = written
+        for part in [a, b, c] where part.count > 0 {
+            if skip >= part.count { skip -= part.count; continue }
+            let n = part.count - skip
+            cursor.copyMemory(from: part.baseAddress! + skip, byteCount: n)
+            cursor += n
+            skip = 0
+        }
+        var buf = uv_buf_init((block + header).assumingMemoryBound(to: CChar.self), UInt32(remaining))
+        let request = block.assumingMemoryBound(to: uv_write_t.self)
+        let rc = uv_write(request, stream, &buf, 1) { request, status in
+            let handle = request!.pointee.handle
+            UnsafeMutableRawPointer(request!).deallocate()
+            let stream = LoopHandle.owner(UnsafeMutableRawPointer(handle), as: TCPStream.self)
+            stream.pendingWrites -= 1
+            guard !stream.isClosing else { return }
+            if status < 0 {
+                stream.end(status)
+            } else if stream.pendingWrites == 0 {
+                stream.delegate?.streamDidDrainWrites(stream)
+            }
+        }
+        if rc != 0 {
+            block.deallocate()
+            end(rc)
+            return rc
+        }
+        pendingWrites += 1
+        return 0
+    }
+
+    public var hasPendingWrites: Bool { pendingWrites > 0 }
+
+    private static func buf(_ p: UnsafeRawBufferPointer) -> uv_buf_t {
+        uv_buf_init(UnsafeMutablePointer(mutating: p.baseAddress?.assumingMemoryBound(to: CChar.self)), UInt32(p.count))
+    }
+
+    /// Half-closes: sends FIN after queued writes. Reading goes on.
+    public func shutdown() {
+        guard !isClosing else { return }
+        let request = UnsafeMutablePointer<uv_shutdown_t>.allocate(capacity: 1)
+        let rc = uv_shutdown(request, stream) { request, _ in request!.deallocate() }
+        if rc != 0 { request.deallocate() }
+    }
+
+    override func didClose() { delegate = nil }
+}

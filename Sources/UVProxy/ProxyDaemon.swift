@@ -1,0 +1,195 @@
+import CUV
+import Logging
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The whole daemon on one loop: HTTP server, session table, API, optional demo game, signals.
+public final class ProxyDaemon: SessionEventSink {
+    public let loop: EventLoop
+    public let config: ProxyConfig
+    let logger: Logger
+    public let server: HTTPServer
+    public let table: SessionTable
+    public let api: ProxyAPI
+    private var demo: DemoGame?
+    private var signals: [SignalWatcher] = []
+    private var shutdownTimer: LoopTimer?
+    private var shutdownStarted: UInt64 = 0
+    public private(set) var listenAddress: SocketAddress?
+    public private(set) var demoAddress: SocketAddress?
+    private var waker: LoopWaker?
+    private let startedAt: UInt64
+
+    /// Builds everything and binds. Throws `ConfigError`/`UVError` with a one-line message.
+    public init(config: ProxyConfig, logger: Logger) throws {
+        try config.validate()
+        self.config = config
+        self.logger = logger
+        let listenAddress: SocketAddress
+        do { listenAddress = try SocketAddress(parsing: config.listen) } catch { throw ConfigError("listen: \(error)") }
+        // Resolve targets before binding anything, so a bad one stops start-up cleanly.
+        if !config.demo { _ = try config.apiSettings() }
+
+        loop = try EventLoop()
+        let loop = self.loop
+        var limits = HTTPLimits()
+        limits.maxBody = 64 * 1024
+        limits.maxHeader = 8 * 1024
+        server = HTTPServer(loop: loop, limits: limits, corsHeaders: ProxyDaemon.corsHeaders(config.corsOrigin))
+        table = SessionTable(settings: config.sessionSettings, deadlines: loop.deadlines, clock: { loop.now }) { session in
+            try Upstream(loop: loop, session: session)
+        }
+        var demoTarget: SocketAddress?
+        if config.demo {
+            let demo = DemoGame(loop: loop)
+            demoTarget = try demo.start(on: try SocketAddress(host: "127.0.0.1", port: 0))
+            self.demo = demo
+            demoAddress = demoTarget
+        }
+        api = ProxyAPI(settings: try config.apiSettings(defaultAddress: demoTarget), table: table, clock: { loop.now })
+        startedAt = loop.now
+        server.handler = api
+        table.events = self
+        api.metricsText = { [unowned self] in self.metricsText() }
+        do {
+            self.listenAddress = try server.listen(on: listenAddress)
+        } catch let error as UVError {
+            throw ConfigError("cannot listen on \(config.listen): \(String(cString: uv_strerror(error.code)))")
+        }
+    }
+
+    /// Logs the start-up lines, installs signal handlers and runs until shut down.
+    public func run() {
+        ProxyDaemon.ignoreSIGPIPE()
+        let (soft, hard) = ProxyDaemon.raiseFileLimit()
+        logger.info("open-file limit raised", metadata: ["soft": "\(soft)", "hard": "\(hard)"])
+        if hard != 0, Int(hard) < config.maxSessions + 64 {
+            logger.warning("max-sessions may not fit the open-file limit: each session uses one descriptor, each client connection another",
+                           metadata: ["max-sessions": "\(config.maxSessions)", "limit": "\(hard)"])
+        }
+        if let demoAddress { logger.info("demo game listening on \(demoAddress) (default target)") }
+        for sig in [SIGINT, SIGTERM] {
+            if let w = try? SignalWatcher(loop: loop, signal: sig, { [unowned self] signum in
+                self.logger.notice("signal \(signum): shutting down")
+                self.shutdown()
+            }) { signals.append(w) }
+        }
+        logger.notice("uvproxyd ready: listening on \(listenAddress!)")
+        loop.run()
+        finish()
+    }
+
+    /// A thread-safe way to ask for shutdown (tests, embedding). Create before `run()`.
+    public func makeStopHandle() throws -> LoopWaker {
+        let waker = try LoopWaker(loop: loop) { [unowned self] in self.shutdown() }
+        self.waker = waker
+        return waker
+    }
+
+    /// Graceful shutdown: stop accepting, close sessions with reason `shutdown` (answering waiting
+    /// reads), let queued input reach targets, then stop within `shutdown-timeout`.
+    public func shutdown() {
+        guard shutdownTimer == nil else { return }
+        shutdownStarted = loop.now
+        server.stopAccepting()
+        table.closeAll(reason: .shutdown)
+        server.closeIdleConnections()
+        demo?.stop()
+        guard let timer = try? LoopTimer(loop: loop) else { return stopNow() }
+        shutdownTimer = timer
+        timer.onFire = { [unowned self] in
+            let draining = self.table.allSessions.contains { $0.link != nil }
+            let waited = self.loop.now - self.shutdownStarted
+            if (self.server.connectionCount == 0 && !draining) || waited >= ProxyConfig.ms(self.config.shutdownTimeout) {
+                self.stopNow()
+            }
+        }
+        timer.start(after: 10, repeat: 20)
+    }
+
+    private func stopNow() {
+        shutdownTimer?.close()
+        server.closeAll()
+        for w in signals { w.close() }
+        signals.removeAll()
+        waker?.close()
+        loop.stop()
+    }
+
+    private func finish() {
+        loop.close()
+        logger.notice("uvproxyd stopped")
+    }
+
+    // MARK: Session events
+
+    public func sessionOpened(_ session: Session) {
+        logger.info("session created", metadata: ["session": "\(session.id)", "target": "\(session.target.name)"])
+    }
+
+    public func sessionClosed(_ session: Session, reason: CloseReason) {
+        logger.info("session closed", metadata: [
+            "session": "\(session.id)", "reason": "\(reason.text)", "received": "\(session.ring.end)",
+        ])
+    }
+
+    public func sessionConnectFailed(target: Target, error: CreateError) {
+        logger.warning("connect to target failed", metadata: ["target": "\(target.name)", "error": "\(error)"])
+    }
+
+    // MARK: Metrics
+
+    func metricsText() -> [UInt8] {
+        var out = ""
+        func metric(_ name: String, _ type: String, _ help: String, _ samples: [(String, UInt64)]) {
+            out += "# HELP \(name) \(help)\n# TYPE \(name) \(type)\n"
+            for (labels, value) in samples { out += "\(name)\(labels) \(value)\n" }
+        }
+        let c = table.counters
+        metric("uvproxyd_sessions", "gauge", "Sessions by state.",
+               [("{state=\"open\"}", UInt64(table.openCount)), ("{state=\"closed\"}", UInt64(table.closedCount))])
+        metric("uvproxyd_sessions_created_total", "counter", "Sessions created.", [("", c.created)])
+        metric("uvproxyd_upstream_connect_failures_total", "counter", "Failed target connects.", [("", c.connectFailures)])
+        metric("uvproxyd_upstream_received_bytes_total", "counter", "Bytes received from targets.", [("", c.upstreamReceivedBytes)])
+        metric("uvproxyd_upstream_sent_bytes_total", "counter", "Bytes sent to targets.", [("", c.upstreamSentBytes)])
+        var codes: [(String, UInt64)] = []
+        for (code, n) in server.metrics.statusCounts.enumerated() where n > 0 { codes.append(("{code=\"\(code)\"}", n)) }
+        metric("uvproxyd_http_requests_total", "counter", "HTTP responses by status code.", codes)
+        metric("uvproxyd_http_connections", "gauge", "Open client connections.", [("", UInt64(server.connectionCount))])
+        metric("uvproxyd_long_polls", "gauge", "Reads waiting for data.", [("", UInt64(api.longPolls))])
+        metric("uvproxyd_event_streams", "gauge", "Open SSE streams.", [("", UInt64(api.eventStreams))])
+        metric("uvproxyd_buffered_bytes", "gauge", "Bytes held in session buffers.", [("", UInt64(max(table.bufferedBytes, 0)))])
+        metric("uvproxyd_backpressure_pauses_total", "counter", "Times a target was paused because its session buffer was full.",
+               [("", c.backpressurePauses)])
+        metric("uvproxyd_sessions_closed_total", "counter", "Sessions closed, by reason.",
+               c.closeReasons.sorted { $0.key < $1.key }.map { ("{reason=\"\($0.key)\"}", $0.value) })
+        return Array(out.utf8)
+    }
+
+    // MARK: Process set-up
+
+    static func corsHeaders(_ origin: String?) -> [UInt8]? {
+        guard let origin else { return nil }
+        return Array(("Access-Control-Allow-Origin: \(origin)\r\n"
+            + "Access-Control-Expose-Headers: X-Offset, X-Next-Offset, X-Session-State, X-Close-Reason, "
+            + "X-Offset-Base, X-Session-Id, X-Duplicate, Location, Retry-After\r\n"
+            + (origin == "*" ? "" : "Vary: Origin\r\n")).utf8)
+    }
+
+    public static func ignoreSIGPIPE() { signal(SIGPIPE, SIG_IGN) }
+
+    /// Raises the soft open-file limit to the hard one; returns (soft, hard) after.
+    @discardableResult
+    public static func raiseFileLimit() -> (UInt64, UInt64) {
+        var limit = rlimit()
+        let resource = __rlimit_resource_t(RLIMIT_NOFILE.rawValue)
+        guard getrlimit(resource, &limit) == 0 else { return (0, 0) }
+        if limit.rlim_cur < limit.rlim_max {
+            var raised = limit
+            raised.rlim_cur = limit.rlim_max
+            if setrlimit(resource, &raised) == 0 { limit = raised }
+        }
+        return (UInt64(limit.rlim_cur), UInt64(limit.rlim_max))
+    }
+}

@@ -1,0 +1,187 @@
+/// Why a session's target connection is gone (`X-Close-Reason`).
+public enum CloseReason: Equatable, Sendable {
+    case eof, reset, error(String), idleTimeout, deleted, shutdown
+
+    public init(uvError code: Int32) {
+        if code == UVError.eof { self = .eof }
+        else if code == UVError.connectionReset { self = .reset }
+        else { self = .error(UVError.name(code)) }
+    }
+
+    public var text: String {
+        switch self {
+        case .eof: return "eof"
+        case .reset: return "reset"
+        case .error(let name): return "error: \(name)"
+        case .idleTimeout: return "idle timeout"
+        case .deleted: return "deleted"
+        case .shutdown: return "shutdown"
+        }
+    }
+}
+
+/// The I/O a session drives: its target connection. `Upstream` is the real one; unit tests
+/// use a fake, so the state machine runs without sockets.
+public protocol UpstreamLink: AnyObject {
+    /// Starts connecting; the outcome goes to `SessionTable.upstreamConnected`.
+    func connect(to address: SocketAddress)
+    /// Queues bytes for the target, in order.
+    func send(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer)
+    /// Bytes accepted by `send` that the target has not read yet.
+    var queuedBytes: Int { get }
+    func pauseReading()
+    func resumeReading()
+    func close()
+}
+
+/// Someone waiting for a session to change: a held long-poll or an open SSE stream.
+public protocol SessionObserver: AnyObject {
+    /// Bytes arrived, or the session closed.
+    func sessionDidChange(_ session: Session)
+    /// A newer read (or stream) of the same session took this one's place.
+    func sessionObserverReplaced(_ session: Session)
+}
+
+/// One client's session: its target connection, the bytes the target sent, the client's
+/// cursor state and input sequence. Owns no socket itself: it talks to an `UpstreamLink`.
+public final class Session: DeadlineOwner {
+    public enum State: Equatable { case connecting, open, closed(CloseReason) }
+
+    public let id: SessionID
+    public let target: Target
+    public private(set) var state: State = .connecting
+    public private(set) var ring: ByteRing
+    /// Where a read without a cursor starts (SPEC §1).
+    public var delivered: UInt64 = 0
+    /// Highest input `seq` accepted.
+    public private(set) var lastSeq: UInt64 = 0
+    /// Loop time of the last request that touched the session.
+    public var lastTouched: UInt64
+    public private(set) var closedAt: UInt64 = 0
+    var link: UpstreamLink?
+    private(set) var readingPaused = false
+    /// Removed from the table (DELETE, linger over, shutdown): ids no longer find it.
+    var isRemoved = false
+    /// The held long-poll, if any.
+    public private(set) var waiter: SessionObserver?
+    /// The open SSE stream, if any.
+    public private(set) var streamObserver: SessionObserver?
+    public var deadline: UInt64 = 0
+    public var deadlineSlot: Int = -1
+    unowned let table: SessionTable
+
+    init(id: SessionID, target: Target, bufferSize: Int, now: UInt64, table: SessionTable) {
+        self.id = id
+        self.target = target
+        self.ring = ByteRing(limit: bufferSize)
+        self.lastTouched = now
+        self.table = table
+    }
+
+    public var isOpen: Bool { state == .open }
+    public var closeReason: CloseReason? {
+        if case .closed(let reason) = state { return reason }
+        return nil
+    }
+
+    // MARK: Target → session
+
+    /// Bytes from the target. The link never reads more than `readRoom`.
+    public func receive(_ bytes: UnsafeRawBufferPointer) {
+        guard state == .open else { return }
+        let before = ring.count
+        ring.append(bytes)
+        if !isRemoved { table.bufferedBytes += ring.count - before }
+        table.counters.upstreamReceivedBytes += UInt64(bytes.count)
+        if ring.room == 0 && !readingPaused {
+            readingPaused = true
+            table.counters.backpressurePauses += 1
+            link?.pauseReading()
+        }
+        notifyObservers()
+    }
+
+    /// How many bytes the next read from the target may bring.
+    public var readRoom: Int { ring.room }
+
+    /// Marks bytes before `offset` as acknowledged, resuming the target if it was paused.
+    public func acknowledge(upTo offset: UInt64) {
+        ring.acknowledge(upTo: offset)
+        if readingPaused && ring.room > 0 {
+            readingPaused = false
+            if state == .open { link?.resumeReading() }
+        }
+    }
+
+    // MARK: Client → target
+
+    public enum InputResult: Equatable { case queued, duplicate, closed, full }
+
+    /// Queues a command for the target (already terminated per the line-ending rule).
+    public func sendInput(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer, seq: UInt64?) -> InputResult {
+        if let seq, seq <= lastSeq { return .duplicate }
+        guard state == .open, let link else { return .closed }
+        if link.queuedBytes > ring.limit { return .full }
+        if let seq { lastSeq = seq }
+        link.send(a, b)
+        table.counters.upstreamSentBytes += UInt64(a.count + b.count)
+        return .queued
+    }
+
+    // MARK: Observers
+
+    /// Registers a held read; an earlier held read is told it was replaced.
+    public func setWaiter(_ observer: SessionObserver) {
+        if let old = waiter, old !== observer {
+            waiter = nil
+            old.sessionObserverReplaced(self)
+        }
+        waiter = observer
+    }
+
+    public func removeWaiter(_ observer: SessionObserver) {
+        if waiter === observer { waiter = nil }
+    }
+
+    public func setStreamObserver(_ observer: SessionObserver) {
+        if let old = streamObserver, old !== observer {
+            streamObserver = nil
+            old.sessionObserverReplaced(self)
+        }
+        streamObserver = observer
+    }
+
+    public func removeStreamObserver(_ observer: SessionObserver) {
+        if streamObserver === observer { streamObserver = nil }
+    }
+
+    public var hasObservers: Bool { waiter != nil || streamObserver != nil }
+
+    private func notifyObservers() {
+        if let w = waiter {
+            waiter = nil  // a long-poll is answered once
+            w.sessionDidChange(self)
+        }
+        streamObserver?.sessionDidChange(self)
+    }
+
+    // MARK: Lifecycle (driven by SessionTable and the link)
+
+    func connected() {
+        guard state == .connecting else { return }
+        state = .open
+    }
+
+    /// The target connection ended or is being ended: buffered bytes stay readable.
+    func markClosed(_ reason: CloseReason, now: UInt64) {
+        guard state != .closed(reason), closeReason == nil else { return }
+        state = .closed(reason)
+        closedAt = now
+        readingPaused = false
+        notifyObservers()
+    }
+
+    public func deadlineReached(now: UInt64) {
+        table.sessionDeadlineReached(self, now: now)
+    }
+}

@@ -1,0 +1,227 @@
+/// Limits that apply to sessions created from now on (a reload changes them for new ones).
+public struct SessionSettings: Sendable {
+    public var maxSessions = 10_000
+    public var bufferSize = 1_048_576
+    public var idleTimeoutMs: UInt64 = 600_000
+    public var lingerMs: UInt64 = 60_000
+    /// How long a deleted session's queued input may still be written (SPEC §2, Delete).
+    public var deleteDrainMs: UInt64 = 5_000
+    public init() {}
+}
+
+/// Counters for `/metrics` and logs.
+public struct SessionCounters {
+    public var created: UInt64 = 0
+    public var connectFailures: UInt64 = 0
+    public var upstreamReceivedBytes: UInt64 = 0
+    public var upstreamSentBytes: UInt64 = 0
+    public var backpressurePauses: UInt64 = 0
+    public var closeReasons: [String: UInt64] = [:]
+}
+
+/// Why a create failed (SPEC §2, Create).
+public enum CreateError: Error, Equatable {
+    case full              // 503
+    case failed(String)    // 502, with the libuv error name
+    case timedOut          // 504
+}
+
+/// Events worth a log line; the daemon turns them into log records.
+public protocol SessionEventSink: AnyObject {
+    func sessionOpened(_ session: Session)
+    func sessionClosed(_ session: Session, reason: CloseReason)
+    func sessionConnectFailed(target: Target, error: CreateError)
+}
+
+/// All sessions by id, their lifecycle and their timeouts.
+///
+/// Each session has one deadline in the shared `DeadlineQueue`, whose meaning follows its state:
+/// connect timeout while connecting, idle timeout while open (checked lazily against
+/// `lastTouched`, so a request never touches the heap), linger once closed, input drain once
+/// deleted. Nothing here walks all sessions, except shutdown.
+public final class SessionTable {
+    public var settings: SessionSettings
+    private let deadlines: DeadlineQueue
+    private let clock: () -> UInt64
+    private let makeLink: (Session) throws -> UpstreamLink
+    private var sessions: [SessionID: Session] = [:]
+    private var pendingCreates: [ObjectIdentifier: (Result<Session, CreateError>) -> Void] = [:]
+    /// Connecting or open: what `max-sessions` limits.
+    public private(set) var openCount = 0
+    public private(set) var closedCount = 0
+    public var counters = SessionCounters()
+    public weak var events: SessionEventSink?
+
+    public init(settings: SessionSettings, deadlines: DeadlineQueue, clock: @escaping () -> UInt64,
+                makeLink: @escaping (Session) throws -> UpstreamLink) {
+        self.settings = settings
+        self.deadlines = deadlines
+        self.clock = clock
+        self.makeLink = makeLink
+    }
+
+    public func session(_ id: SessionID) -> Session? { sessions[id] }
+
+    /// Bytes held in all session buffers.
+    public internal(set) var bufferedBytes = 0
+
+    public var allSessions: Dictionary<SessionID, Session>.Values { sessions.values }
+
+    // MARK: Create
+
+    /// Connects a new session to `target`; `completion` runs once the outcome is known.
+    public func create(target: Target, completion: @escaping (Result<Session, CreateError>) -> Void) {
+        guard openCount < settings.maxSessions else {
+            completion(.failure(.full))
+            return
+        }
+        var id = SessionID.random()
+        while sessions[id] != nil { id = SessionID.random() }
+        let session = Session(id: id, target: target, bufferSize: settings.bufferSize, now: clock(), table: self)
+        let link: UpstreamLink
+        do {
+            link = try makeLink(session)
+        } catch {
+            counters.connectFailures += 1
+            completion(.failure(.failed("\(error)")))
+            return
+        }
+        openCount += 1
+        session.link = link
+        pendingCreates[ObjectIdentifier(session)] = completion
+        deadlines.schedule(session, at: clock() + target.connectTimeoutMs)
+        link.connect(to: target.address)
+    }
+
+    func upstreamConnected(_ session: Session, status: Int32) {
+        guard session.state == .connecting,
+              let completion = pendingCreates.removeValue(forKey: ObjectIdentifier(session)) else { return }
+        deadlines.cancel(session)
+        guard status == 0 else {
+            failCreate(session, .failed(UVError.name(status)), completion)
+            return
+        }
+        session.connected()
+        sessions[session.id] = session
+        counters.created += 1
+        session.lastTouched = clock()
+        scheduleIdleCheck(session)
+        session.link?.resumeReading()
+        events?.sessionOpened(session)
+        completion(.success(session))
+    }
+
+    private func failCreate(_ session: Session, _ error: CreateError,
+                            _ completion: (Result<Session, CreateError>) -> Void) {
+        openCount -= 1
+        counters.connectFailures += 1
+        session.link?.close()
+        session.link = nil
+        events?.sessionConnectFailed(target: session.target, error: error)
+        completion(.failure(error))
+    }
+
+    // MARK: Target events
+
+    func upstreamEnded(_ session: Session, error: Int32) {
+        if session.state == .connecting {
+            upstreamConnected(session, status: error)
+        } else {
+            close(session, reason: CloseReason(uvError: error))
+        }
+    }
+
+    /// Queued input of a closed session has been written: the connection can go.
+    func upstreamDrained(_ session: Session) {
+        guard session.closeReason != nil, session.link != nil else { return }
+        finishDrain(session, now: clock())
+    }
+
+    private func finishDrain(_ session: Session, now: UInt64) {
+        session.link?.close()
+        session.link = nil
+        if session.isRemoved {
+            deadlines.cancel(session)
+        } else {
+            deadlines.schedule(session, at: session.closedAt + settings.lingerMs)
+        }
+    }
+
+    // MARK: Closing and removal
+
+    /// Closes the target connection; the bytes stay readable for `linger`.
+    /// With `drain`, queued input is still written for `deleteDrainMs` first.
+    public func close(_ session: Session, reason: CloseReason, drain: Bool = false) {
+        guard session.state == .open else { return }
+        session.markClosed(reason, now: clock())
+        openCount -= 1
+        counters.closeReasons[reason.text, default: 0] += 1
+        events?.sessionClosed(session, reason: reason)
+        if drain, let link = session.link, link.queuedBytes > 0 {
+            link.pauseReading()
+            deadlines.schedule(session, at: clock() + settings.deleteDrainMs)
+        } else {
+            session.link?.close()
+            session.link = nil
+            deadlines.cancel(session)
+        }
+        if !session.isRemoved {
+            closedCount += 1
+            if session.deadlineSlot < 0 { deadlines.schedule(session, at: session.closedAt + settings.lingerMs) }
+        }
+    }
+
+    /// DELETE: the id stops working now; queued input is still written for a while.
+    public func delete(_ session: Session) {
+        remove(session)
+        close(session, reason: .deleted, drain: true)
+    }
+
+    private func remove(_ session: Session) {
+        guard !session.isRemoved else { return }
+        session.isRemoved = true
+        sessions[session.id] = nil
+        bufferedBytes -= session.ring.count
+        if session.closeReason != nil {
+            closedCount -= 1
+            deadlines.cancel(session)
+        }
+    }
+
+    func sessionDeadlineReached(_ session: Session, now: UInt64) {
+        switch session.state {
+        case .connecting:
+            guard let completion = pendingCreates.removeValue(forKey: ObjectIdentifier(session)) else { return }
+            failCreate(session, .timedOut, completion)
+        case .open:
+            if session.hasObservers { session.lastTouched = now }  // a waiting read counts as a touch
+            if settings.idleTimeoutMs > 0, now >= session.lastTouched + settings.idleTimeoutMs {
+                close(session, reason: .idleTimeout)
+            } else {
+                scheduleIdleCheck(session)
+            }
+        case .closed:
+            if session.link != nil {
+                finishDrain(session, now: now)  // drain time is over
+            } else if !session.isRemoved {
+                remove(session)  // linger is over
+            }
+        }
+    }
+
+    private func scheduleIdleCheck(_ session: Session) {
+        guard settings.idleTimeoutMs > 0 else { return }
+        deadlines.schedule(session, at: session.lastTouched + settings.idleTimeoutMs)
+    }
+
+    /// Closes every open session with `reason` (shutdown). Returns how many still drain input.
+    @discardableResult
+    public func closeAll(reason: CloseReason) -> Int {
+        var draining = 0
+        for session in Array(sessions.values) where session.state == .open {
+            close(session, reason: reason, drain: true)
+            if session.link != nil { draining += 1 }
+        }
+        return draining
+    }
+}
