@@ -1,0 +1,147 @@
+import XCTest
+@testable import UVProxy
+
+final class RouterTests: XCTestCase {
+    func route(_ s: String) -> Route? { Router.route(path: Array(s.utf8)[...]) }
+
+    func testRoutes() {
+        let id = SessionID.random()
+        XCTAssertEqual(route("/sessions"), .sessions)
+        XCTAssertEqual(route("/sessions/"), .sessions)
+        XCTAssertEqual(route("/sessions/\(id)"), .session(id))
+        XCTAssertEqual(route("/sessions/\(id)/input"), .input(id))
+        XCTAssertEqual(route("/sessions/\(id)/events"), .events(id))
+        XCTAssertEqual(route("/mud"), .mud)
+        XCTAssertEqual(route("/healthz"), .healthz)
+        XCTAssertEqual(route("/metrics"), .metrics)
+        XCTAssertEqual(route("/"), .webPage)
+    }
+
+    func testUnknownButWellFormedIDRoutesWithNoSession() {
+        XCTAssertEqual(route("/sessions/abc"), .session(nil))
+        XCTAssertEqual(route("/sessions/abc/input"), .input(nil))
+    }
+
+    func testUnknownPaths() {
+        XCTAssertNil(route("/session"))
+        XCTAssertNil(route("/sessionsx"))
+        XCTAssertNil(route("/sessions/a/b"))
+        XCTAssertNil(route("/sessions/bad%20id"))
+        XCTAssertNil(route("/sessions/" + String(repeating: "a", count: 65)))
+        XCTAssertNil(route("/nope"))
+    }
+
+    func testMethods() {
+        XCTAssertTrue(Route.sessions.allows(.post))
+        XCTAssertFalse(Route.sessions.allows(.get))
+        XCTAssertTrue(Route.session(nil).allows(.delete))
+        XCTAssertFalse(Route.input(nil).allows(.get))
+        XCTAssertTrue(Route.mud.allows(.get) && Route.mud.allows(.post))
+        XCTAssertEqual("\(Route.session(nil).allow)", "GET, DELETE")
+    }
+
+    func testSplit() {
+        let (p, q) = Router.split(Array("/mud?id=x&cmd=look#frag".utf8))
+        XCTAssertEqual(String(decoding: p, as: UTF8.self), "/mud")
+        XCTAssertEqual(String(decoding: q, as: UTF8.self), "id=x&cmd=look")
+        let (p2, q2) = Router.split(Array("/healthz".utf8))
+        XCTAssertEqual(String(decoding: p2, as: UTF8.self), "/healthz")
+        XCTAssertTrue(q2.isEmpty)
+    }
+}
+
+final class ParameterTests: XCTestCase {
+    func params(_ q: String, form: String? = nil) -> Parameters {
+        Parameters(query: Array(q.utf8)[...], form: form.map { Array($0.utf8)[...] })
+    }
+
+    func testLookupAndDecoding() {
+        let p = params("a=1&cmd=say+hello%21&empty=&flag")
+        XCTAssertEqual(p.string("cmd"), "say hello!")
+        XCTAssertEqual(p.string("empty"), "")
+        XCTAssertEqual(p.string("flag"), "")
+        XCTAssertNil(p.string("missing"))
+        XCTAssertTrue(p.flag("flag"))
+        XCTAssertFalse(params("raw=0").flag("raw"))
+        XCTAssertTrue(params("raw=1").flag("raw"))
+    }
+
+    func testQueryWinsOverForm() {
+        let p = params("cmd=fromquery", form: "cmd=fromform&x=2")
+        XCTAssertEqual(p.string("cmd"), "fromquery")
+        XCTAssertEqual(p.string("x"), "2")
+        XCTAssertEqual(p.rawForm("cmd").map { String(decoding: $0, as: UTF8.self) }, "fromform")
+    }
+
+    func testNameMustMatchWhole() {
+        XCTAssertNil(params("since2=5").unsigned("since"))
+        XCTAssertNil(params("xsince=5").unsigned("since"))
+    }
+
+    func testUnsigned() {
+        XCTAssertEqual(try params("since=42").unsigned("since")?.get(), 42)
+        XCTAssertEqual(try params("since=0").unsigned("since")?.get(), 0)
+        for bad in ["-1", "abc", "", "1.5", "99999999999999999999999"] {
+            XCTAssertThrowsError(try params("since=\(bad)").unsigned("since")?.get(), bad)
+        }
+    }
+
+    func testSeconds() {
+        XCTAssertEqual(try params("wait=2").milliseconds("wait")?.get(), 2000)
+        XCTAssertEqual(try params("wait=0.5").milliseconds("wait")?.get(), 500)
+        XCTAssertEqual(try params("wait=.25").milliseconds("wait")?.get(), 250)
+        XCTAssertEqual(try params("wait=1.2345").milliseconds("wait")?.get(), 1234)
+        XCTAssertEqual(try params("wait=3.").milliseconds("wait")?.get(), 3000)
+        for bad in ["-1", "x", "", ".", "1e3", "1.2.3"] {
+            XCTAssertThrowsError(try params("wait=\(bad)").milliseconds("wait")?.get(), bad)
+        }
+    }
+
+    func testBadPercentEscapesAreKept() {
+        XCTAssertEqual(params("cmd=100%").string("cmd"), "100%")
+        XCTAssertEqual(params("cmd=%zz").string("cmd"), "%zz")
+    }
+}
+
+final class LineEndingTests: XCTestCase {
+    func terminated(_ s: String) -> String {
+        let bytes = Array(s.utf8)
+        let (keep, crlf) = LineEnding.terminate(bytes)
+        return String(decoding: bytes[0..<keep], as: UTF8.self) + (crlf ? "\r\n" : "")
+    }
+
+    func testCRLFRule() {
+        XCTAssertEqual(terminated("look\r\n"), "look\r\n")
+        XCTAssertEqual(terminated("look\n"), "look\r\n")
+        XCTAssertEqual(terminated("look"), "look\r\n")
+        XCTAssertEqual(terminated(""), "\r\n")
+        XCTAssertEqual(terminated("\n"), "\r\n")
+        XCTAssertEqual(terminated("a\rb"), "a\rb\r\n")
+        XCTAssertEqual(terminated("two\nlines\n"), "two\nlines\r\n")
+    }
+}
+
+final class SessionIDTests: XCTestCase {
+    func testRoundTripAndShape() {
+        for _ in 0..<1000 {
+            let id = SessionID.random()
+            let text = id.description
+            XCTAssertEqual(text.count, 22)
+            XCTAssertTrue(text.utf8.allSatisfy { Router.isIDSyntax([$0][...]) })
+            XCTAssertEqual(SessionID(text: Array(text.utf8)), id)
+        }
+    }
+
+    func testIDsDiffer() {
+        let ids = Set((0..<10_000).map { _ in SessionID.random() })
+        XCTAssertEqual(ids.count, 10_000)
+    }
+
+    func testRejectsOtherShapes() {
+        XCTAssertNil(SessionID(text: Array("short".utf8)))
+        XCTAssertNil(SessionID(text: Array(String(repeating: "A", count: 21).utf8) + [UInt8(ascii: "B")]),
+                     "non-canonical last character (low bits set)")
+        XCTAssertNil(SessionID(text: Array(String(repeating: "A", count: 21).utf8) + [UInt8(ascii: "!")]))
+        XCTAssertNotNil(SessionID(text: Array(String(repeating: "A", count: 22).utf8)))
+    }
+}

@@ -1,0 +1,77 @@
+import Foundation
+import Logging
+import XCTest
+@testable import UVProxy
+
+/// A real `ProxyDaemon` on its own thread and loop, for integration tests over loopback.
+final class TestDaemon: @unchecked Sendable {
+    private let lock = NSCondition()
+    private var port: Int?
+    private var demoPort: Int?
+    private var startError: String?
+    private var stopHandle: LoopWaker?
+    private var finished = false
+    private var thread: Thread?
+
+    /// Starts the daemon with `configure` applied to a config listening on an ephemeral port.
+    init(_ configure: (inout ProxyConfig) -> Void = { _ in }) throws {
+        var config = ProxyConfig()
+        config.listen = "127.0.0.1:0"
+        config.logLevel = "error"
+        configure(&config)
+        let frozen = config
+        let thread = Thread { [self] in
+            var logger = Logger(label: "test-daemon")
+            logger.logLevel = .error
+            do {
+                let daemon = try ProxyDaemon(config: frozen, logger: logger)
+                let handle = try daemon.makeStopHandle()
+                lock.lock()
+                port = daemon.listenAddress?.port
+                demoPort = daemon.demoAddress?.port
+                stopHandle = handle
+                lock.broadcast()
+                lock.unlock()
+                daemon.run()
+            } catch {
+                lock.lock()
+                startError = "\(error)"
+                lock.broadcast()
+                lock.unlock()
+            }
+            lock.lock()
+            finished = true
+            lock.broadcast()
+            lock.unlock()
+        }
+        thread.stackSize = 8 << 20
+        self.thread = thread
+        thread.start()
+        lock.lock()
+        while port == nil && startError == nil { lock.wait() }
+        let error = startError
+        lock.unlock()
+        if let error { throw ConfigError(error) }
+    }
+
+    var listenPort: Int { lock.lock(); defer { lock.unlock() }; return port! }
+    var demoGamePort: Int? { lock.lock(); defer { lock.unlock() }; return demoPort }
+
+    /// Graceful shutdown, as SIGTERM does; waits until the loop has returned.
+    func stop(timeout: TimeInterval = 20) {
+        lock.lock()
+        let handle = finished ? nil : stopHandle
+        lock.unlock()
+        handle?.wake()
+        lock.lock()
+        let deadline = Date().addingTimeInterval(timeout)
+        while !finished && lock.wait(until: deadline) {}
+        lock.unlock()
+    }
+
+    var hasFinished: Bool { lock.lock(); defer { lock.unlock() }; return finished }
+
+    func client() throws -> HTTPTestClient { try HTTPTestClient(port: listenPort) }
+
+    deinit { stop() }
+}
