@@ -113,8 +113,9 @@ final class HTTPRequestParser {
     /// Lets the parser continue after a completed request.
     func resume() { http_parser_pause(parser, 0) }
 
+    /// Returns 0, or -1 to fail the request (for this callback 1 and 2 mean "no body").
     private func headersComplete(_ p: UnsafeMutablePointer<http_parser>) -> Int32 {
-        if inValue, !commitHeader() { return 1 }
+        if inValue, !commitHeader() { return -1 }
         inHeaders = false
         request.method = HTTPMethod(parserMethod: UInt32(p.pointee.method))
         request.versionMajor = Int(p.pointee.http_major)
@@ -123,12 +124,12 @@ final class HTTPRequestParser {
         if request.transferEncodingCount > 1 || request.contentLengthCount > 1 {
             failure = .malformed(request.transferEncodingCount > 1
                 ? "more than one Transfer-Encoding header" : "more than one Content-Length header")
-            return 1
+            return -1
         }
         let length = p.pointee.content_length
         if request.contentLengthCount == 1, length != UInt64.max, length > UInt64(maxBody) {
             failure = .bodyTooLarge
-            return 1
+            return -1
         }
         delegate?.parserDidCompleteHeaders(request)
         return 0

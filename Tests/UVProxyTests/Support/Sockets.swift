@@ -142,7 +142,11 @@ final class TestUpstream: @unchecked Sendable {
 
     /// Stops listening (new connects are refused); accepted connections stay.
     func stopListening() {
-        lock.lock(); stopped = true; lock.unlock()
+        lock.lock()
+        let wasStopped = stopped
+        stopped = true
+        lock.unlock()
+        guard !wasStopped else { return }  // closing twice could close an fd someone reused
         Glibc.shutdown(listenFD, Int32(SHUT_RDWR))
         Glibc.close(listenFD)
     }
