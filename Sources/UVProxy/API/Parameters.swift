@@ -35,7 +35,7 @@ public struct Parameters {
     /// A whole number: nil if absent, `.failure` if not digits.
     public func unsigned(_ name: StaticString) -> Result<UInt64, ParameterError>? {
         guard let raw = raw(name) else { return nil }
-        guard let n = Parameters.parseUnsigned(Parameters.decode(raw)[...]) else {
+        guard let n = Parameters.parseUnsigned(raw) else {  // digits need no decoding
             return .failure(ParameterError("\(name) must be a non-negative integer"))
         }
         return .success(n)
@@ -44,7 +44,7 @@ public struct Parameters {
     /// Seconds with optional decimals ("2", "0.5"), as milliseconds.
     public func milliseconds(_ name: StaticString) -> Result<UInt64, ParameterError>? {
         guard let raw = raw(name) else { return nil }
-        guard let ms = Parameters.parseSeconds(Parameters.decode(raw)[...]) else {
+        guard let ms = Parameters.parseSeconds(raw) else {
             return .failure(ParameterError("\(name) must be a non-negative number of seconds"))
         }
         return .success(ms)

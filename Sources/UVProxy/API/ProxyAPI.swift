@@ -275,7 +275,8 @@ public final class ProxyAPI: HTTPHandler {
         guard let idBytes = params.raw("id") else {
             return create(connection, params, compat: true)
         }
-        guard let session = SessionID(text: Parameters.decode(idBytes)).flatMap(table.session) else {
+        // Ids are base64url: they never need percent-decoding.
+        guard let session = SessionID(text: idBytes).flatMap(table.session) else {
             return error(connection, .notFound, "unknown session")
         }
         guard input(connection, session, request, params, respond: false) else { return }

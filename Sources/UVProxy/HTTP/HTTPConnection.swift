@@ -273,7 +273,11 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
             startLingeringClose()
             return
         }
-        schedule(.idle, at: lastActivity + server.limits.keepAliveTimeoutMs)
+        // The idle deadline is lazy (checked against lastActivity when it fires): only arm it
+        // if something else had replaced it.
+        if timerKind != .idle || deadlineSlot < 0 {
+            schedule(.idle, at: lastActivity + server.limits.keepAliveTimeoutMs)
+        }
         if !inParseLoop { parseUnparsed() }
     }
 

@@ -132,11 +132,9 @@ public final class Session: DeadlineOwner {
 
     /// Registers a held read; an earlier held read is told it was replaced.
     public func setWaiter(_ observer: SessionObserver) {
-        if let old = waiter, old !== observer {
-            waiter = nil
-            old.sessionObserverReplaced(self)
-        }
-        waiter = observer
+        let old = waiter
+        waiter = observer  // before telling the old one, which may start a newer wait itself
+        if let old, old !== observer { old.sessionObserverReplaced(self) }
     }
 
     public func removeWaiter(_ observer: SessionObserver) {
@@ -144,11 +142,9 @@ public final class Session: DeadlineOwner {
     }
 
     public func setStreamObserver(_ observer: SessionObserver) {
-        if let old = streamObserver, old !== observer {
-            streamObserver = nil
-            old.sessionObserverReplaced(self)
-        }
+        let old = streamObserver
         streamObserver = observer
+        if let old, old !== observer { old.sessionObserverReplaced(self) }
     }
 
     public func removeStreamObserver(_ observer: SessionObserver) {
