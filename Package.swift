@@ -23,6 +23,11 @@ let package = Package(
             dependencies: [
                 "CUV",
                 .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: [
+                // One thread, and every access to shared state is on it: the dynamic
+                // exclusivity checks cost ~3% of a poll (docs/BENCHMARKS.md) and guard nothing.
+                .unsafeFlags(["-enforce-exclusivity=unchecked"], .when(configuration: .release)),
             ]
         ),
         .executableTarget(

@@ -1,8 +1,8 @@
 /// A connection's request that waits for a session: a long-poll read, or (later) an SSE stream.
 /// One per client connection that ever waits, reused for every wait on it.
 final class PendingRequest: SessionObserver {
-    unowned let connection: HTTPConnection
-    unowned let api: ProxyAPI
+    unowned(unsafe) let connection: HTTPConnection  // owns this object (attachment)
+    unowned(unsafe) let api: ProxyAPI
 
     struct Read {
         let session: Session

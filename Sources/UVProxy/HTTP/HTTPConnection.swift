@@ -25,7 +25,8 @@ public struct HTTPLimits: Sendable {
 public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate, DeadlineOwner {
     let stream: TCPStream
     private let parser: HTTPRequestParser
-    private unowned let server: HTTPServer
+    private unowned(unsafe) let server: HTTPServer  // the server outlives its connections
+    private let limits: HTTPLimits
     /// Free for the handler (the API keeps its per-connection state here).
     public var attachment: AnyObject?
     /// Whether the request being answered asked to keep the connection.
@@ -52,12 +53,13 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
     init(stream: TCPStream, server: HTTPServer) {
         self.stream = stream
         self.server = server
-        parser = HTTPRequestParser(maxBody: server.limits.maxBody)
+        limits = server.limits
+        parser = HTTPRequestParser(maxBody: limits.maxBody)
         lastActivity = stream.loop.now
         parser.delegate = self
         stream.delegate = self
         stream.startReading()
-        schedule(.idle, at: lastActivity + server.limits.keepAliveTimeoutMs)
+        schedule(.idle, at: lastActivity + limits.keepAliveTimeoutMs)
     }
 
     public var isOpen: Bool { phase == .open }
@@ -76,7 +78,7 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
         }
         if awaitingResponse || unparsed.count > unparsedStart {
             unparsed.append(contentsOf: bytes)
-            if unparsed.count - unparsedStart > server.limits.maxHeader + server.limits.maxBody + 4096 {
+            if unparsed.count - unparsedStart > limits.maxHeader + limits.maxBody + 4096 {
                 stream.stopReading()  // enough queued; resume when answered
             }
             return
@@ -102,7 +104,7 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
         defer { inParseLoop = false }
         var offset = 0
         while phase == .open, !awaitingResponse, offset < bytes.count,
-              stream.queuedWriteBytes <= server.limits.maxQueuedResponseBytes {
+              stream.queuedWriteBytes <= limits.maxQueuedResponseBytes {
             switch parser.parse(UnsafeRawBufferPointer(rebasing: bytes[offset...])) {
             case .success(let n):
                 offset += n
@@ -110,7 +112,7 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
                     requestReady = false
                     dispatch()
                 } else if parser.inHeaders, timerKind != .headers {
-                    schedule(.headers, at: loop.now + server.limits.headerTimeoutMs)
+                    schedule(.headers, at: loop.now + limits.headerTimeoutMs)
                 }
                 if n == 0 && !awaitingResponse && phase == .open && !requestReady { return offset }
             case .failure(let error):
@@ -163,8 +165,8 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
         awaitingResponse = true
         switch error {
         case .malformed(let why): respondError(.badRequest, "malformed request: \(why)")
-        case .headersTooLarge: respondError(.headersTooLarge, "request line and headers exceed \(server.limits.maxHeader) bytes")
-        case .bodyTooLarge: respondError(.payloadTooLarge, "request body exceeds \(server.limits.maxBody) bytes")
+        case .headersTooLarge: respondError(.headersTooLarge, "request line and headers exceed \(limits.maxHeader) bytes")
+        case .bodyTooLarge: respondError(.payloadTooLarge, "request body exceeds \(limits.maxBody) bytes")
         }
     }
 
@@ -276,7 +278,7 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
         // The idle deadline is lazy (checked against lastActivity when it fires): only arm it
         // if something else had replaced it.
         if timerKind != .idle || deadlineSlot < 0 {
-            schedule(.idle, at: lastActivity + server.limits.keepAliveTimeoutMs)
+            schedule(.idle, at: lastActivity + limits.keepAliveTimeoutMs)
         }
         if !inParseLoop { parseUnparsed() }
     }
@@ -321,23 +323,23 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
         switch timerKind {
         case .idle:
             guard phase == .open, !awaitingResponse else { return }
-            let due = lastActivity + server.limits.keepAliveTimeoutMs
+            let due = lastActivity + limits.keepAliveTimeoutMs
             if now >= due {
                 close()
             } else if parser.inHeaders {
-                schedule(.headers, at: lastActivity + server.limits.headerTimeoutMs)
+                schedule(.headers, at: lastActivity + limits.headerTimeoutMs)
             } else {
                 schedule(.idle, at: due)
             }
         case .headers:
             guard phase == .open, !awaitingResponse else { return }
             guard parser.inHeaders else {  // headers done, body still coming: idle rules apply
-                schedule(.idle, at: lastActivity + server.limits.keepAliveTimeoutMs)
+                schedule(.idle, at: lastActivity + limits.keepAliveTimeoutMs)
                 return
             }
             keepAlive = false
             awaitingResponse = true
-            respondError(.requestTimeout, "request headers not complete within \(server.limits.headerTimeoutMs / 1000) seconds")
+            respondError(.requestTimeout, "request headers not complete within \(limits.headerTimeoutMs / 1000) seconds")
         case .held:
             guard phase == .open, awaitingResponse else { return }
             timerKind = .idle

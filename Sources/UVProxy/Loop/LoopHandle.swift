@@ -6,7 +6,7 @@ import CUV
 /// `uv_close` callback, so the object (and the handle memory it owns) outlives every callback
 /// libuv can still make. The last release happens in the close callback, never before.
 public class LoopHandle {
-    public unowned let loop: EventLoop
+    public unowned(unsafe) let loop: EventLoop  // a loop outlives its handles (EventLoop.close)
     let raw: UnsafeMutableRawPointer
     public private(set) var isClosing = false
     private var adopted = false

@@ -68,7 +68,7 @@ public final class Session: DeadlineOwner {
     public private(set) var streamObserver: SessionObserver?
     public var deadline: UInt64 = 0
     public var deadlineSlot: Int = -1
-    unowned let table: SessionTable
+    unowned(unsafe) let table: SessionTable  // the table outlives its sessions
 
     init(id: SessionID, target: Target, bufferSize: Int, now: UInt64, table: SessionTable) {
         self.id = id
