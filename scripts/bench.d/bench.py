@@ -1,0 +1,699 @@
+#!/usr/bin/env python3
+"""Orchestrates scripts/bench: starts the upstream, uvproxyd instances and nginx, runs wrk and the
+load client phase by phase, accounts CPU per process and prints (and writes) the results table.
+
+Run through scripts/bench, which builds everything first. Each phase records the CPU time
+(utime + stime) of the proxy, the upstream and nginx from /proc/PID/stat before and after, and
+the CPU time of wrk / the load client from wait4()'s rusage, so a reader can see who was the limit.
+"""
+
+import argparse
+import datetime
+import os
+import platform
+import re
+import shutil
+import statistics
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+GREETING = 64          # bytes each upstream connection sends on accept
+MAX_SESSIONS = 20000
+PROXY_FLAGS = ["--max-sessions", str(MAX_SESSIONS), "--log-level", "warning"]
+
+
+def log(msg):
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+class BenchError(Exception):
+    pass
+
+
+# ---------------------------------------------------------------- /proc helpers
+
+def cpu_seconds(pid):
+    """utime + stime of a process (all its threads, live and dead), in seconds."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            data = f.read()
+    except OSError:
+        return None
+    fields = data[data.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def cpu_sample(pid):
+    """(utime + stime in seconds, on-CPU ns summed over the threads' schedstat, thread ids)."""
+    stat = cpu_seconds(pid)
+    ns, tids = 0, []
+    try:
+        for tid in sorted(os.listdir(f"/proc/{pid}/task")):
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                ns += int(f.read().split()[0])
+            tids.append(tid)
+    except (OSError, ValueError, IndexError):
+        ns, tids = None, None
+    return stat, ns, tids
+
+
+def sys_seconds(pid):
+    """stime (CPU time in the kernel) of a process, in seconds."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            data = f.read()
+    except OSError:
+        return 0.0
+    return int(data[data.rindex(")") + 2:].split()[12]) / CLK_TCK
+
+
+def cpu_delta(a, b):
+    """CPU seconds between two samples of one process. utime + stime count in clock ticks (10 ms);
+    when the process kept the same threads in between, the schedstat run times give the same
+    figure in nanoseconds, so short phases are measured precisely too."""
+    if a is None or b is None or a[0] is None or b[0] is None:
+        return 0.0
+    if a[1] is not None and b[1] is not None and a[2] == b[2]:
+        return (b[1] - a[1]) / 1e9
+    return b[0] - a[0]
+
+
+def steal_seconds():
+    """CPU time the hypervisor took from this VM (all CPUs), from /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = f.readline().split()
+    return int(fields[8]) / CLK_TCK if len(fields) > 8 else 0.0
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise BenchError(f"no VmRSS for pid {pid}")
+
+
+def children(pid):
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        return []
+
+
+def listening_ports(pid):
+    """TCP ports a process listens on, from its socket fds and /proc/net/tcp (fallback when the
+    ready line is not logged)."""
+    inodes = set()
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            m = re.match(r"socket:\[(\d+)\]", link)
+            if m:
+                inodes.add(m.group(1))
+    except OSError:
+        return []
+    ports = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f)
+                for line in f:
+                    parts = line.split()
+                    if parts[3] == "0A" and parts[9] in inodes:
+                        ports.append(int(parts[1].rsplit(":", 1)[1], 16))
+        except OSError:
+            pass
+    return ports
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_get(port, path, timeout=5):
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as r:
+        return r.status, r.read().decode("utf-8", "replace")
+
+
+def wait_port(port, timeout=10):
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.02)
+    raise BenchError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+
+
+def parse_kv(text, prefix=""):
+    for line in text.splitlines():
+        if line.startswith(prefix) and "=" in line:
+            return {k: v for k, v in (tok.split("=", 1) for tok in line[len(prefix):].split() if "=" in tok)}
+    return None
+
+
+# ---------------------------------------------------------------- processes
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.tmp = tempfile.mkdtemp(prefix="uvproxyd-bench-")
+        self.procs = []            # long-running processes we started (Popen), to stop at the end
+        self.phases = []           # per-phase CPU accounting rows
+        self.watch = {}            # label -> Popen whose CPU each phase records ("proxy", "upstream", "nginx")
+        self.n_log = 0
+
+    # -- long-running servers
+
+    def start_upstream(self):
+        p = subprocess.Popen([self.args.upstream_bin, "--port", "0", "--greeting", str(GREETING)],
+                             stdout=subprocess.PIPE, stderr=open(os.path.join(self.tmp, "upstream.err"), "a"),
+                             text=True)
+        self.procs.append(p)
+        p.name = "upstream"
+        line = p.stdout.readline()
+        m = re.match(r"ready (\d+)", line or "")
+        if not m:
+            raise BenchError(f"upstream did not start: {line!r}")
+        p.port = int(m.group(1))
+        log(f"upstream pid {p.pid} on 127.0.0.1:{p.port} ({GREETING}-byte greeting)")
+        return p
+
+    def start_proxy(self, upstream_port):
+        self.n_log += 1
+        logpath = os.path.join(self.tmp, f"proxy-{self.n_log}.log")
+        cmd = [self.args.proxy_bin, "--listen", "127.0.0.1:0", "--upstream", f"127.0.0.1:{upstream_port}"] + PROXY_FLAGS
+        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(logpath, "w"))
+        self.procs.append(p)
+        p.name = "uvproxyd"
+        end = time.time() + 15
+        port = None
+        while port is None:
+            if p.poll() is not None:
+                raise BenchError(f"uvproxyd exited with {p.returncode}: {open(logpath).read()[-2000:]}")
+            if time.time() > end:
+                raise BenchError("uvproxyd did not start listening within 15 s")
+            with open(logpath, errors="replace") as f:
+                m = re.search(r"uvproxyd ready: listening on \S*:(\d+)", f.read())
+            if m:
+                port = int(m.group(1))
+                break
+            # --log-level warning hides the (notice-level) ready line: find the listening socket instead.
+            ports = listening_ports(p.pid)
+            if ports:
+                port = ports[0]
+                break
+            time.sleep(0.02)
+        end = time.time() + 10
+        while True:
+            try:
+                if http_get(port, "/healthz")[0] == 200:
+                    break
+            except OSError:
+                pass
+            if time.time() > end:
+                raise BenchError("uvproxyd /healthz did not answer")
+            time.sleep(0.02)
+        p.port = port
+        log(f"uvproxyd pid {p.pid} on 127.0.0.1:{port} -> upstream 127.0.0.1:{upstream_port}")
+        return p
+
+    def start_nginx(self):
+        prefix = os.path.join(self.tmp, "nginx")
+        os.makedirs(prefix, exist_ok=True)
+        port = free_port()
+        with open(os.path.join(HERE, "nginx.conf.in")) as f:
+            conf = f.read().replace("@PREFIX@", prefix).replace("@PORT@", str(port))
+        confpath = os.path.join(prefix, "nginx.conf")
+        with open(confpath, "w") as f:
+            f.write(conf)
+        p = subprocess.Popen([self.args.nginx_bin, "-p", prefix, "-c", confpath, "-e", os.path.join(prefix, "error.log")],
+                             stdout=subprocess.DEVNULL, stderr=open(os.path.join(prefix, "stderr.log"), "w"))
+        self.procs.append(p)
+        p.name = "nginx"
+        p.port = port
+        try:
+            wait_port(port)
+        except BenchError:
+            raise BenchError("nginx did not start: " + open(os.path.join(prefix, "stderr.log")).read()[-1000:])
+        log(f"nginx pid {p.pid} (workers {children(p.pid)}) on 127.0.0.1:{port}")
+        return p
+
+    def stop(self, p, timeout=30):
+        if p is None or p.poll() is not None:
+            return
+        p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            log(f"{p.name} pid {p.pid} did not stop in {timeout} s: SIGKILL")
+            p.kill()
+            p.wait()
+        for k in [k for k, v in self.watch.items() if v is p]:
+            del self.watch[k]
+
+    def cleanup(self):
+        for p in reversed(self.procs):
+            try:
+                self.stop(p, timeout=10)
+            except Exception:
+                pass
+
+    # -- CPU accounting
+
+    def server_cpu(self):
+        out = {}
+        for label, p in self.watch.items():
+            pids = [p.pid] + (children(p.pid) if label == "nginx" else [])
+            out[label] = {pid: cpu_sample(pid) for pid in pids}
+        return out
+
+    def run_client(self, kind, cmd, env=None, timeout=120, ok_codes=(0,)):
+        """Runs wrk or the load client to completion; returns (stdout, cpu seconds of the child)."""
+        outpath = os.path.join(self.tmp, f"{kind}.out")
+        with open(outpath, "w") as out, open(os.path.join(self.tmp, f"{kind}.err"), "w") as err:
+            p = subprocess.Popen(cmd, stdout=out, stderr=err, env=env)
+        end = time.time() + timeout
+        while True:
+            pid, status, ru = os.wait4(p.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.time() > end:
+                p.kill()
+                pid, status, ru = os.wait4(p.pid, 0)
+                raise BenchError(f"{kind} did not finish within {timeout} s: {' '.join(cmd)}")
+            time.sleep(0.005)
+        p.returncode = os.waitstatus_to_exitcode(status)
+        stdout = open(outpath).read()
+        if p.returncode not in ok_codes:
+            stderr = open(os.path.join(self.tmp, f"{kind}.err")).read()
+            raise BenchError(f"{kind} exited {p.returncode}: {' '.join(cmd)}\n{stdout}{stderr}")
+        return stdout, ru.ru_utime + ru.ru_stime
+
+    def phase(self, name, kind=None, cmd=None, env=None, timeout=120, sleep=None, record=True, ok_codes=(0,)):
+        """One measured phase: a client run (kind 'wrk' or 'loadclient') or a plain sleep."""
+        before = self.server_cpu()
+        sys0 = sys_seconds(self.watch["proxy"].pid) if "proxy" in self.watch else None
+        steal0 = steal_seconds()
+        t0 = time.monotonic()
+        stdout, client_cpu = "", 0.0
+        if cmd is not None:
+            stdout, client_cpu = self.run_client(kind, cmd, env=env, timeout=timeout, ok_codes=ok_codes)
+        else:
+            time.sleep(sleep)
+        wall = time.monotonic() - t0
+        after = self.server_cpu()
+        row = {"name": name, "wall": wall, "steal": steal_seconds() - steal0}
+        if sys0 is not None and "proxy" in self.watch:
+            row["proxy_sys"] = sys_seconds(self.watch["proxy"].pid) - sys0
+        for label in before:
+            if label in after:
+                row[label] = sum(cpu_delta(before[label][pid], after[label].get(pid)) for pid in before[label])
+        if kind:
+            row[kind] = client_cpu
+        if record:
+            self.phases.append(row)
+        return stdout, row
+
+    # -- clients
+
+    def loadclient(self, name, port, mode, *opts, timeout=120, record=True):
+        cmd = [self.args.loadclient_bin, mode, "-p", str(port), "-T", str(timeout)] + [str(o) for o in opts]
+        log(f"{name}: loadclient {mode} {' '.join(str(o) for o in opts)}")
+        # flood exits 1 when the bytes do not verify: still report it (as FAIL) rather than abort.
+        stdout, row = self.phase(name, "loadclient", cmd, timeout=timeout + 10, record=record,
+                                 ok_codes=(0, 1) if mode == "flood" else (0,))
+        kv = parse_kv(stdout)
+        if kv is None:
+            raise BenchError(f"no result from loadclient {mode}: {stdout!r}")
+        return kv, row
+
+    def wrk(self, name, port, ids_file, duration, record=True):
+        env = dict(os.environ, BENCH_IDS=ids_file)
+        cmd = [self.args.wrk_bin, "-t1", "-c64", f"-d{duration:g}s", "--latency", "-s", os.path.join(HERE, "poll.lua"),
+               f"http://127.0.0.1:{port}/"]
+        log(f"{name}: wrk -t1 -c64 -d{duration:g}s")
+        stdout, row = self.phase(name, "wrk", cmd, env=env, timeout=duration + 30, record=record)
+        kv = parse_kv(stdout, "BENCH ")
+        if kv is None:
+            raise BenchError(f"no BENCH line from wrk: {stdout!r}")
+        r = {k: float(v) for k, v in kv.items()}
+        r["rps"] = r["requests"] / (r["duration_us"] / 1e6)
+        r["errors"] = r["err_connect"] + r["err_read"] + r["err_write"] + r["err_status"] + r["err_timeout"]
+        return r, row
+
+
+def open_sessions(port):
+    _, text = http_get(port, "/metrics")
+    m = re.search(r'^uvproxyd_sessions\{state="open"\}\s+(\d+)', text, re.M)
+    return int(m.group(1)) if m else None
+
+
+def merge_rows(name, rows):
+    out = {"name": name}
+    for r in rows:
+        for k, v in r.items():
+            if k != "name":
+                out[k] = out.get(k, 0.0) + v
+    return out
+
+
+# ---------------------------------------------------------------- the scenarios
+
+def run(args):
+    b = Bench(args)
+    res = {}
+    started = time.monotonic()
+    n = args.sessions
+    try:
+        # ---- 1. creation, memory per idle session, idle CPU: a fresh proxy
+        up = b.start_upstream()
+        px = b.start_proxy(up.port)
+        b.watch = {"proxy": px, "upstream": up}
+        time.sleep(0.3)
+        rss0 = rss_kib(px.pid)
+        ids_create = os.path.join(b.tmp, "ids-create.txt")
+        res["create"], res["create_row"] = b.loadclient(f"create {n:,} (64 conns)", px.port, "create", "-n", n, "-c", 64, "-o", ids_create)
+        b.loadclient(f"read greetings {n:,}", px.port, "drain", "-i", ids_create, "-c", 64, "-g", GREETING)
+        time.sleep(0.5)
+        rss1 = rss_kib(px.pid)
+        res["open_after_create"] = open_sessions(px.port)
+        res["mem"] = {"rss0": rss0, "rss1": rss1, "per": (rss1 - rss0) / n}
+        log(f"RSS {rss0} KiB -> {rss1} KiB with {res['open_after_create']} open sessions")
+        log(f"idle: {n} sessions, {args.idle:g} s")
+        _, res["idle"] = b.phase(f"idle, {n:,} sessions", sleep=args.idle)
+        b.stop(px)
+        b.stop(up)
+
+        # ---- 2. poll: nginx, a proxy with 1,000 sessions and one with 15,000, in alternating rounds
+        # Each polled proxy gets its own upstream: Linux's connect() gets slow once ~14k ports toward one
+        # address are taken (see the creation note), which would only slow this set-up down.
+        up = b.start_upstream()
+        pa = b.start_proxy(up.port)
+        b.watch = {"proxy": pa, "upstream": up}
+        ids1 = os.path.join(b.tmp, "ids-1k.txt")
+        b.loadclient("poll set-up: create 1,000", pa.port, "create", "-n", 1000, "-c", 64, "-o", ids1)
+        b.loadclient("poll set-up: read greetings", pa.port, "drain", "-i", ids1, "-c", 64, "-g", GREETING)
+        upb = b.start_upstream()
+        pb = b.start_proxy(upb.port)
+        b.watch = {"proxy": pb, "upstream": upb}
+        ids15 = os.path.join(b.tmp, "ids-15k.txt")
+        ids14 = os.path.join(b.tmp, "ids-14k.txt")
+        b.loadclient("poll set-up: create 1,000", pb.port, "create", "-n", 1000, "-c", 64, "-o", ids15)
+        b.loadclient(f"poll set-up: create {n - 1000:,} more", pb.port, "create", "-n", n - 1000, "-c", 64, "-o", ids14)
+        with open(ids15, "a") as out:
+            out.write(open(ids14).read())
+        b.loadclient("poll set-up: read greetings", pb.port, "drain", "-i", ids15, "-c", 64, "-g", GREETING)
+        res["open_poll_1k"] = open_sessions(pa.port)
+        res["open_poll_15k"] = open_sessions(pb.port)
+        ng = b.start_nginx()
+        targets = [("nginx", ng, ids1, {"nginx": ng}),
+                   ("proxy 1k", pa, ids1, {"proxy": pa, "upstream": up}),
+                   ("proxy 15k", pb, ids15, {"proxy": pb, "upstream": upb})]
+        runs = {t[0]: [] for t in targets}
+        rows = {t[0]: [] for t in targets}
+        for name, p, ids, watch in targets:
+            b.watch = watch
+            b.wrk(f"warm-up {name}", p.port, ids, args.warmup, record=False)
+        for r in range(args.rounds):
+            for name, p, ids, watch in targets[r % 3:] + targets[:r % 3]:
+                b.watch = watch
+                kv, row = b.wrk(f"poll {name} (round {r + 1}/{args.rounds})", p.port, ids, args.duration, record=False)
+                runs[name].append(kv)
+                rows[name].append(row)
+        labels = {"nginx": "poll nginx, 1k ids", "proxy 1k": "poll proxy, 1k sessions", "proxy 15k": f"poll proxy, {n // 1000}k sessions"}
+        for name in runs:
+            merged = merge_rows(f"{labels[name]} ({args.rounds} × {args.duration:g} s)", rows[name])
+            b.phases.append(merged)
+            res[f"poll:{name}"] = {"runs": runs[name], "row": merged}
+        b.watch = {}
+        b.stop(ng)
+        b.stop(pa)
+        b.stop(pb)
+        b.stop(up)
+        b.stop(upb)
+
+        # ---- 3. echo round trips and flood throughput
+        up = b.start_upstream()
+        px = b.start_proxy(up.port)
+        b.watch = {"proxy": px, "upstream": up}
+        res["echo1"], _ = b.loadclient("echo, 1 client", px.port, "echo", "-c", 1, "-m", args.echo1, "-W", 200, "-g", GREETING)
+        res["echo50"], _ = b.loadclient("echo, 50 clients", px.port, "echo", "-c", 50, "-m", args.echo50, "-W", 20, "-g", GREETING)
+        res["flood"], res["flood_row"] = b.loadclient(f"flood, 50 × {args.flood_bytes / 1e6:g} MB", px.port, "flood",
+                                                      "-s", 50, "-b", args.flood_bytes, "-g", GREETING)
+        b.stop(px)
+        b.stop(up)
+    except BaseException:
+        b.cleanup()
+        log(f"failed; logs kept in {b.tmp}")
+        raise
+    b.cleanup()
+    res["elapsed"] = time.monotonic() - started
+    shutil.rmtree(b.tmp, ignore_errors=True)
+    return res, b.phases
+
+
+# ---------------------------------------------------------------- report
+
+def fmt(v, digits=1):
+    if v is None:
+        return "—"
+    if isinstance(v, str):
+        return v
+    if abs(v) >= 1000:
+        return f"{v:,.0f}"
+    return f"{v:.{digits}f}"
+
+
+def verdict(ok):
+    return "PASS" if ok else "FAIL"
+
+
+def poll_summary(entry, server):
+    runs, row = entry["runs"], entry["row"]
+    requests = sum(r["requests"] for r in runs)
+    return {
+        "rps": statistics.median(r["rps"] for r in runs),
+        "rps_runs": [r["rps"] for r in runs],
+        "p99_ms": statistics.median(r["p99_us"] for r in runs) / 1e3,
+        "p99_runs": [r["p99_us"] / 1e3 for r in runs],
+        "requests": requests,
+        "errors": sum(r["errors"] for r in runs),
+        "us_per_req": row.get(server, 0.0) / requests * 1e6 if requests else None,
+        "server_pct": row.get(server, 0.0) / row["wall"] * 100,
+        "wrk_pct": row.get("wrk", 0.0) / row["wall"] * 100,
+    }
+
+
+def report(res, phases, args, build_info):
+    ng = poll_summary(res["poll:nginx"], "nginx")
+    p1 = poll_summary(res["poll:proxy 1k"], "proxy")
+    p15 = poll_summary(res["poll:proxy 15k"], "proxy")
+    e1, e50, fl = res["echo1"], res["echo50"], res["flood"]
+    fl_cpu = res["flood_row"]["proxy"]
+    mb = float(fl["bytes"]) / 1e6
+    idle = res["idle"]
+    idle_pct = idle["proxy"] / idle["wall"] * 100
+    mem = res["mem"]["per"]
+    create_rate = float(res["create"]["rate"])
+    n = args.sessions
+    k = f"{n // 1000}k" if n % 1000 == 0 else f"{n:,}"
+
+    rows = []  # figure, value, target, nginx, ratio, result
+
+    def add(figure, value, target, result, nginx=None, ratio=None, digits=1):
+        rows.append((figure, fmt(value, digits), target, fmt(nginx, digits) if nginx is not None else "—",
+                     f"{ratio:.2f}×" if ratio is not None else "—", result))
+
+    add("Poll, 1k sessions: req/s", p1["rps"], "≥ 0.9 × nginx", verdict(p1["rps"] >= 0.9 * ng["rps"]),
+        ng["rps"], p1["rps"] / ng["rps"], digits=0)
+    add("Poll, 1k sessions: p99 latency (ms)", p1["p99_ms"], "≤ 2 ms", verdict(p1["p99_ms"] <= 2),
+        ng["p99_ms"], p1["p99_ms"] / ng["p99_ms"], digits=2)
+    add("Poll, 1k sessions: server CPU per request (µs)", p1["us_per_req"], "≤ nginx",
+        verdict(p1["us_per_req"] <= ng["us_per_req"]), ng["us_per_req"], p1["us_per_req"] / ng["us_per_req"], digits=2)
+    add(f"Poll, {k} sessions: req/s", p15["rps"], f"≥ 0.9 × poll 1k ({p1['rps']:,.0f})",
+        verdict(p15["rps"] >= 0.9 * p1["rps"]), ng["rps"], p15["rps"] / ng["rps"], digits=0)
+    add(f"Poll, {k} sessions: p99 latency (ms)", p15["p99_ms"], "≤ 3 ms", verdict(p15["p99_ms"] <= 3),
+        ng["p99_ms"], p15["p99_ms"] / ng["p99_ms"], digits=2)
+    add(f"Poll, {k} sessions: server CPU per request (µs)", p15["us_per_req"], "(info)", "info",
+        ng["us_per_req"], p15["us_per_req"] / ng["us_per_req"], digits=2)
+    add(f"Memory per idle session, {k} sessions (KiB)", mem, "≤ 2 KiB", verdict(mem <= 2), digits=2)
+    add("Session creation, 64 creators (sessions/s)", create_rate, "≥ 15,000", verdict(create_rate >= 15000), digits=0)
+    marks = [float(x) for x in res["create"].get("per1000", "").split(",") if x]
+    cut = 10000
+    if len(marks) >= cut // 1000 and n > cut:
+        t_cut = marks[cut // 1000 - 1]
+        secs = float(res["create"]["seconds"])
+        add(f"Session creation: sessions 1–{cut:,} (sessions/s)", cut / t_cut, "(info)", "info", digits=0)
+        add(f"Session creation: sessions {cut + 1:,}–{n:,} (sessions/s)", (n - cut) / (secs - t_cut), "(info)", "info", digits=0)
+    add("Echo, 1 client: p50 round trip (ms)", float(e1["p50_ms"]), "≤ 0.12 ms", verdict(float(e1["p50_ms"]) <= 0.12), digits=3)
+    add("Echo, 1 client: p99 round trip (ms)", float(e1["p99_ms"]), "(info)", "info", digits=3)
+    add("Echo, 50 clients: p99 round trip (ms)", float(e50["p99_ms"]), "≤ 3 ms", verdict(float(e50["p99_ms"]) <= 3), digits=3)
+    add("Echo, 50 clients: p50 round trip (ms)", float(e50["p50_ms"]), "(info)", "info", digits=3)
+    add(f"Flood, 50 × {args.flood_bytes / 1e6:g} MB: throughput (MB/s)", float(fl["mbps"]),
+        "every byte arrives, verified", verdict(fl["verified"] == "yes"), digits=0)
+    add("Flood: proxy CPU (s)", fl_cpu, "(info)", "info", digits=3)
+    add("Flood: proxy CPU per MB (ms)", fl_cpu / mb * 1e3, "(info)", "info", digits=2)
+    add(f"Idle, {n:,} sessions, {args.idle:g} s: proxy CPU (%)", idle_pct, "< 1 %", verdict(idle_pct < 1), digits=2)
+
+    out = []
+    out.append("# uvproxyd benchmark results")
+    out.append("")
+    out.append(f"Produced by `scripts/bench` on {build_info['date']}: {build_info['host']}; "
+               f"uvproxyd {build_info['commit']} (release build, one loop, `{' '.join(PROXY_FLAGS)}`); "
+               f"{build_info['wrk']}; {build_info['nginx']}. Whole run {res['elapsed']:.0f} s.")
+    out.append("")
+    out.append("| Figure | Value | Target | nginx | Ratio to nginx | Result |")
+    out.append("|---|---:|---|---:|---:|---|")
+    for r in rows:
+        out.append("| " + " | ".join(r) + " |")
+    out.append("")
+    out.append("CPU seconds per phase: utime + stime (proxy, upstream, nginx master + worker from /proc; "
+               "wrk and the load client from wait4). *Busiest* is the process with the highest CPU / wall "
+               "time (100 % = one core saturated). *Steal* is CPU time the hypervisor took from this VM "
+               "(both CPUs) during the phase.")
+    out.append("")
+    out.append("| Phase | Wall (s) | Proxy | wrk | Upstream | Load client | nginx | Busiest | Steal |")
+    out.append("|---|---:|---:|---:|---:|---:|---:|---|---:|")
+    label = {"proxy": "proxy", "wrk": "wrk", "upstream": "upstream", "loadclient": "load client", "nginx": "nginx"}
+    for ph in phases:
+        cells = [ph["name"], f"{ph['wall']:.2f}"]
+        for key in ("proxy", "wrk", "upstream", "loadclient", "nginx"):
+            cells.append(f"{ph[key]:.2f}" if key in ph else "—")
+        busiest = max(((key, ph[key]) for key in label if key in ph), key=lambda kv: kv[1], default=None)
+        if busiest and ph["wall"] > 0 and busiest[1] / ph["wall"] >= 0.01:
+            cells.append(f"{label[busiest[0]]} {busiest[1] / ph['wall'] * 100:.0f} %")
+        else:
+            cells.append("none above 1 %")
+        cells.append(f"{ph.get('steal', 0.0):.2f}")
+        out.append("| " + " | ".join(cells) + " |")
+    out.append("")
+
+    def runs(values, digits=0):
+        return " / ".join(f"{v:,.{digits}f}" for v in values)
+
+    notes = [
+        f"Poll: `wrk -t1 -c64 -d{args.duration:g}s --latency -s scripts/bench.d/poll.lua`: `GET /mud?id=…`, a "
+        f"random session per request, after each session's {GREETING}-byte greeting was read (the polls return "
+        f"empty bodies). nginx (`return 200 \"\"`, one worker, access log off) gets the same script and ignores "
+        f"the path. The three servers run side by side (two proxies, one with 1,000 sessions and one with "
+        f"{n:,}, each on its own upstream) and are measured in {args.rounds} alternating rounds, after a {args.warmup:g} s warm-up "
+        f"each; req/s and p99 are the medians of the rounds, CPU per request is the server's CPU over all rounds "
+        f"/ all requests.",
+        f"Rounds, req/s: nginx {runs(ng['rps_runs'])}; proxy 1k {runs(p1['rps_runs'])}; proxy {k} "
+        f"{runs(p15['rps_runs'])}. p99 ms: nginx {runs(ng['p99_runs'], 2)}; proxy 1k {runs(p1['p99_runs'], 2)}; "
+        f"proxy {k} {runs(p15['p99_runs'], 2)}.",
+        f"Poll CPU load (CPU / wall): nginx {ng['server_pct']:.0f} % with wrk {ng['wrk_pct']:.0f} %; "
+        f"proxy 1k {p1['server_pct']:.0f} % with wrk {p1['wrk_pct']:.0f} %; proxy {k} {p15['server_pct']:.0f} % "
+        f"with wrk {p15['wrk_pct']:.0f} %. wrk requests / errors: nginx {ng['requests']:,.0f} / {ng['errors']:.0f}, "
+        f"proxy 1k {p1['requests']:,.0f} / {p1['errors']:.0f}, proxy {k} {p15['requests']:,.0f} / {p15['errors']:.0f}.",
+        f"Open sessions (from /metrics): {res['open_after_create']} after the creation phase; "
+        f"{res['open_poll_1k']} and {res['open_poll_15k']} in the two polled proxies.",
+        f"Memory: VmRSS {res['mem']['rss0']:,} KiB on a fresh proxy, {res['mem']['rss1']:,} KiB once it held "
+        f"{n:,} sessions whose {GREETING}-byte greeting was read and acknowledged; (after − before) / {n:,}.",
+        f"Creation: {int(res['create']['created']):,} × `GET /mud` over 64 keep-alive connections, one request "
+        f"in flight on each, {float(res['create']['seconds']):.3f} s, {res['create']['errors']} failed "
+        f"(`--max-sessions {MAX_SESSIONS}`). The same fresh proxy then gives the memory and idle figures. "
+        f"Proxy CPU in this phase {res['create_row']['proxy']:.2f} s, of which {res['create_row'].get('proxy_sys', 0):.2f} s "
+        f"in the kernel. Sessions/s per successive 1,000: "
+        + " / ".join(f"{1000 / (t - p):,.0f}" for p, t in zip([0.0] + marks[:-1], marks)) + ".",
+        f"Echo: each client has its own session and two keep-alive connections: a long-poll "
+        f"`GET /sessions/{{id}}?since=N&wait=5` and `POST /sessions/{{id}}/input?cmd=…`; a round trip runs from "
+        f"sending the input to receiving the echoed line on the long-poll. 1 client: {e1['roundtrips']} timed "
+        f"round trips (mean {float(e1['mean_ms']):.3f} ms, p90 {float(e1['p90_ms']):.3f} ms, max "
+        f"{float(e1['max_ms']):.2f} ms); 50 clients: {e50['roundtrips']} (mean {float(e50['mean_ms']):.3f} ms, "
+        f"max {float(e50['max_ms']):.2f} ms, {float(e50['rate']):,.0f} round trips/s).",
+        f"Flood: 50 sessions each send `flood {args.flood_bytes}` and drain with `GET /sessions/{{id}}?since=N&wait=5`: "
+        f"{int(fl['bytes']):,} of {int(fl['expected']):,} bytes arrived, {fl['mismatches']} bytes differ from "
+        f"the pattern, {fl['polls']} long-polls, {float(fl['seconds']):.3f} s.",
+    ]
+    out.append("Notes:")
+    out.append("")
+    for note in notes:
+        out.append(f"- {note}")
+    out.append("")
+    return "\n".join(out), rows
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--proxy-bin", required=True)
+    ap.add_argument("--upstream-bin", required=True)
+    ap.add_argument("--loadclient-bin", required=True)
+    ap.add_argument("--wrk-bin", default=shutil.which("wrk") or "/usr/bin/wrk")
+    ap.add_argument("--nginx-bin", default=shutil.which("nginx") or "/usr/sbin/nginx")
+    ap.add_argument("--output", required=True, help="Markdown file to (over)write")
+    ap.add_argument("--duration", type=float, default=4, help="seconds of each measured wrk run")
+    ap.add_argument("--rounds", type=int, default=5, help="alternating poll rounds (nginx, proxy 1k, proxy 15k)")
+    ap.add_argument("--warmup", type=float, default=2, help="seconds of each wrk warm-up run")
+    ap.add_argument("--idle", type=float, default=10, help="seconds of the idle measure")
+    ap.add_argument("--sessions", type=int, default=15000)
+    ap.add_argument("--echo1", type=int, default=5000, help="timed round trips, one client")
+    ap.add_argument("--echo50", type=int, default=400, help="timed round trips per client, 50 clients")
+    ap.add_argument("--flood-bytes", type=int, default=2000000)
+    args = ap.parse_args()
+
+    def on_sigterm(signum, frame):
+        raise KeyboardInterrupt()
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+    def cmd_out(cmd):
+        try:
+            return subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout.strip()
+        except Exception:
+            return ""
+
+    cpu = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            m = re.search(r"^model name\s*:\s*(.*)$", f.read(), re.M)
+            cpu = m.group(1).strip() if m else ""
+    except OSError:
+        pass
+    commit = cmd_out(["git", "rev-parse", "--short", "HEAD"]) or "unknown"
+    if cmd_out(["git", "status", "--porcelain", "--untracked-files=no"]):
+        commit += " + uncommitted changes"
+    nginx_v = subprocess.run([args.nginx_bin, "-v"], capture_output=True, text=True).stderr.strip()
+    build_info = {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "host": f"{os.cpu_count()} CPUs ({cpu}), Linux {platform.release()}",
+        "commit": commit,
+        "wrk": (cmd_out([args.wrk_bin, "--version"]).splitlines() or ["wrk"])[0].split(" Copyright")[0].strip(),
+        "nginx": nginx_v.replace("nginx version: ", ""),
+    }
+    try:
+        res, phases = run(args)
+    except BenchError as e:
+        print(f"bench: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("bench: interrupted", file=sys.stderr)
+        return 130
+    text, rows = report(res, phases, args, build_info)
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    with open(args.output, "w") as f:
+        f.write(text)
+    print(text)
+    print(f"(written to {args.output}; whole bench {res['elapsed']:.0f} s)")
+    if res["flood"].get("verified") != "yes":
+        print("bench: flood data did not verify", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

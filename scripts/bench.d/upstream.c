@@ -1,0 +1,275 @@
+/*
+ * Fast line-based TCP upstream for scripts/bench (one thread, epoll, non-blocking).
+ *
+ *   upstream [--host 127.0.0.1] [--port 0] [--greeting N]
+ *
+ * Prints "ready <port>" on stdout once it listens. For every accepted connection:
+ *   - sends a greeting of N bytes (pattern "greeting ..." padded, ending in "\r\n"), if N > 0;
+ *   - reads lines (\n-terminated, a trailing \r is stripped);
+ *   - "flood <n>": sends n bytes where byte i is PATTERN[i % 64], in chunks, respecting
+ *     EAGAIN / EPOLLOUT (never blocks, never materialises the whole flood);
+ *   - any other line: echoed back at once as "<line>\r\n".
+ * Raises RLIMIT_NOFILE to the hard limit. SIGTERM/SIGINT: exits 0.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <arpa/inet.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+static const char PATTERN[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789\r\n";
+#define CHUNK 65536
+#define LINEMAX 8192
+
+struct conn {
+    int fd;
+    int want_out;        /* EPOLLOUT registered */
+    char *line;          /* partial input line */
+    size_t line_len;
+    char *out;           /* pending echo / greeting bytes */
+    size_t out_len, out_off, out_cap;
+    uint64_t flood_left; /* bytes of flood still to send */
+    uint64_t flood_pos;  /* index in the current flood */
+};
+
+static struct conn **conns;
+static size_t nconns_cap;
+static int ep;
+static char *patbuf;     /* CHUNK + 64 bytes of pattern: patbuf + (pos % 64) is a valid chunk start */
+static char *greeting;
+static size_t greeting_len;
+static volatile sig_atomic_t stop;
+
+static void on_signal(int s) { (void)s; stop = 1; }
+
+static void die(const char *what) { perror(what); exit(1); }
+
+static void set_events(struct conn *c) {
+    int want = (c->out_len > c->out_off) || c->flood_left > 0;
+    if (want == c->want_out) return;
+    struct epoll_event ev = { .events = EPOLLIN | (want ? EPOLLOUT : 0), .data.fd = c->fd };
+    if (epoll_ctl(ep, EPOLL_CTL_MOD, c->fd, &ev) < 0) die("epoll_ctl mod");
+    c->want_out = want;
+}
+
+static void close_conn(struct conn *c) {
+    close(c->fd);
+    conns[c->fd] = NULL;
+    free(c->line);
+    free(c->out);
+    free(c);
+}
+
+static void queue_out(struct conn *c, const char *p, size_t n) {
+    if (c->out_off == c->out_len) c->out_off = c->out_len = 0;
+    if (c->out_len + n > c->out_cap) {
+        if (c->out_off > 0) {
+            memmove(c->out, c->out + c->out_off, c->out_len - c->out_off);
+            c->out_len -= c->out_off;
+            c->out_off = 0;
+        }
+        if (c->out_len + n > c->out_cap) {
+            size_t cap = c->out_cap ? c->out_cap : 256;
+            while (cap < c->out_len + n) cap *= 2;
+            c->out = realloc(c->out, cap);
+            if (!c->out) die("realloc");
+            c->out_cap = cap;
+        }
+    }
+    memcpy(c->out + c->out_len, p, n);
+    c->out_len += n;
+}
+
+/* Writes what it can. Returns -1 if the connection died (and was closed). */
+static int flush_out(struct conn *c) {
+    while (c->out_off < c->out_len) {
+        ssize_t w = send(c->fd, c->out + c->out_off, c->out_len - c->out_off, MSG_NOSIGNAL);
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            if (errno == EAGAIN) { set_events(c); return 0; }
+            close_conn(c);
+            return -1;
+        }
+        c->out_off += (size_t)w;
+    }
+    if (c->out_len > 4096) { free(c->out); c->out = NULL; c->out_cap = 0; }
+    c->out_off = c->out_len = 0;
+    while (c->flood_left > 0) {
+        size_t n = c->flood_left < CHUNK ? (size_t)c->flood_left : CHUNK;
+        ssize_t w = send(c->fd, patbuf + (c->flood_pos % 64), n, MSG_NOSIGNAL);
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            if (errno == EAGAIN) break;
+            close_conn(c);
+            return -1;
+        }
+        c->flood_left -= (uint64_t)w;
+        c->flood_pos += (uint64_t)w;
+    }
+    set_events(c);
+    return 0;
+}
+
+static void handle_line(struct conn *c, char *s, size_t n) {
+    if (n > 0 && s[n - 1] == '\r') n--;
+    if (n > 6 && memcmp(s, "flood ", 6) == 0) {
+        char tmp[32];
+        size_t k = n - 6 < sizeof tmp - 1 ? n - 6 : sizeof tmp - 1;
+        memcpy(tmp, s + 6, k);
+        tmp[k] = 0;
+        unsigned long long v = strtoull(tmp, NULL, 10);
+        if (c->flood_left == 0) c->flood_pos = 0;
+        c->flood_left += v;
+        return;
+    }
+    queue_out(c, s, n);
+    queue_out(c, "\r\n", 2);
+}
+
+static void on_readable(struct conn *c) {
+    char buf[65536];
+    for (;;) {
+        ssize_t r = recv(c->fd, buf, sizeof buf, 0);
+        if (r == 0) { close_conn(c); return; }
+        if (r < 0) {
+            if (errno == EINTR) continue;
+            if (errno == EAGAIN) break;
+            close_conn(c);
+            return;
+        }
+        size_t start = 0;
+        for (size_t i = 0; i < (size_t)r; i++) {
+            if (buf[i] != '\n') continue;
+            if (c->line_len > 0) {
+                size_t k = i - start;
+                if (c->line_len + k > LINEMAX) k = LINEMAX - c->line_len;
+                memcpy(c->line + c->line_len, buf + start, k);
+                handle_line(c, c->line, c->line_len + k);
+                c->line_len = 0;
+            } else {
+                handle_line(c, buf + start, i - start);
+            }
+            start = i + 1;
+        }
+        if (start < (size_t)r) {
+            if (!c->line) { c->line = malloc(LINEMAX); if (!c->line) die("malloc"); }
+            size_t k = (size_t)r - start;
+            if (c->line_len + k > LINEMAX) k = LINEMAX - c->line_len; /* over-long lines are cut */
+            memcpy(c->line + c->line_len, buf + start, k);
+            c->line_len += k;
+        }
+        if ((size_t)r < sizeof buf) break;
+    }
+    flush_out(c);
+}
+
+static void on_accept(int lfd) {
+    for (;;) {
+        int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == EINTR) continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK) return;
+            if (errno == EMFILE || errno == ENFILE) { fprintf(stderr, "upstream: accept: out of descriptors\n"); return; }
+            return;
+        }
+        if ((size_t)fd >= nconns_cap) { fprintf(stderr, "upstream: fd %d over table\n", fd); close(fd); continue; }
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        struct conn *c = calloc(1, sizeof *c);
+        if (!c) die("calloc");
+        c->fd = fd;
+        conns[fd] = c;
+        struct epoll_event ev = { .events = EPOLLIN, .data.fd = fd };
+        if (epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) < 0) die("epoll_ctl add");
+        if (greeting_len > 0) {
+            ssize_t w = send(fd, greeting, greeting_len, MSG_NOSIGNAL);
+            if (w < 0 && errno != EAGAIN) { close_conn(c); continue; }
+            if (w < 0) w = 0;
+            if ((size_t)w < greeting_len) {
+                queue_out(c, greeting + w, greeting_len - (size_t)w);
+                set_events(c);
+            }
+        }
+    }
+}
+
+int main(int argc, char **argv) {
+    const char *host = "127.0.0.1";
+    int port = 0;
+    long glen = 0;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--host") && i + 1 < argc) host = argv[++i];
+        else if (!strcmp(argv[i], "--port") && i + 1 < argc) port = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--greeting") && i + 1 < argc) glen = atol(argv[++i]);
+        else { fprintf(stderr, "usage: upstream [--host H] [--port P] [--greeting N]\n"); return 2; }
+    }
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+        getrlimit(RLIMIT_NOFILE, &rl);
+    }
+    nconns_cap = rl.rlim_cur == RLIM_INFINITY ? 1048576 : (size_t)rl.rlim_cur;
+    conns = calloc(nconns_cap, sizeof *conns);
+    patbuf = malloc(CHUNK + 64);
+    if (!conns || !patbuf) die("calloc");
+    for (size_t i = 0; i < CHUNK + 64; i++) patbuf[i] = PATTERN[i % 64];
+    if (glen > 0) {
+        greeting_len = (size_t)glen;
+        greeting = malloc(greeting_len);
+        const char *hello = "greeting from the bench upstream ";
+        for (size_t i = 0; i < greeting_len; i++) greeting[i] = hello[i % strlen(hello)];
+        if (greeting_len >= 2) { greeting[greeting_len - 2] = '\r'; }
+        greeting[greeting_len - 1] = '\n';
+    }
+    signal(SIGPIPE, SIG_IGN);
+    struct sigaction sa = { .sa_handler = on_signal };
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+
+    int lfd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (lfd < 0) die("socket");
+    int one = 1;
+    setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    struct sockaddr_in sin = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
+    if (inet_pton(AF_INET, host, &sin.sin_addr) != 1) { fprintf(stderr, "bad host %s\n", host); return 2; }
+    if (bind(lfd, (struct sockaddr *)&sin, sizeof sin) < 0) die("bind");
+    if (listen(lfd, 65535) < 0) die("listen");
+    socklen_t sl = sizeof sin;
+    getsockname(lfd, (struct sockaddr *)&sin, &sl);
+    ep = epoll_create1(EPOLL_CLOEXEC);
+    if (ep < 0) die("epoll_create1");
+    struct epoll_event ev = { .events = EPOLLIN, .data.fd = -1 };
+    if (epoll_ctl(ep, EPOLL_CTL_ADD, lfd, &ev) < 0) die("epoll_ctl");
+    printf("ready %d\n", ntohs(sin.sin_port));
+    fflush(stdout);
+
+    struct epoll_event evs[1024];
+    while (!stop) {
+        int n = epoll_wait(ep, evs, 1024, 500);
+        if (n < 0) { if (errno == EINTR) continue; die("epoll_wait"); }
+        for (int i = 0; i < n; i++) {
+            int fd = evs[i].data.fd;
+            if (fd == -1) { on_accept(lfd); continue; }
+            struct conn *c = conns[fd];
+            if (!c) continue;
+            if (evs[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP)) {
+                on_readable(c);
+                c = conns[fd];
+                if (!c) continue;
+            }
+            if (evs[i].events & EPOLLOUT) flush_out(c);
+        }
+    }
+    return 0;
+}
