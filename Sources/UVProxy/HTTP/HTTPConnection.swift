@@ -147,7 +147,7 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
         }
     }
 
-    func parserDidCompleteRequest(_ request: inout HTTPRequest) {
+    func parserDidCompleteRequest() {
         requestReady = true
     }
 

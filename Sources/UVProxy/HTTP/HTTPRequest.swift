@@ -15,11 +15,12 @@ public enum HTTPMethod: Sendable {
     }
 }
 
-/// One parsed request. The connection reuses a single instance, so the arrays keep their
-/// capacity from request to request: a poll allocates nothing here.
+/// One parsed request. Each connection's parser reuses a single instance (a class, so handing
+/// it to the API copies one reference), and its arrays keep their capacity from request to
+/// request: a poll allocates nothing here. Valid until the handler has answered.
 ///
 /// Only the headers the proxy acts on are kept; the rest are skipped as they are parsed.
-public struct HTTPRequest {
+public final class HTTPRequest {
     public var method: HTTPMethod = .get
     public var target: [UInt8] = []          // request-target as sent: path and query
     public var versionMinor: Int = 1
@@ -37,7 +38,7 @@ public struct HTTPRequest {
 
     public init() {}
 
-    mutating func reset() {
+    func reset() {
         method = .get
         target.removeAll(keepingCapacity: true)
         body.removeAll(keepingCapacity: true)

@@ -12,7 +12,7 @@ protocol HTTPRequestParserDelegate: AnyObject {
     /// Headers are complete and acceptable; `Expect: 100-continue` may be answered now.
     func parserDidCompleteHeaders(_ request: HTTPRequest)
     /// A whole request has arrived; the parser is paused until `resume()`.
-    func parserDidCompleteRequest(_ request: inout HTTPRequest)
+    func parserDidCompleteRequest()
 }
 
 /// http_parser (the C library) driven for requests: collects one `HTTPRequest` at a time and
@@ -24,7 +24,7 @@ final class HTTPRequestParser {
     private let parser: UnsafeMutablePointer<http_parser>
     private let settings: UnsafeMutablePointer<http_parser_settings>
     unowned(unsafe) var delegate: HTTPRequestParserDelegate?
-    private(set) var request = HTTPRequest()
+    let request = HTTPRequest()
     let maxBody: Int
     private var field: [UInt8] = []
     private var value: [UInt8] = []
@@ -84,7 +84,7 @@ final class HTTPRequestParser {
         settings.pointee.on_message_complete = { p in
             let me = HTTPRequestParser.from(p)
             http_parser_pause(p, 1)
-            me.delegate?.parserDidCompleteRequest(&me.request)
+            me.delegate?.parserDidCompleteRequest()
             return 0
         }
     }

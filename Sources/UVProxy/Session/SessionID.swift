@@ -8,6 +8,12 @@ public struct SessionID: Hashable, Sendable, CustomStringConvertible {
 
     static let alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_".utf8)
     static let textLength = 22
+    /// base64url digit values by byte, 0xFF for bytes outside the alphabet.
+    static let decodeTable: [UInt8] = {
+        var table = [UInt8](repeating: 0xFF, count: 256)
+        for (value, c) in alphabet.enumerated() { table[Int(c)] = UInt8(value) }
+        return table
+    }()
 
     init(hi: UInt64, lo: UInt64) {
         self.hi = hi
@@ -29,15 +35,9 @@ public struct SessionID: Hashable, Sendable, CustomStringConvertible {
         var lo: UInt64 = 0
         var bits = 0
         for c in text {
-            let v: UInt64
-            switch c {
-            case UInt8(ascii: "A")...UInt8(ascii: "Z"): v = UInt64(c - UInt8(ascii: "A"))
-            case UInt8(ascii: "a")...UInt8(ascii: "z"): v = UInt64(c - UInt8(ascii: "a") + 26)
-            case UInt8(ascii: "0")...UInt8(ascii: "9"): v = UInt64(c - UInt8(ascii: "0") + 52)
-            case UInt8(ascii: "-"): v = 62
-            case UInt8(ascii: "_"): v = 63
-            default: return nil
-            }
+            let d = SessionID.decodeTable[Int(c)]
+            guard d != 0xFF else { return nil }
+            let v = UInt64(d)
             // 22 × 6 = 132 bits: the last character carries 2 bits of data and 4 zero bits.
             if bits == 126 {
                 guard v & 0xF == 0 else { return nil }
