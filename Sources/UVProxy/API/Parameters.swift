@@ -53,8 +53,8 @@ public struct Parameters {
     /// A flag: "1", "true", "yes", "on" (or present with no value) are true.
     public func flag(_ name: StaticString) -> Bool {
         guard let raw = raw(name) else { return false }
-        let v = Parameters.decode(raw).map(asciiLower)
-        return v.isEmpty || v == Array("1".utf8) || v == Array("true".utf8) || v == Array("yes".utf8) || v == Array("on".utf8)
+        let v = Parameters.decode(raw)[...]
+        return v.isEmpty || v.equals("1") || v.equalsIgnoringCase("true") || v.equalsIgnoringCase("yes") || v.equalsIgnoringCase("on")
     }
 
     static func find(_ name: StaticString, in bytes: ArraySlice<UInt8>) -> ArraySlice<UInt8>? {

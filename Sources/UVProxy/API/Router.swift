@@ -39,13 +39,13 @@ public enum Router {
     public static func route(path: ArraySlice<UInt8>) -> Route? {
         var p = path
         if p.count > 1, p.last == UInt8(ascii: "/") { p = p.dropLast() }
-        if p.elementsEqual("/".utf8) { return .webPage }
-        if p.elementsEqual("/mud".utf8) { return .mud }
-        if p.elementsEqual("/healthz".utf8) { return .healthz }
-        if p.elementsEqual("/metrics".utf8) { return .metrics }
-        let prefix = "/sessions".utf8
-        guard p.starts(with: prefix) else { return nil }
-        var rest = p.dropFirst(prefix.count)
+        if p.equals("/") { return .webPage }
+        if p.equals("/mud") { return .mud }
+        if p.equals("/healthz") { return .healthz }
+        if p.equals("/metrics") { return .metrics }
+        let prefix: StaticString = "/sessions"
+        guard p.hasPrefix(prefix) else { return nil }
+        var rest = p.dropFirst(prefix.utf8CodeUnitCount)
         if rest.isEmpty { return .sessions }
         guard rest.first == UInt8(ascii: "/") else { return nil }
         rest = rest.dropFirst()
@@ -55,8 +55,8 @@ public enum Router {
         let id = SessionID(text: idText)
         let tail = rest[slash...]
         if tail.isEmpty { return .session(id) }
-        if tail.elementsEqual("/input".utf8) { return .input(id) }
-        if tail.elementsEqual("/events".utf8) { return .events(id) }
+        if tail.equals("/input") { return .input(id) }
+        if tail.equals("/events") { return .events(id) }
         return nil
     }
 

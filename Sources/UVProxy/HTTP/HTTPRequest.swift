@@ -57,11 +57,10 @@ public final class HTTPRequest {
 
     /// Whether the body is a form (`application/x-www-form-urlencoded`, parameters allowed).
     public var hasFormBody: Bool {
-        let name = Array("application/x-www-form-urlencoded".utf8)
-        guard contentType.count >= name.count else { return false }
-        for i in 0..<name.count where asciiLower(contentType[i]) != name[i] { return false }
-        return contentType.count == name.count || contentType[name.count] == UInt8(ascii: ";")
-            || contentType[name.count] == UInt8(ascii: " ")
+        var type = contentType[...]
+        if let semicolon = type.firstIndex(of: UInt8(ascii: ";")) { type = type[..<semicolon] }
+        while type.last == UInt8(ascii: " ") { type = type.dropLast() }
+        return type.equalsIgnoringCase("application/x-www-form-urlencoded")
     }
 }
 

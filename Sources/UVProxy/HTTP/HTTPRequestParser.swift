@@ -143,21 +143,21 @@ final class HTTPRequestParser {
             inValue = false
         }
         switch field.count {
-        case 6 where field.elementsEqual("expect".utf8):
-            request.expectContinue = value.count == 12 && value.map(asciiLower).elementsEqual("100-continue".utf8)
-        case 6 where field.elementsEqual("origin".utf8):
+        case 6 where field.equals("expect"):
+            request.expectContinue = value[...].equalsIgnoringCase("100-continue")
+        case 6 where field.equals("origin"):
             request.origin = value
-        case 12 where field.elementsEqual("content-type".utf8):
+        case 12 where field.equals("content-type"):
             request.contentType = value
-        case 13 where field.elementsEqual("authorization".utf8):
+        case 13 where field.equals("authorization"):
             request.authorization = value
-        case 13 where field.elementsEqual("last-event-id".utf8):
+        case 13 where field.equals("last-event-id"):
             request.lastEventID = value
-        case 14 where field.elementsEqual("content-length".utf8):
+        case 14 where field.equals("content-length"):
             request.contentLengthCount += 1
-        case 15 where field.elementsEqual("x-forwarded-for".utf8):
+        case 15 where field.equals("x-forwarded-for"):
             request.forwardedFor = value
-        case 17 where field.elementsEqual("transfer-encoding".utf8):
+        case 17 where field.equals("transfer-encoding"):
             request.transferEncodingCount += 1
         default:
             break

@@ -1,0 +1,34 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Byte comparisons against literals without going through `String` (hot path: routing and
+/// header matching run on every request).
+extension ArraySlice where Element == UInt8 {
+    @inline(__always) func equals(_ literal: StaticString) -> Bool {
+        guard count == literal.utf8CodeUnitCount else { return false }
+        guard count > 0 else { return true }
+        return withUnsafeBufferPointer { memcmp($0.baseAddress!, literal.utf8Start, count) == 0 }
+    }
+
+    @inline(__always) func hasPrefix(_ literal: StaticString) -> Bool {
+        guard count >= literal.utf8CodeUnitCount else { return false }
+        guard literal.utf8CodeUnitCount > 0 else { return true }
+        return withUnsafeBufferPointer { memcmp($0.baseAddress!, literal.utf8Start, literal.utf8CodeUnitCount) == 0 }
+    }
+
+    /// Case-insensitive for ASCII letters; `literal` must be lower case.
+    func equalsIgnoringCase(_ literal: StaticString) -> Bool {
+        guard count == literal.utf8CodeUnitCount else { return false }
+        var i = 0
+        for c in self {
+            guard asciiLower(c) == literal.utf8Start[i] else { return false }
+            i += 1
+        }
+        return true
+    }
+}
+
+extension Array where Element == UInt8 {
+    @inline(__always) func equals(_ literal: StaticString) -> Bool { self[...].equals(literal) }
+}
