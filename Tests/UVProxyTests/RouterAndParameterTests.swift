@@ -92,6 +92,8 @@ final class ParameterTests: XCTestCase {
         XCTAssertEqual(try params("wait=.25").milliseconds("wait")?.get(), 250)
         XCTAssertEqual(try params("wait=1.2345").milliseconds("wait")?.get(), 1234)
         XCTAssertEqual(try params("wait=3.").milliseconds("wait")?.get(), 3000)
+        XCTAssertEqual(try params("wait=99999999999999999999999.5").milliseconds("wait")?.get(), 1_000_000_000_500,
+                       "huge waits saturate; max-wait caps them")
         for bad in ["-1", "x", "", ".", "1e3", "1.2.3"] {
             XCTAssertThrowsError(try params("wait=\(bad)").milliseconds("wait")?.get(), bad)
         }

@@ -119,16 +119,18 @@ public struct Parameters {
         return n
     }
 
-    /// "12", "0.5", "1.250" → milliseconds (digits past the third decimal are ignored).
+    /// "12", "0.5", "1.250" → milliseconds (digits past the third decimal are ignored;
+    /// whole parts past 10⁹ seconds count as 10⁹).
     static func parseSeconds(_ s: ArraySlice<UInt8>) -> UInt64? {
         let dot = s.firstIndex(of: UInt8(ascii: "."))
         let whole = s[s.startIndex..<(dot ?? s.endIndex)]
         let fraction = dot.map { s[($0 + 1)...] } ?? []
         if whole.isEmpty && fraction.isEmpty { return nil }
-        let seconds: UInt64
-        if whole.isEmpty { seconds = 0 } else {
-            guard let w = parseUnsigned(whole), w < 1_000_000_000 else { return nil }
-            seconds = w
+        // Any whole number is well formed; huge ones saturate (the caller caps at max-wait).
+        var seconds: UInt64 = 0
+        for c in whole {
+            guard c >= 48 && c <= 57 else { return nil }
+            seconds = Swift.min(seconds * 10 + UInt64(c - 48), 1_000_000_000)
         }
         var ms: UInt64 = 0
         var scale: UInt64 = 100
