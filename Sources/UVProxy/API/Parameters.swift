@@ -1,3 +1,7 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// Request parameters from the query string and, for form posts, the body (SPEC §2:
 /// "query string or application/x-www-form-urlencoded body"; the query wins).
 ///
@@ -57,22 +61,28 @@ public struct Parameters {
         return v.isEmpty || v.equals("1") || v.equalsIgnoringCase("true") || v.equalsIgnoringCase("yes") || v.equalsIgnoringCase("on")
     }
 
+    /// Scans `name=value&…` pairs through a pointer: this runs several times per poll.
     static func find(_ name: StaticString, in bytes: ArraySlice<UInt8>) -> ArraySlice<UInt8>? {
-        let key = UnsafeBufferPointer(start: name.utf8Start, count: name.utf8CodeUnitCount)
-        var i = bytes.startIndex
-        let end = bytes.endIndex
-        while i < end {
-            var j = i
-            while j < end && bytes[j] != UInt8(ascii: "&") { j += 1 }
-            // pair is bytes[i..<j]
-            var eq = i
-            while eq < j && bytes[eq] != UInt8(ascii: "=") { eq += 1 }
-            if eq - i == key.count && bytes[i..<eq].elementsEqual(key) {
-                return eq < j ? bytes[(eq + 1)..<j] : bytes[j..<j]
+        let keyLength = name.utf8CodeUnitCount
+        let found: Range<Int>? = bytes.withUnsafeBufferPointer { buf in
+            guard let p = buf.baseAddress else { return nil }
+            let n = buf.count
+            var i = 0
+            while i < n {
+                var j = i
+                while j < n && p[j] != UInt8(ascii: "&") { j += 1 }
+                var eq = i
+                while eq < j && p[eq] != UInt8(ascii: "=") { eq += 1 }
+                if eq - i == keyLength && memcmp(p + i, name.utf8Start, keyLength) == 0 {
+                    return eq < j ? (eq + 1)..<j : j..<j
+                }
+                i = j + 1
             }
-            i = j + 1
+            return nil
         }
-        return nil
+        guard let found else { return nil }
+        let base = bytes.startIndex
+        return bytes[(base + found.lowerBound)..<(base + found.upperBound)]
     }
 
     /// Percent-decoding with `+` as space (form encoding). Bad escapes are kept as they are.

@@ -279,7 +279,9 @@ public final class ProxyAPI: HTTPHandler {
         guard let session = SessionID(text: idBytes).flatMap(table.session) else {
             return error(connection, .notFound, "unknown session")
         }
-        guard input(connection, session, request, params, respond: false) else { return }
+        if params.has("cmd") {
+            guard input(connection, session, request, params, respond: false) else { return }
+        }
         read(connection, session, params, compat: true)
     }
 

@@ -41,7 +41,7 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
     /// Bytes received while a request was outstanding, parsed once it is answered.
     private var unparsed: [UInt8] = []
     private var unparsedStart = 0
-    private var head: [UInt8] = []
+    private let head = OutputBuffer()
     private var lastActivity: UInt64
     private enum Phase { case open, lingering, closed }
     private var phase = Phase.open
@@ -140,10 +140,10 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
 
     func parserDidCompleteHeaders(_ request: HTTPRequest) {
         if request.expectContinue, !request.isHTTP10, !awaitingResponse {
-            head.removeAll(keepingCapacity: true)
+            head.removeAll()
             head.append(HTTPStatus.continue.statusLine)
             head.append("\r\n")
-            head.withUnsafeBytes { _ = stream.write($0) }
+            stream.write(head.bytes)
         }
     }
 
@@ -181,10 +181,10 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
 
     /// Starts a response: the status line. Add headers with `header`, finish with `finish`.
     public func begin(_ status: HTTPStatus) {
-        head.removeAll(keepingCapacity: true)
+        head.removeAll()
         head.append(status.statusLine)
         server.metrics.statusCounts[status.rawValue] += 1
-        if let cors = server.corsHeaders { head.append(contentsOf: cors) }
+        if let cors = server.corsHeaders { head.append(cors) }
     }
 
     public func header(_ name: StaticString, _ value: StaticString) {
@@ -210,7 +210,7 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
         if let contentType { header("Content-Type", contentType) }
         header("Content-Length", UInt64(a.count + b.count))
         endHead()
-        head.withUnsafeBytes { _ = stream.write($0, a, b) }
+        stream.write(head.bytes, a, b)
         responseDone()
     }
 
@@ -251,7 +251,7 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
         isStreaming = true
         header("Content-Type", contentType)
         endHead()
-        head.withUnsafeBytes { _ = stream.write($0) }
+        stream.write(head.bytes)
         cancelTimer()
     }
 

@@ -44,48 +44,54 @@ final class HTTPRequestParser {
         http_parser_init(parser, HTTP_REQUEST)
         parser.pointee.data = nil
         settings.pointee.on_message_begin = { p in
-            let me = HTTPRequestParser.from(p)
-            me.request.reset()
-            me.field.removeAll(keepingCapacity: true)
-            me.value.removeAll(keepingCapacity: true)
-            me.inValue = false
-            me.inHeaders = true
-            return 0
+            HTTPRequestParser.with(p) { me in
+                me.request.reset()
+                me.field.removeAll(keepingCapacity: true)
+                me.value.removeAll(keepingCapacity: true)
+                me.inValue = false
+                me.inHeaders = true
+                return 0
+            }
         }
         settings.pointee.on_url = { p, at, len in
-            HTTPRequestParser.from(p).request.target.append(contentsOf: UnsafeRawBufferPointer(start: at, count: len))
-            return 0
+            HTTPRequestParser.with(p) { me in
+                me.request.target.append(contentsOf: UnsafeRawBufferPointer(start: at, count: len))
+                return 0
+            }
         }
         settings.pointee.on_header_field = { p, at, len in
-            let me = HTTPRequestParser.from(p)
-            if me.inValue { if !me.commitHeader() { return 1 } }
-            for byte in UnsafeRawBufferPointer(start: at, count: len) { me.field.append(asciiLower(byte)) }
-            return 0
+            HTTPRequestParser.with(p) { me in
+                if me.inValue, !me.commitHeader() { return 1 }
+                for byte in UnsafeRawBufferPointer(start: at, count: len) { me.field.append(asciiLower(byte)) }
+                return 0
+            }
         }
         settings.pointee.on_header_value = { p, at, len in
-            let me = HTTPRequestParser.from(p)
-            me.inValue = true
-            me.value.append(contentsOf: UnsafeRawBufferPointer(start: at, count: len))
-            return 0
+            HTTPRequestParser.with(p) { me in
+                me.inValue = true
+                me.value.append(contentsOf: UnsafeRawBufferPointer(start: at, count: len))
+                return 0
+            }
         }
         settings.pointee.on_headers_complete = { p in
-            let me = HTTPRequestParser.from(p)
-            return me.headersComplete(p!)
+            HTTPRequestParser.with(p) { me in me.headersComplete(p!) }
         }
         settings.pointee.on_body = { p, at, len in
-            let me = HTTPRequestParser.from(p)
-            guard me.request.body.count + len <= me.maxBody else {
-                me.failure = .bodyTooLarge
-                return 1
+            HTTPRequestParser.with(p) { me in
+                guard me.request.body.count + len <= me.maxBody else {
+                    me.failure = .bodyTooLarge
+                    return 1
+                }
+                me.request.body.append(contentsOf: UnsafeRawBufferPointer(start: at, count: len))
+                return 0
             }
-            me.request.body.append(contentsOf: UnsafeRawBufferPointer(start: at, count: len))
-            return 0
         }
         settings.pointee.on_message_complete = { p in
-            let me = HTTPRequestParser.from(p)
-            http_parser_pause(p, 1)
-            me.delegate?.parserDidCompleteRequest()
-            return 0
+            http_parser_pause(p, 1)  // one request at a time: the owner resumes after answering
+            return HTTPRequestParser.with(p) { me in
+                me.delegate?.parserDidCompleteRequest()
+                return 0
+            }
         }
     }
 
@@ -94,8 +100,10 @@ final class HTTPRequestParser {
         settings.deallocate()
     }
 
-    private static func from(_ p: UnsafeMutablePointer<http_parser>?) -> HTTPRequestParser {
-        Unmanaged<HTTPRequestParser>.fromOpaque(p!.pointee.data).takeUnretainedValue()
+    /// The parser behind a C callback, unretained: `parse` runs under the owner's reference.
+    @inline(__always)
+    private static func with(_ p: UnsafeMutablePointer<http_parser>?, _ body: (HTTPRequestParser) -> Int32) -> Int32 {
+        Unmanaged<HTTPRequestParser>.fromOpaque(p!.pointee.data)._withUnsafeGuaranteedRef(body)
     }
 
     /// Parses `bytes` until they run out, a request completes (then it pauses) or an error.

@@ -12,7 +12,8 @@ public struct HTTPMetrics {
 public final class HTTPServer {
     let loop: EventLoop
     public let limits: HTTPLimits
-    public weak var handler: HTTPHandler?
+    /// Strong: the handler does not reference the server, and a weak load costs on every request.
+    public var handler: HTTPHandler?
     private var listener: TCPListener?
     private var connections: [ObjectIdentifier: HTTPConnection] = [:]
     public internal(set) var metrics = HTTPMetrics()

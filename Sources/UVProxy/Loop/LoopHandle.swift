@@ -52,4 +52,12 @@ extension LoopHandle {
         let handle = pointer!.assumingMemoryBound(to: uv_handle_t.self)
         return Unmanaged<T>.fromOpaque(handle.pointee.data).takeUnretainedValue()
     }
+
+    /// Calls `body` with the owner without retaining it: the handle's own +1 keeps it alive
+    /// for the whole callback (hot paths: every read).
+    @inline(__always)
+    static func withOwner<T: LoopHandle, R>(_ pointer: UnsafeMutableRawPointer?, as: T.Type, _ body: (T) -> R) -> R {
+        let handle = pointer!.assumingMemoryBound(to: uv_handle_t.self)
+        return Unmanaged<T>.fromOpaque(handle.pointee.data)._withUnsafeGuaranteedRef(body)
+    }
 }

@@ -83,17 +83,19 @@ public final class TCPStream: LoopHandle {
     public func startReading() {
         guard !isReading, !isClosing, !ended else { return }
         let rc = uv_read_start(stream, { handle, suggested, buf in
-            let stream = LoopHandle.owner(UnsafeMutableRawPointer(handle), as: TCPStream.self)
-            let limit = min(stream.delegate?.streamReadLimit(stream) ?? 0, EventLoop.readSlabSize)
-            buf!.pointee = uv_buf_init(stream.loop.readSlab.assumingMemoryBound(to: CChar.self), UInt32(max(limit, 0)))
+            LoopHandle.withOwner(UnsafeMutableRawPointer(handle), as: TCPStream.self) { stream in
+                let limit = min(stream.delegate?.streamReadLimit(stream) ?? 0, EventLoop.readSlabSize)
+                buf!.pointee = uv_buf_init(stream.loop.readSlab.assumingMemoryBound(to: CChar.self), UInt32(max(limit, 0)))
+            }
         }, { handle, nread, buf in
-            let stream = LoopHandle.owner(UnsafeMutableRawPointer(handle), as: TCPStream.self)
-            if nread > 0 {
-                stream.delegate?.stream(stream, didRead: UnsafeRawBufferPointer(start: buf!.pointee.base, count: nread))
-            } else if nread == Int(UV_ENOBUFS.rawValue) {
-                stream.stopReading()  // the delegate allowed no bytes: it resumes reading itself
-            } else if nread < 0 {
-                stream.end(Int32(nread))
+            LoopHandle.withOwner(UnsafeMutableRawPointer(handle), as: TCPStream.self) { stream in
+                if nread > 0 {
+                    stream.delegate?.stream(stream, didRead: UnsafeRawBufferPointer(start: buf!.pointee.base, count: nread))
+                } else if nread == Int(UV_ENOBUFS.rawValue) {
+                    stream.stopReading()  // the delegate allowed no bytes: it resumes reading itself
+                } else if nread < 0 {
+                    stream.end(Int32(nread))
+                }
             }
         })
         if rc == 0 { isReading = true } else { end(rc) }

@@ -1,0 +1,85 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A growable byte buffer for building response heads: appends are a capacity check and a
+/// memcpy, without an array's uniqueness checks. One per connection, reused for every response.
+final class OutputBuffer {
+    private var base: UnsafeMutablePointer<UInt8>
+    private(set) var count = 0
+    private var capacity: Int
+
+    init(capacity: Int = 512) {
+        self.capacity = capacity
+        base = .allocate(capacity: capacity)
+    }
+
+    deinit { base.deallocate() }
+
+    @inline(__always) func removeAll() { count = 0 }
+
+    @inline(__always) private func reserve(_ n: Int) {
+        if count + n > capacity { grow(count + n) }
+    }
+
+    private func grow(_ needed: Int) {
+        var newCapacity = capacity * 2
+        while newCapacity < needed { newCapacity *= 2 }
+        let grown = UnsafeMutablePointer<UInt8>.allocate(capacity: newCapacity)
+        grown.update(from: base, count: count)
+        base.deallocate()
+        base = grown
+        capacity = newCapacity
+    }
+
+    @inline(__always) func append(_ literal: StaticString) {
+        let n = literal.utf8CodeUnitCount
+        reserve(n)
+        memcpy(base + count, literal.utf8Start, n)
+        count += n
+    }
+
+    @inline(__always) func append(_ byte: UInt8) {
+        reserve(1)
+        base[count] = byte
+        count += 1
+    }
+
+    func append<C: Collection>(contentsOf bytes: C) where C.Element == UInt8 {
+        reserve(bytes.count)
+        for b in bytes {
+            base[count] = b
+            count += 1
+        }
+    }
+
+    func append(_ bytes: [UInt8]) {
+        bytes.withUnsafeBytes { append(raw: $0) }
+    }
+
+    func append(raw bytes: UnsafeRawBufferPointer) {
+        guard let src = bytes.baseAddress, bytes.count > 0 else { return }
+        reserve(bytes.count)
+        memcpy(base + count, src, bytes.count)
+        count += bytes.count
+    }
+
+    /// Decimal digits of `n`.
+    func appendDecimal(_ n: UInt64) {
+        reserve(20)
+        var digits = 1
+        var v = n
+        while v >= 10 { v /= 10; digits += 1 }
+        v = n
+        var i = count + digits - 1
+        repeat {
+            base[i] = UInt8(48 + v % 10)
+            v /= 10
+            i -= 1
+        } while v > 0
+        count += digits
+    }
+
+    /// The bytes written so far, valid until the next append or reset.
+    var bytes: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: base, count: count) }
+}
