@@ -203,7 +203,7 @@ public final class ProxyAPI: HTTPHandler {
         connection.header("X-Next-Offset", offset + UInt64(length))
         if let reason = session.closeReason {
             connection.header("X-Session-State", "closed")
-            connection.header("X-Close-Reason", reason.text)
+            connection.header("X-Close-Reason", string: reason.text)
         } else {
             connection.header("X-Session-State", "open")
         }

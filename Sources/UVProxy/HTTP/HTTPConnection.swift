@@ -199,7 +199,8 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
         head.append(name); head.append(": "); head.append(contentsOf: bytes); head.append("\r\n")
     }
 
-    public func header(_ name: StaticString, _ value: String) {
+    /// Named apart from the `StaticString` overload, which a literal would otherwise miss.
+    public func header(_ name: StaticString, string value: String) {
         header(name, bytes: value.utf8)
     }
 
