@@ -5,29 +5,87 @@ import Glibc
 /// Request parameters from the query string and, for form posts, the body (SPEC §2:
 /// "query string or application/x-www-form-urlencoded body"; the query wins).
 ///
-/// Looks names up in the raw bytes without building a dictionary: a poll has two or three
-/// parameters, and decoding only happens for values actually used.
+/// The query and the form are each scanned once, when the value is made: the positions of the
+/// names the API uses are kept in two SIMD vectors, so a lookup is a switch and a load, with no
+/// allocation and no dictionary. Values are decoded only when used. Other names fall back to
+/// a scan.
 public struct Parameters {
     let query: ArraySlice<UInt8>
     let form: ArraySlice<UInt8>?
+    /// Lanes 0–7: start index of each known name's value, lanes 8–15: end index; -1 if absent.
+    private var queryIndex = SIMD16<Int32>(repeating: -1)
+    private var formIndex = SIMD16<Int32>(repeating: -1)
 
     public init(query: ArraySlice<UInt8>, form: ArraySlice<UInt8>? = nil) {
         self.query = query
         self.form = form
+        queryIndex = Parameters.index(query)
+        if let form { formIndex = Parameters.index(form) }
+    }
+
+    /// The slot of a name the API looks up on every request.
+    @inline(__always)
+    static func slot(_ p: UnsafePointer<UInt8>, _ n: Int) -> Int? {
+        switch n {
+        case 2: return p[0] == UInt8(ascii: "i") && p[1] == UInt8(ascii: "d") ? 0 : nil
+        case 3:
+            if memcmp(p, "cmd", 3) == 0 { return 1 }
+            if memcmp(p, "max", 3) == 0 { return 2 }
+            if memcmp(p, "seq", 3) == 0 { return 3 }
+            if memcmp(p, "raw", 3) == 0 { return 4 }
+            return nil
+        case 4: return memcmp(p, "wait", 4) == 0 ? 5 : nil
+        case 5: return memcmp(p, "since", 5) == 0 ? 6 : nil
+        case 6: return memcmp(p, "target", 6) == 0 ? 7 : nil
+        default: return nil
+        }
+    }
+
+    private static func index(_ bytes: ArraySlice<UInt8>) -> SIMD16<Int32> {
+        var index = SIMD16<Int32>(repeating: -1)
+        let base = bytes.startIndex
+        bytes.withUnsafeBufferPointer { buf in
+            guard let p = buf.baseAddress else { return }
+            let n = buf.count
+            var i = 0
+            while i < n {
+                var j = i
+                while j < n && p[j] != UInt8(ascii: "&") { j += 1 }
+                var eq = i
+                while eq < j && p[eq] != UInt8(ascii: "=") { eq += 1 }
+                if let k = slot(p + i, eq - i), index[k] < 0 {  // the first occurrence wins
+                    index[k] = Int32(base + (eq < j ? eq + 1 : j))
+                    index[k + 8] = Int32(base + j)
+                }
+                i = j + 1
+            }
+        }
+        return index
+    }
+
+    private static func lookup(_ name: StaticString, _ bytes: ArraySlice<UInt8>,
+                               _ index: SIMD16<Int32>) -> ArraySlice<UInt8>? {
+        if let k = slot(name.utf8Start, name.utf8CodeUnitCount) {
+            let start = index[k]
+            return start < 0 ? nil : bytes[Int(start)..<Int(index[k + 8])]
+        }
+        return find(name, in: bytes)
     }
 
     /// The raw (still percent-encoded) value of `name`, or nil if absent.
     public func raw(_ name: StaticString) -> ArraySlice<UInt8>? {
-        if let v = Parameters.find(name, in: query) { return v }
-        if let form, let v = Parameters.find(name, in: form) { return v }
-        return nil
+        if let v = rawQuery(name) { return v }
+        return rawForm(name)
     }
 
     /// The value from the query string only.
-    public func rawQuery(_ name: StaticString) -> ArraySlice<UInt8>? { Parameters.find(name, in: query) }
+    public func rawQuery(_ name: StaticString) -> ArraySlice<UInt8>? { Parameters.lookup(name, query, queryIndex) }
 
     /// The value from the form body only.
-    public func rawForm(_ name: StaticString) -> ArraySlice<UInt8>? { form.flatMap { Parameters.find(name, in: $0) } }
+    public func rawForm(_ name: StaticString) -> ArraySlice<UInt8>? {
+        guard let form else { return nil }
+        return Parameters.lookup(name, form, formIndex)
+    }
 
     public func has(_ name: StaticString) -> Bool { raw(name) != nil }
 
@@ -61,7 +119,7 @@ public struct Parameters {
         return v.isEmpty || v.equals("1") || v.equalsIgnoringCase("true") || v.equalsIgnoringCase("yes") || v.equalsIgnoringCase("on")
     }
 
-    /// Scans `name=value&…` pairs through a pointer: this runs several times per poll.
+    /// Scans `name=value&…` pairs for a name that has no slot.
     static func find(_ name: StaticString, in bytes: ArraySlice<UInt8>) -> ArraySlice<UInt8>? {
         let keyLength = name.utf8CodeUnitCount
         let found: Range<Int>? = bytes.withUnsafeBufferPointer { buf in

@@ -40,10 +40,10 @@ public final class HTTPRequest {
 
     func reset() {
         method = .get
-        target.removeAll(keepingCapacity: true)
-        body.removeAll(keepingCapacity: true)
-        contentType.removeAll(keepingCapacity: true)
-        authorization.removeAll(keepingCapacity: true)
+        target.clear()
+        body.clear()
+        contentType.clear()
+        authorization.clear()
         lastEventID = nil
         origin = nil
         forwardedFor = nil
@@ -66,4 +66,12 @@ public final class HTTPRequest {
 
 @inline(__always) func asciiLower(_ c: UInt8) -> UInt8 {
     (c >= 65 && c <= 90) ? c | 0x20 : c
+}
+
+extension Array where Element == UInt8 {
+    /// Empties the array, keeping its storage; free when it is already empty (most headers are
+    /// absent from most requests).
+    @inline(__always) mutating func clear() {
+        if !isEmpty { removeAll(keepingCapacity: true) }
+    }
 }

@@ -46,8 +46,8 @@ final class HTTPRequestParser {
         settings.pointee.on_message_begin = { p in
             HTTPRequestParser.with(p) { me in
                 me.request.reset()
-                me.field.removeAll(keepingCapacity: true)
-                me.value.removeAll(keepingCapacity: true)
+                me.field.clear()
+                me.value.clear()
                 me.inValue = false
                 me.inHeaders = true
                 return 0
@@ -62,7 +62,7 @@ final class HTTPRequestParser {
         settings.pointee.on_header_field = { p, at, len in
             HTTPRequestParser.with(p) { me in
                 if me.inValue, !me.commitHeader() { return 1 }
-                for byte in UnsafeRawBufferPointer(start: at, count: len) { me.field.append(asciiLower(byte)) }
+                me.field.append(contentsOf: UnsafeRawBufferPointer(start: at, count: len))
                 return 0
             }
         }
@@ -146,26 +146,26 @@ final class HTTPRequestParser {
     /// Keeps the value of a header the proxy acts on; returns false to reject the request.
     private func commitHeader() -> Bool {
         defer {
-            field.removeAll(keepingCapacity: true)
-            value.removeAll(keepingCapacity: true)
+            field.clear()
+            value.clear()
             inValue = false
         }
         switch field.count {
-        case 6 where field.equals("expect"):
+        case 6 where field[...].equalsIgnoringCase("expect"):
             request.expectContinue = value[...].equalsIgnoringCase("100-continue")
-        case 6 where field.equals("origin"):
+        case 6 where field[...].equalsIgnoringCase("origin"):
             request.origin = value
-        case 12 where field.equals("content-type"):
+        case 12 where field[...].equalsIgnoringCase("content-type"):
             request.contentType = value
-        case 13 where field.equals("authorization"):
+        case 13 where field[...].equalsIgnoringCase("authorization"):
             request.authorization = value
-        case 13 where field.equals("last-event-id"):
+        case 13 where field[...].equalsIgnoringCase("last-event-id"):
             request.lastEventID = value
-        case 14 where field.equals("content-length"):
+        case 14 where field[...].equalsIgnoringCase("content-length"):
             request.contentLengthCount += 1
-        case 15 where field.equals("x-forwarded-for"):
+        case 15 where field[...].equalsIgnoringCase("x-forwarded-for"):
             request.forwardedFor = value
-        case 17 where field.equals("transfer-encoding"):
+        case 17 where field[...].equalsIgnoringCase("transfer-encoding"):
             request.transferEncodingCount += 1
         default:
             break

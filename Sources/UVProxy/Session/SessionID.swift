@@ -33,25 +33,28 @@ public struct SessionID: Hashable, Sendable, CustomStringConvertible {
         guard text.count == SessionID.textLength else { return nil }
         var hi: UInt64 = 0
         var lo: UInt64 = 0
-        var bits = 0
-        for c in text {
-            let d = SessionID.decodeTable[Int(c)]
-            guard d != 0xFF else { return nil }
-            let v = UInt64(d)
-            // 22 × 6 = 132 bits: the last character carries 2 bits of data and 4 zero bits.
-            if bits == 126 {
-                guard v & 0xF == 0 else { return nil }
-                lo = (lo << 2) | (v >> 4)
-            } else if bits < 60 {
-                hi = (hi << 6) | v
-            } else if bits == 60 {
-                hi = (hi << 4) | (v >> 2)
-                lo = v & 3
-            } else {
-                lo = (lo << 6) | v
+        let table = SessionID.decodeTable
+        let valid = text.withContiguousStorageIfAvailable { chars in
+            table.withUnsafeBufferPointer { t in
+                // 22 × 6 = 132 bits: 10 characters fill 60 bits of hi, the 11th splits 4 + 2,
+                // ten more fill 60 bits of lo, the last carries 2 bits and 4 zero bits.
+                for i in 0..<22 {
+                    let d = t[Int(chars[i])]
+                    guard d != 0xFF else { return false }
+                    let x = UInt64(d)
+                    switch i {
+                    case 0..<10: hi = (hi << 6) | x
+                    case 10: hi = (hi << 4) | (x >> 2); lo = x & 3
+                    case 11..<21: lo = (lo << 6) | x
+                    default:
+                        guard x & 0xF == 0 else { return false }
+                        lo = (lo << 2) | (x >> 4)
+                    }
+                }
+                return true
             }
-            bits += 6
-        }
+        } ?? SessionID(text: Array(text)).map { id in hi = id.hi; lo = id.lo; return true }
+        guard valid == true else { return nil }
         self.hi = hi
         self.lo = lo
     }
