@@ -68,6 +68,13 @@ public final class ProxyDaemon: SessionEventSink {
             logger.warning("max-sessions may not fit the open-file limit: each session uses one descriptor, each client connection another",
                            metadata: ["max-sessions": "\(config.maxSessions)", "limit": "\(hard)"])
         }
+        if let ports = ProxyDaemon.localPortRange(), (ports.upperBound - ports.lowerBound + 1) / 2 < config.maxSessions {
+            logger.warning("""
+                net.ipv4.ip_local_port_range \(ports.lowerBound)-\(ports.upperBound) gives connect() about \
+                \((ports.upperBound - ports.lowerBound + 1) / 2) fast ports per target; sessions past that connect slowly. \
+                Widen it (e.g. 1024 65535) for max-sessions \(config.maxSessions)
+                """)
+        }
         if let demoAddress { logger.info("demo game listening on \(demoAddress) (default target)") }
         for sig in [SIGINT, SIGTERM] {
             if let w = try? SignalWatcher(loop: loop, signal: sig, { [unowned self] signum in
@@ -178,6 +185,18 @@ public final class ProxyDaemon: SessionEventSink {
     }
 
     public static func ignoreSIGPIPE() { signal(SIGPIPE, SIG_IGN) }
+
+    /// Linux's ephemeral port range: connect() prefers its even ports, so about half of it can
+    /// be used quickly toward one target.
+    static func localPortRange() -> ClosedRange<Int>? {
+        guard let file = fopen("/proc/sys/net/ipv4/ip_local_port_range", "r") else { return nil }
+        defer { fclose(file) }
+        var line = [CChar](repeating: 0, count: 64)
+        guard fgets(&line, 64, file) != nil else { return nil }
+        let parts = String(cString: line).split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\n" })
+        guard parts.count == 2, let low = Int(parts[0]), let high = Int(parts[1]), low <= high else { return nil }
+        return low...high
+    }
 
     /// Raises the soft open-file limit to the hard one; returns (soft, hard) after.
     @discardableResult

@@ -414,11 +414,41 @@ def merge_rows(name, rows):
 
 # ---------------------------------------------------------------- the scenarios
 
+PORT_RANGE = "/proc/sys/net/ipv4/ip_local_port_range"
+
+
+def widen_port_range():
+    """connect() picks even local ports first; once the ~14,000 even ports of Linux's default
+    range (32768-60999) toward one target are taken, every further connect() walks them all
+    (docs/BENCHMARKS.md). A proxy holding 15,000 sessions on one target needs a wider range, as
+    an operator would set it (docs in README): set it for the run, restore it after."""
+    try:
+        old = open(PORT_RANGE).read().split()
+        with open(PORT_RANGE, "w") as f:
+            f.write("1024 65535")
+        log(f"ip_local_port_range {old[0]}-{old[1]} -> 1024-65535 for this run")
+        return old
+    except OSError as e:
+        log(f"cannot widen ip_local_port_range ({e}); creation past ~14,000 sessions will slow down")
+        return None
+
+
+def restore_port_range(old):
+    if old:
+        try:
+            with open(PORT_RANGE, "w") as f:
+                f.write(" ".join(old))
+        except OSError:
+            pass
+
+
 def run(args):
     b = Bench(args)
     res = {}
     started = time.monotonic()
     n = args.sessions
+    old_range = widen_port_range()
+    res["port_range"] = "1024-65535" if old_range else "unchanged"
     try:
         # ---- 1. creation, memory per idle session, idle CPU: a fresh proxy
         ids_create = os.path.join(b.tmp, "ids-create.txt")
@@ -537,9 +567,11 @@ def run(args):
         b.stop(up)
     except BaseException:
         b.cleanup()
+        restore_port_range(old_range)
         log(f"failed; logs kept in {b.tmp}")
         raise
     b.cleanup()
+    restore_port_range(old_range)
     res["elapsed"] = time.monotonic() - started
     shutil.rmtree(b.tmp, ignore_errors=True)
     return res, b.phases
@@ -697,7 +729,7 @@ def report(res, phases, args, build_info):
         f"{n:,} sessions whose {GREETING}-byte greeting was read and acknowledged; (after − before) / {n:,}.",
         f"Creation: {int(res['create']['created']):,} × `GET /mud` over 64 keep-alive connections, one request "
         f"in flight on each, {float(res['create']['seconds']):.3f} s, {res['create']['errors']} failed "
-        f"(`--max-sessions {MAX_SESSIONS}`). The same fresh proxy then gives the memory and idle figures. "
+        f"(`--max-sessions {MAX_SESSIONS}`, `ip_local_port_range` {res['port_range']} for the run). The same fresh proxy then gives the memory and idle figures. "
         f"Proxy CPU in this phase {res['create_row']['proxy']:.2f} s, of which {res['create_row'].get('proxy_sys', 0):.2f} s "
         f"in the kernel. Sessions/s per successive 1,000: "
         + " / ".join(f"{1000 / (t - p):,.0f}" for p, t in zip([0.0] + marks[:-1], marks)) + ".",
