@@ -41,8 +41,11 @@ public struct Parameters {
         }
     }
 
-    private static func index(_ bytes: ArraySlice<UInt8>) -> SIMD16<Int32> {
-        var index = SIMD16<Int32>(repeating: -1)
+    /// Calls `body(name, value)` with each `name=value` pair, as index ranges into `bytes`,
+    /// until it returns false.
+    @inline(__always)
+    private static func forEachPair(_ bytes: ArraySlice<UInt8>,
+                                    _ body: (UnsafePointer<UInt8>, Range<Int>, Range<Int>) -> Bool) {
         let base = bytes.startIndex
         bytes.withUnsafeBufferPointer { buf in
             guard let p = buf.baseAddress else { return }
@@ -53,12 +56,21 @@ public struct Parameters {
                 while j < n && p[j] != UInt8(ascii: "&") { j += 1 }
                 var eq = i
                 while eq < j && p[eq] != UInt8(ascii: "=") { eq += 1 }
-                if let k = slot(p + i, eq - i), index[k] < 0 {  // the first occurrence wins
-                    index[k] = Int32(base + (eq < j ? eq + 1 : j))
-                    index[k + 8] = Int32(base + j)
-                }
+                let value = eq < j ? (eq + 1)..<j : j..<j
+                guard body(p + i, (base + i)..<(base + eq), (base + value.lowerBound)..<(base + value.upperBound)) else { return }
                 i = j + 1
             }
+        }
+    }
+
+    private static func index(_ bytes: ArraySlice<UInt8>) -> SIMD16<Int32> {
+        var index = SIMD16<Int32>(repeating: -1)
+        forEachPair(bytes) { name, nameRange, value in
+            if let k = slot(name, nameRange.count), index[k] < 0 {  // the first occurrence wins
+                index[k] = Int32(value.lowerBound)
+                index[k + 8] = Int32(value.upperBound)
+            }
+            return true
         }
         return index
     }
@@ -121,26 +133,15 @@ public struct Parameters {
 
     /// Scans `name=value&…` pairs for a name that has no slot.
     static func find(_ name: StaticString, in bytes: ArraySlice<UInt8>) -> ArraySlice<UInt8>? {
-        let keyLength = name.utf8CodeUnitCount
-        let found: Range<Int>? = bytes.withUnsafeBufferPointer { buf in
-            guard let p = buf.baseAddress else { return nil }
-            let n = buf.count
-            var i = 0
-            while i < n {
-                var j = i
-                while j < n && p[j] != UInt8(ascii: "&") { j += 1 }
-                var eq = i
-                while eq < j && p[eq] != UInt8(ascii: "=") { eq += 1 }
-                if eq - i == keyLength && memcmp(p + i, name.utf8Start, keyLength) == 0 {
-                    return eq < j ? (eq + 1)..<j : j..<j
-                }
-                i = j + 1
+        var found: Range<Int>?
+        forEachPair(bytes) { p, nameRange, value in
+            if nameRange.count == name.utf8CodeUnitCount && memcmp(p, name.utf8Start, nameRange.count) == 0 {
+                found = value
+                return false
             }
-            return nil
+            return true
         }
-        guard let found else { return nil }
-        let base = bytes.startIndex
-        return bytes[(base + found.lowerBound)..<(base + found.upperBound)]
+        return found.map { bytes[$0] }
     }
 
     /// Percent-decoding with `+` as space (form encoding). Bad escapes are kept as they are.

@@ -36,8 +36,6 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
     private var inParseLoop = false
     /// A request was handed to the handler and not answered yet.
     public private(set) var awaitingResponse = false
-    /// A streamed response (SSE) is in progress.
-    public private(set) var isStreaming = false
     /// Bytes received while a request was outstanding, parsed once it is answered.
     private var unparsed: [UInt8] = []
     private var unparsedStart = 0
@@ -243,30 +241,6 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
         body.appendJSONString(reason.utf8)
         body.append("}")
         finish(contentType: "application/json", body: body)
-    }
-
-    /// Starts a response of unknown length (SSE). The connection closes when it ends.
-    public func beginStream(contentType: StaticString) {
-        guard phase == .open, awaitingResponse else { return }
-        keepAlive = false
-        isStreaming = true
-        header("Content-Type", contentType)
-        endHead()
-        stream.write(head.bytes)
-        cancelTimer()
-    }
-
-    public func writeStream(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer = .init(start: nil, count: 0)) {
-        guard phase == .open, isStreaming else { return }
-        stream.write(a, b)
-    }
-
-    public var queuedWriteBytes: Int { stream.queuedWriteBytes }
-
-    public func endStream() {
-        guard isStreaming else { return }
-        isStreaming = false
-        responseDone()
     }
 
     private func responseDone() {

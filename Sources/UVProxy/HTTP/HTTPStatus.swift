@@ -46,25 +46,6 @@ extension Array where Element == UInt8 {
         append(contentsOf: UnsafeBufferPointer(start: s.utf8Start, count: s.utf8CodeUnitCount))
     }
 
-    /// Decimal digits of `n`.
-    mutating func appendDecimal(_ n: UInt64) {
-        if n < 10 { append(UInt8(48 + n)); return }
-        var v = n
-        var len = 0
-        while v > 0 { v /= 10; len += 1 }
-        let start = count
-        append(contentsOf: repeatElement(UInt8(48), count: len))
-        v = n
-        var i = start + len - 1
-        while v > 0 {
-            self[i] = UInt8(48 + v % 10)
-            v /= 10
-            i -= 1
-        }
-    }
-
-    mutating func appendDecimal(_ n: Int) { appendDecimal(UInt64(Swift.max(n, 0))) }
-
     /// `s` as a JSON string literal, with quotes.
     mutating func appendJSONString<S: Sequence>(_ s: S) where S.Element == UInt8 {
         append(UInt8(ascii: "\""))

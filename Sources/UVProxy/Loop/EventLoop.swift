@@ -31,11 +31,6 @@ public final class EventLoop {
         uv_run(raw, UV_RUN_DEFAULT)
     }
 
-    /// Runs one non-blocking iteration (tests).
-    public func runOnce() {
-        uv_run(raw, UV_RUN_NOWAIT)
-    }
-
     public func stop() {
         uv_stop(raw)
     }

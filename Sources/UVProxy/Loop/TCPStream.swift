@@ -174,8 +174,6 @@ public final class TCPStream: LoopHandle {
         return 0
     }
 
-    public var hasPendingWrites: Bool { pendingWrites > 0 }
-
     private static func buf(_ p: UnsafeRawBufferPointer) -> uv_buf_t {
         uv_buf_init(UnsafeMutablePointer(mutating: p.baseAddress?.assumingMemoryBound(to: CChar.self)), UInt32(p.count))
     }
