@@ -9,6 +9,7 @@ final class FakeLink: UpstreamLink {
     var queuedBytes = 0
     var paused = false
     var closed = false
+    var finishing = false
     var pauses = 0
 
     func connect(to address: SocketAddress) { connectedTo = address }
@@ -16,6 +17,9 @@ final class FakeLink: UpstreamLink {
     func pauseReading() { paused = true; pauses += 1 }
     func resumeReading() { paused = false }
     func close() { closed = true }
+    func finish() { finishing = true }
+    var aborted = false
+    func abort() { aborted = true; closed = true }
 }
 
 final class RecordingObserver: SessionObserver {
@@ -226,18 +230,20 @@ final class SessionTests: XCTestCase {
         XCTAssertEqual(s.closeReason, .deleted)
         XCTAssertEqual(w.changes, 1, "a waiting read is answered")
         XCTAssertFalse(link.closed, "queued input is still written")
+        XCTAssertTrue(link.finishing, "the connection ends with FIN after the input, not a reset")
         advance(5_000)
         XCTAssertTrue(link.closed, "at most 5 seconds")
+        XCTAssertTrue(link.aborted, "then a reset: the connection really closes")
         XCTAssertEqual(table.openCount, 0)
         XCTAssertEqual(table.closedCount, 0)
     }
 
-    func testDeleteClosesAsSoonAsInputDrains() throws {
+    func testDeleteClosesAsSoonAsInputIsDelivered() throws {
         let (s, link) = try open()
         link.queuedBytes = 10
         table.delete(s)
         link.queuedBytes = 0
-        table.upstreamDrained(s)
+        table.upstreamFinished(s)
         XCTAssertTrue(link.closed)
     }
 }

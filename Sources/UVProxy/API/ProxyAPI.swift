@@ -111,6 +111,9 @@ public final class ProxyAPI: HTTPHandler {
         connection.hold(until: nil)
         table.create(target: target) { [unowned self] result in
             switch result {
+            case .success(let session) where !connection.isOpen:
+                // The client left before it could learn the id: nobody can ever use this session.
+                table.delete(session)
             case .success(let session):
                 var id: [UInt8] = []
                 session.id.write(to: &id)
@@ -135,6 +138,8 @@ public final class ProxyAPI: HTTPHandler {
                       retryAfter: true)
             case .failure(.failed(let why)):
                 error(connection, .badGateway, "cannot connect to target '\(target.name)': \(why)")
+            case .failure(.shuttingDown):
+                error(connection, .serviceUnavailable, "the proxy is shutting down", retryAfter: true)
             case .failure(.timedOut):
                 error(connection, .gatewayTimeout,
                       "no connection to target '\(target.name)' within \(target.connectTimeoutMs / 1000) s")
@@ -185,8 +190,10 @@ public final class ProxyAPI: HTTPHandler {
         let pending = pendingRequest(for: connection)
         pending.read = PendingRequest.Read(session: session, since: offset, max: max, compat: compat)
         longPolls += 1
-        session.setWaiter(pending)
+        // Hold first: replacing an older waiter can run that client's next request, which may
+        // in turn supersede (and answer) this one before setWaiter returns.
         connection.hold(until: now + waitMs)
+        session.setWaiter(pending)
     }
 
     func respondRead(_ connection: HTTPConnection, session: Session, from offset: UInt64, max: Int, compat: Bool) {

@@ -25,13 +25,21 @@ public struct ProxyConfig: Sendable {
 
     /// Rejects values no daemon could run with; the message names the setting.
     public func validate() throws {
+        // Durations are capped at a year so that deadline arithmetic can never overflow.
+        let year = 31_536_000.0
         func positive(_ name: String, _ v: Double) throws {
-            guard v.isFinite, v > 0 else { throw ConfigError("\(name): must be a positive number, got \(v)") }
+            guard v.isFinite, v > 0, v <= year else {
+                throw ConfigError("\(name): must be a positive number of seconds up to \(Int(year)), got \(v)")
+            }
         }
         func nonNegative(_ name: String, _ v: Double) throws {
-            guard v.isFinite, v >= 0 else { throw ConfigError("\(name): must be zero or more, got \(v)") }
+            guard v.isFinite, v >= 0, v <= year else {
+                throw ConfigError("\(name): must be 0 to \(Int(year)) seconds, got \(v)")
+            }
         }
-        guard maxSessions >= 1 else { throw ConfigError("max-sessions: must be at least 1, got \(maxSessions)") }
+        guard (1...10_000_000).contains(maxSessions) else {
+            throw ConfigError("max-sessions: must be 1 to 10000000, got \(maxSessions)")
+        }
         guard bufferSize >= 1024 else { throw ConfigError("buffer-size: must be at least 1024 bytes, got \(bufferSize)") }
         guard bufferSize <= 1 << 30 else { throw ConfigError("buffer-size: must be at most 1 GiB, got \(bufferSize)") }
         try nonNegative("idle-timeout", idleTimeout)

@@ -42,6 +42,7 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
     private let head = OutputBuffer()
     private var lastActivity: UInt64
     private enum Phase { case open, lingering, closed }
+    private var closeWhenDrained = false
     private var phase = Phase.open
     private enum TimerKind { case idle, headers, held, linger }
     private var timerKind = TimerKind.idle
@@ -88,11 +89,21 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
     }
 
     public func stream(_ stream: TCPStream, didEnd error: Int32) {
-        // The client went away (or half-closed). A held request can no longer be answered.
-        close()
+        if error == UVError.eof, phase != .closed, stream.queuedWriteBytes > 0 {
+            // The client half-closed but may still read: deliver what is queued, then close.
+            if phase == .open {
+                phase = .lingering
+                server.handler?.connectionWillClose(self)
+            }
+            closeWhenDrained = true
+            schedule(.linger, at: loop.now + limits.keepAliveTimeoutMs)
+            return
+        }
+        close()  // gone: a held request can no longer be answered
     }
 
     public func streamDidDrainWrites(_ stream: TCPStream) {
+        if closeWhenDrained { return close() }
         if phase == .open, !awaitingResponse, unparsed.count > unparsedStart { parseUnparsed() }
     }
 
@@ -129,6 +140,9 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
         unparsedStart += consumed
         if unparsedStart >= unparsed.count {
             unparsed.removeAll(keepingCapacity: unparsed.capacity <= 16 * 1024)
+            unparsedStart = 0
+        } else if unparsedStart >= 16 * 1024 {
+            unparsed.removeFirst(unparsedStart)  // a client that keeps the pipeline full
             unparsedStart = 0
         }
         if phase == .open, !stream.isReading { stream.startReading() }
@@ -172,6 +186,7 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
 
     /// Keeps the current request open; `heldRequestTimedOut` is called at `until` (loop ms) if set.
     public func hold(until: UInt64?) {
+        guard phase == .open, awaitingResponse else { return }  // already answered
         if let until { schedule(.held, at: until) } else { cancelTimer() }
     }
 
@@ -246,6 +261,7 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
     private func responseDone() {
         awaitingResponse = false
         server.metrics.countResponse()
+        guard phase == .open else { return }  // the write failed and closed the connection
         if !keepAlive {
             startLingeringClose()
             return
@@ -262,13 +278,23 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
 
     /// Half-closes after the response and discards input for a moment, so the client reads the
     /// response instead of a reset caused by unread request bytes.
+    /// The 2 s start once the response has reached the kernel (FIN sent); a client that does
+    /// not read it at all is cut off after the keep-alive timeout.
     private func startLingeringClose() {
         guard phase == .open else { return }
         phase = .lingering
         server.handler?.connectionWillClose(self)
-        stream.shutdown()
         if !stream.isReading { stream.startReading() }
-        schedule(.linger, at: loop.now + 2_000)
+        schedule(.linger, at: loop.now + limits.keepAliveTimeoutMs)
+        stream.shutdown { [unowned self] in
+            if self.phase == .lingering { self.schedule(.linger, at: self.loop.now + 2_000) }
+        }
+    }
+
+    /// Shutdown: close now if nothing is in flight, else once the response is delivered.
+    func closeWhenIdle() {
+        guard phase == .open, !awaitingResponse else { return }
+        if stream.queuedWriteBytes > 0 { startLingeringClose() } else { close() }
     }
 
     public func close() {

@@ -55,11 +55,9 @@ public final class HTTPServer {
 
     public var connectionCount: Int { connections.count }
 
-    /// Connections that are idle between requests (nothing held, nothing streaming).
+    /// Closes connections that are between requests (their last response still gets delivered).
     func closeIdleConnections() {
-        for connection in Array(connections.values) where !connection.awaitingResponse {
-            connection.close()
-        }
+        for connection in Array(connections.values) { connection.closeWhenIdle() }
     }
 
     func connectionClosed(_ connection: HTTPConnection) {

@@ -15,13 +15,9 @@ public final class EventLoop {
 
     public init() throws {
         raw = .allocate(capacity: 1)
-        let rc = uv_loop_init(raw)
         readSlab = .allocate(byteCount: EventLoop.readSlabSize, alignment: 16)
-        guard rc == 0 else {
-            raw.deallocate()
-            readSlab.deallocate()
-            throw UVError(rc, "uv_loop_init")
-        }
+        let rc = uv_loop_init(raw)
+        guard rc == 0 else { throw UVError(rc, "uv_loop_init") }  // deinit frees both
         raw.pointee.data = Unmanaged.passUnretained(self).toOpaque()
         deadlines = DeadlineQueue(timer: try LoopTimer(loop: self), loop: self)
     }

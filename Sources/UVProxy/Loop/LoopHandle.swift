@@ -27,13 +27,21 @@ public class LoopHandle {
 
     /// Starts closing; `didClose()` runs in the close callback, after every pending callback.
     public func close() {
-        guard !isClosing else { return }
+        guard beginClose() else { return }
+        uv_close(handle, LoopHandle.closed)
+    }
+
+    /// Marks the handle closing; false if it already was (or never opened).
+    func beginClose() -> Bool {
+        guard !isClosing else { return false }
         isClosing = true
-        guard adopted else { return }
-        uv_close(handle) { handle in
-            let owner = Unmanaged<LoopHandle>.fromOpaque(handle!.pointee.data).takeRetainedValue()
-            owner.didClose()
-        }
+        return adopted
+    }
+
+    /// The close callback of every handle: the owner's last reference goes here.
+    static let closed: uv_close_cb = { handle in
+        let owner = Unmanaged<LoopHandle>.fromOpaque(handle!.pointee.data).takeRetainedValue()
+        owner.didClose()
     }
 
     /// Override to drop references to delegates (breaking cycles) once libuv is done.

@@ -1,4 +1,7 @@
 import CUV
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// What a `TCPStream` reports. Every call happens on the loop thread, from a libuv callback.
 public protocol TCPStreamDelegate: AnyObject {
@@ -30,6 +33,7 @@ public final class TCPStream: LoopHandle {
     public private(set) var isReading = false
     private var ended = false
     private var pendingWrites = 0
+    private var onShutdown: (() -> Void)?
 
     public init(loop: EventLoop) throws {
         super.init(loop: loop, byteCount: MemoryLayout<uv_tcp_t>.size)
@@ -178,13 +182,51 @@ public final class TCPStream: LoopHandle {
         uv_buf_init(UnsafeMutablePointer(mutating: p.baseAddress?.assumingMemoryBound(to: CChar.self)), UInt32(p.count))
     }
 
-    /// Half-closes: sends FIN after queued writes. Reading goes on.
-    public func shutdown() {
+    /// Half-closes: sends FIN after the queued writes, then calls `completion` (unless the
+    /// stream closed first). Reading goes on.
+    public func shutdown(_ completion: (() -> Void)? = nil) {
         guard !isClosing else { return }
+        onShutdown = completion
         let request = UnsafeMutablePointer<uv_shutdown_t>.allocate(capacity: 1)
-        let rc = uv_shutdown(request, stream) { request, _ in request!.deallocate() }
-        if rc != 0 { request.deallocate() }
+        let rc = uv_shutdown(request, stream) { request, _ in
+            let handle = request!.pointee.handle
+            request!.deallocate()
+            let stream = LoopHandle.owner(UnsafeMutableRawPointer(handle), as: TCPStream.self)
+            guard !stream.isClosing else { return }
+            let completion = stream.onShutdown
+            stream.onShutdown = nil
+            completion?()
+        }
+        if rc != 0 {
+            request.deallocate()
+            onShutdown = nil
+            completion?()
+        }
     }
 
-    override func didClose() { delegate = nil }
+    /// Closes at once with a reset (RST): what the kernel still holds for the peer is dropped.
+    public func closeWithReset() {
+        // uv_tcp_close_reset refuses a stream that is shutting down, so set SO_LINGER 0 by hand.
+        var fd: uv_os_fd_t = -1
+        if !isClosing, uv_fileno(handle, &fd) == 0 {
+            var off = linger(l_onoff: 1, l_linger: 0)
+            setsockopt(fd, SOL_SOCKET, SO_LINGER, &off, socklen_t(MemoryLayout<linger>.size))
+        }
+        close()
+    }
+
+    /// Bytes the kernel still holds for the peer: not sent, or sent and not acknowledged
+    /// (`SIOCOUTQ`). 0 means everything written has reached the peer.
+    public var unsentBytes: Int {
+        var fd: uv_os_fd_t = -1
+        guard !isClosing, uv_fileno(handle, &fd) == 0 else { return 0 }
+        var n: Int32 = 0
+        guard ioctl(fd, UInt(TIOCOUTQ), &n) == 0 else { return 0 }
+        return Int(n)
+    }
+
+    override func didClose() {
+        delegate = nil
+        onShutdown = nil
+    }
 }

@@ -25,6 +25,9 @@ public enum CloseReason: Equatable, Sendable {
 public protocol UpstreamLink: AnyObject {
     /// Starts connecting; the outcome goes to `SessionTable.upstreamConnected`.
     func connect(to address: SocketAddress)
+    /// Ends the connection gracefully: FIN after the queued input, discard what the target
+    /// still sends; `SessionTable.upstreamFinished` is called once the input is delivered.
+    func finish()
     /// Queues bytes for the target, in order.
     func send(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer)
     /// Bytes accepted by `send` that the target has not read yet.
@@ -32,6 +35,8 @@ public protocol UpstreamLink: AnyObject {
     func pauseReading()
     func resumeReading()
     func close()
+    /// Closes with a reset: the drain time is over and undelivered input is dropped.
+    func abort()
 }
 
 /// Someone waiting for a session to change: a held long-poll or an open SSE stream.
@@ -153,7 +158,9 @@ public final class Session: DeadlineOwner {
 
     public var hasObservers: Bool { waiter != nil || streamObserver != nil }
 
-    private func notifyObservers() {
+    /// Tells the held read and the stream that the session changed. Callers finish their own
+    /// bookkeeping first: an observer may answer at once and run the client's next request.
+    func notifyObservers() {
         if let w = waiter {
             waiter = nil  // a long-poll is answered once
             w.sessionDidChange(self)
@@ -169,12 +176,12 @@ public final class Session: DeadlineOwner {
     }
 
     /// The target connection ended or is being ended: buffered bytes stay readable.
+    /// Observers are not told here (see `notifyObservers`).
     func markClosed(_ reason: CloseReason, now: UInt64) {
-        guard state != .closed(reason), closeReason == nil else { return }
+        guard closeReason == nil else { return }
         state = .closed(reason)
         closedAt = now
         readingPaused = false
-        notifyObservers()
     }
 
     public func deadlineReached(now: UInt64) {

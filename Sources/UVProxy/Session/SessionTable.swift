@@ -24,6 +24,7 @@ public enum CreateError: Error, Equatable {
     case full              // 503
     case failed(String)    // 502, with the libuv error name
     case timedOut          // 504
+    case shuttingDown      // 503: the daemon is stopping
 }
 
 /// Events worth a log line; the daemon turns them into log records.
@@ -46,6 +47,7 @@ public final class SessionTable {
     private let makeLink: (Session) throws -> UpstreamLink
     private var sessions: [SessionID: Session] = [:]
     private var pendingCreates: [ObjectIdentifier: (Result<Session, CreateError>) -> Void] = [:]
+    private var connecting: [ObjectIdentifier: Session] = [:]
     /// Connecting or open: what `max-sessions` limits.
     public private(set) var openCount = 0
     public private(set) var closedCount = 0
@@ -89,6 +91,7 @@ public final class SessionTable {
         openCount += 1
         session.link = link
         pendingCreates[ObjectIdentifier(session)] = completion
+        connecting[ObjectIdentifier(session)] = session
         deadlines.schedule(session, at: clock() + target.connectTimeoutMs)
         link.connect(to: target.address)
     }
@@ -96,6 +99,7 @@ public final class SessionTable {
     func upstreamConnected(_ session: Session, status: Int32) {
         guard session.state == .connecting,
               let completion = pendingCreates.removeValue(forKey: ObjectIdentifier(session)) else { return }
+        connecting[ObjectIdentifier(session)] = nil
         deadlines.cancel(session)
         guard status == 0 else {
             failCreate(session, .failed(UVError.name(status)), completion)
@@ -114,31 +118,33 @@ public final class SessionTable {
     private func failCreate(_ session: Session, _ error: CreateError,
                             _ completion: (Result<Session, CreateError>) -> Void) {
         openCount -= 1
-        counters.connectFailures += 1
+        if error != .shuttingDown { counters.connectFailures += 1 }
         session.link?.close()
         session.link = nil
-        events?.sessionConnectFailed(target: session.target, error: error)
+        if error != .shuttingDown { events?.sessionConnectFailed(target: session.target, error: error) }
         completion(.failure(error))
     }
 
     // MARK: Target events
 
     func upstreamEnded(_ session: Session, error: Int32) {
-        if session.state == .connecting {
-            upstreamConnected(session, status: error)
-        } else {
-            close(session, reason: CloseReason(uvError: error))
+        switch session.state {
+        case .connecting: upstreamConnected(session, status: error)
+        case .open: close(session, reason: CloseReason(uvError: error))
+        case .closed: upstreamFinished(session)  // a draining target hung up
         }
     }
 
-    /// Queued input of a closed session has been written: the connection can go.
-    func upstreamDrained(_ session: Session) {
+    /// A closing session's input reached the target (or the target hung up): the connection can go.
+    func upstreamFinished(_ session: Session) {
         guard session.closeReason != nil, session.link != nil else { return }
         finishDrain(session, now: clock())
     }
 
-    private func finishDrain(_ session: Session, now: UInt64) {
-        session.link?.close()
+    /// Ends a closing session's connection: gracefully once its input is delivered, with a
+    /// reset when the drain time ran out (SPEC: "for at most 5 seconds, then the connection closes").
+    private func finishDrain(_ session: Session, now: UInt64, delivered: Bool = true) {
+        if delivered { session.link?.close() } else { session.link?.abort() }
         session.link = nil
         if session.isRemoved {
             deadlines.cancel(session)
@@ -150,25 +156,29 @@ public final class SessionTable {
     // MARK: Closing and removal
 
     /// Closes the target connection; the bytes stay readable for `linger`.
-    /// With `drain`, queued input is still written for `deleteDrainMs` first.
+    /// With `drain`, the connection ends gracefully: queued input is still delivered (FIN after
+    /// it, never a reset that would discard it) for at most `deleteDrainMs`.
     public func close(_ session: Session, reason: CloseReason, drain: Bool = false) {
         guard session.state == .open else { return }
         session.markClosed(reason, now: clock())
         openCount -= 1
         counters.closeReasons[reason.text, default: 0] += 1
-        events?.sessionClosed(session, reason: reason)
-        if drain, let link = session.link, link.queuedBytes > 0 {
-            link.pauseReading()
+        if !session.isRemoved { closedCount += 1 }
+        if drain, let link = session.link {
+            link.finish()
             deadlines.schedule(session, at: clock() + settings.deleteDrainMs)
         } else {
             session.link?.close()
             session.link = nil
-            deadlines.cancel(session)
+            if session.isRemoved {
+                deadlines.cancel(session)
+            } else {
+                deadlines.schedule(session, at: session.closedAt + settings.lingerMs)
+            }
         }
-        if !session.isRemoved {
-            closedCount += 1
-            if session.deadlineSlot < 0 { deadlines.schedule(session, at: session.closedAt + settings.lingerMs) }
-        }
+        events?.sessionClosed(session, reason: reason)
+        // Last: an observer may answer now and run the client's next request, on this session too.
+        session.notifyObservers()
     }
 
     /// DELETE: the id stops working now; queued input is still written for a while.
@@ -192,6 +202,7 @@ public final class SessionTable {
         switch session.state {
         case .connecting:
             guard let completion = pendingCreates.removeValue(forKey: ObjectIdentifier(session)) else { return }
+            connecting[ObjectIdentifier(session)] = nil
             failCreate(session, .timedOut, completion)
         case .open:
             if session.hasObservers { session.lastTouched = now }  // a waiting read counts as a touch
@@ -202,7 +213,7 @@ public final class SessionTable {
             }
         case .closed:
             if session.link != nil {
-                finishDrain(session, now: now)  // drain time is over
+                finishDrain(session, now: now, delivered: false)  // drain time is over
             } else if !session.isRemoved {
                 remove(session)  // linger is over
             }
@@ -214,9 +225,16 @@ public final class SessionTable {
         deadlines.schedule(session, at: session.lastTouched + settings.idleTimeoutMs)
     }
 
-    /// Closes every open session with `reason` (shutdown). Returns how many still drain input.
+    /// Closes every open session with `reason` (shutdown), and fails creates still connecting.
+    /// Returns how many still deliver input.
     @discardableResult
     public func closeAll(reason: CloseReason) -> Int {
+        for (key, completion) in pendingCreates {
+            guard let session = connecting[key] else { continue }
+            pendingCreates[key] = nil
+            deadlines.cancel(session)
+            failCreate(session, .shuttingDown, completion)
+        }
         var draining = 0
         for session in Array(sessions.values) where session.state == .open {
             close(session, reason: reason, drain: true)

@@ -2,9 +2,13 @@
 ///
 /// Bytes read go straight into the session's ring (`Session.receive`), never more than the
 /// ring's room, so a client that stops acknowledging stops the target through TCP.
-final class Upstream: UpstreamLink, TCPStreamDelegate {
+final class Upstream: UpstreamLink, TCPStreamDelegate, DeadlineOwner {
     private let stream: TCPStream
     private let session: Session
+    /// Ending gracefully: input is being delivered, what the target sends is discarded.
+    private var finishing = false
+    var deadline: UInt64 = 0
+    var deadlineSlot = -1
 
     init(loop: EventLoop, session: Session) throws {
         stream = try TCPStream(loop: loop)
@@ -22,7 +26,35 @@ final class Upstream: UpstreamLink, TCPStreamDelegate {
 
     func resumeReading() { stream.startReading() }
 
-    func close() { stream.close() }
+    /// FIN after the queued input, keep reading (a close with unread bytes would send a reset,
+    /// and a reset throws away input the target has not read yet), and report once the kernel
+    /// holds nothing more for the target.
+    func finish() {
+        guard !finishing else { return }
+        finishing = true
+        stream.startReading()
+        stream.shutdown { [unowned self] in self.checkDelivered() }
+    }
+
+    private func checkDelivered() {
+        if stream.unsentBytes == 0 {
+            session.table.upstreamFinished(session)
+        } else {
+            stream.loop.deadlines.schedule(self, at: stream.loop.now + 20)
+        }
+    }
+
+    func deadlineReached(now: UInt64) { checkDelivered() }
+
+    func close() {
+        stream.loop.deadlines.cancel(self)
+        stream.close()
+    }
+
+    func abort() {
+        stream.loop.deadlines.cancel(self)
+        stream.closeWithReset()
+    }
 
     // MARK: TCPStreamDelegate
 
@@ -32,16 +64,12 @@ final class Upstream: UpstreamLink, TCPStreamDelegate {
     }
 
     func stream(_ stream: TCPStream, didRead bytes: UnsafeRawBufferPointer) {
-        session.receive(bytes)
+        if !finishing { session.receive(bytes) }
     }
 
-    func streamReadLimit(_ stream: TCPStream) -> Int { session.readRoom }
+    func streamReadLimit(_ stream: TCPStream) -> Int { finishing ? EventLoop.readSlabSize : session.readRoom }
 
     func stream(_ stream: TCPStream, didEnd error: Int32) {
         session.table.upstreamEnded(session, error: error)
-    }
-
-    func streamDidDrainWrites(_ stream: TCPStream) {
-        session.table.upstreamDrained(session)
     }
 }
