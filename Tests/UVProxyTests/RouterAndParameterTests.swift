@@ -147,3 +147,14 @@ final class SessionIDTests: XCTestCase {
         XCTAssertNotNil(SessionID(text: Array(String(repeating: "A", count: 22).utf8)))
     }
 }
+
+final class OutputBufferTests: XCTestCase {
+    func testDecimals() {
+        let b = OutputBuffer(capacity: 4)
+        for n: UInt64 in [0, 7, 9, 10, 42, 99, 100, 101, 999, 1000, 65_536, 1_000_000, 123_456_789, UInt64.max] {
+            b.removeAll()
+            b.appendDecimal(n)
+            XCTAssertEqual(String(decoding: Array(b.bytes), as: UTF8.self), String(n))
+        }
+    }
+}

@@ -64,21 +64,44 @@ final class OutputBuffer {
         count += bytes.count
     }
 
-    /// Decimal digits of `n`.
+    /// Decimal digits of `n`, two at a time.
     func appendDecimal(_ n: UInt64) {
         reserve(20)
         var digits = 1
+        var threshold: UInt64 = 10
+        while digits < 20 && n >= threshold { digits += 1; threshold &*= 10 }
         var v = n
-        while v >= 10 { v /= 10; digits += 1 }
-        v = n
-        var i = count + digits - 1
-        repeat {
-            base[i] = UInt8(48 + v % 10)
-            v /= 10
-            i -= 1
-        } while v > 0
+        var i = count + digits
+        OutputBuffer.pairs.withUnsafeBufferPointer { pairs in
+            while v >= 100 {
+                let r = Int(v % 100) * 2
+                v /= 100
+                i -= 2
+                base[i] = pairs[r]
+                base[i + 1] = pairs[r + 1]
+            }
+            if v >= 10 {
+                let r = Int(v) * 2
+                base[i - 2] = pairs[r]
+                base[i - 1] = pairs[r + 1]
+            } else {
+                base[i - 1] = UInt8(48 + v)
+            }
+        }
         count += digits
     }
+
+    /// "00", "01", … "99".
+    private static let pairs: [UInt8] = {
+        var table: [UInt8] = []
+        for n in 0..<100 {
+            let tens = UInt8(48 + n / 10)
+            let ones = UInt8(48 + n % 10)
+            table.append(tens)
+            table.append(ones)
+        }
+        return table
+    }()
 
     /// The bytes written so far, valid until the next append or reset.
     var bytes: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: base, count: count) }

@@ -6,6 +6,9 @@ public struct SessionID: Hashable, Sendable, CustomStringConvertible {
     let hi: UInt64
     let lo: UInt64
 
+    /// The bits are random already: one word is plenty for a hash.
+    public func hash(into hasher: inout Hasher) { hasher.combine(hi ^ lo) }
+
     static let alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_".utf8)
     static let textLength = 22
     /// base64url digit values by byte, 0xFF for bytes outside the alphabet.
@@ -38,20 +41,20 @@ public struct SessionID: Hashable, Sendable, CustomStringConvertible {
             table.withUnsafeBufferPointer { t in
                 // 22 × 6 = 132 bits: 10 characters fill 60 bits of hi, the 11th splits 4 + 2,
                 // ten more fill 60 bits of lo, the last carries 2 bits and 4 zero bits.
-                for i in 0..<22 {
+                var bad: UInt8 = 0  // any 0xFF digit leaves its top bits set
+                @inline(__always) func digit(_ i: Int) -> UInt64 {
                     let d = t[Int(chars[i])]
-                    guard d != 0xFF else { return false }
-                    let x = UInt64(d)
-                    switch i {
-                    case 0..<10: hi = (hi << 6) | x
-                    case 10: hi = (hi << 4) | (x >> 2); lo = x & 3
-                    case 11..<21: lo = (lo << 6) | x
-                    default:
-                        guard x & 0xF == 0 else { return false }
-                        lo = (lo << 2) | (x >> 4)
-                    }
+                    bad |= d
+                    return UInt64(d & 63)
                 }
-                return true
+                for i in 0..<10 { hi = (hi << 6) | digit(i) }
+                let split = digit(10)
+                hi = (hi << 4) | (split >> 2)
+                lo = split & 3
+                for i in 11..<21 { lo = (lo << 6) | digit(i) }
+                let last = digit(21)
+                lo = (lo << 2) | (last >> 4)
+                return bad & 0xC0 == 0 && last & 0xF == 0
             }
         } ?? SessionID(text: Array(text)).map { id in hi = id.hi; lo = id.lo; return true }
         guard valid == true else { return nil }

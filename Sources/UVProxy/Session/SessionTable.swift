@@ -45,7 +45,7 @@ public final class SessionTable {
     private let deadlines: DeadlineQueue
     private let clock: () -> UInt64
     private let makeLink: (Session) throws -> UpstreamLink
-    private var sessions: [SessionID: Session] = [:]
+    private var sessions = SessionIndex()
     private var pendingCreates: [ObjectIdentifier: (Result<Session, CreateError>) -> Void] = [:]
     private var connecting: [ObjectIdentifier: Session] = [:]
     /// Connecting or open: what `max-sessions` limits.
@@ -62,12 +62,12 @@ public final class SessionTable {
         self.makeLink = makeLink
     }
 
-    public func session(_ id: SessionID) -> Session? { sessions[id] }
+    public func session(_ id: SessionID) -> Session? { sessions.find(id) }
 
     /// Bytes held in all session buffers.
     public internal(set) var bufferedBytes = 0
 
-    public var allSessions: Dictionary<SessionID, Session>.Values { sessions.values }
+    public var allSessions: [Session] { sessions.all }
 
     // MARK: Create
 
@@ -78,7 +78,7 @@ public final class SessionTable {
             return
         }
         var id = SessionID.random()
-        while sessions[id] != nil { id = SessionID.random() }
+        while sessions.find(id) != nil { id = SessionID.random() }
         let session = Session(id: id, target: target, bufferSize: settings.bufferSize, now: clock(), table: self)
         let link: UpstreamLink
         do {
@@ -106,7 +106,7 @@ public final class SessionTable {
             return
         }
         session.connected()
-        sessions[session.id] = session
+        sessions.insert(session)
         counters.created += 1
         session.lastTouched = clock()
         scheduleIdleCheck(session)
@@ -190,7 +190,7 @@ public final class SessionTable {
     private func remove(_ session: Session) {
         guard !session.isRemoved else { return }
         session.isRemoved = true
-        sessions[session.id] = nil
+        sessions.remove(session.id)
         bufferedBytes -= session.ring.count
         if session.closeReason != nil {
             closedCount -= 1
@@ -236,7 +236,7 @@ public final class SessionTable {
             failCreate(session, .shuttingDown, completion)
         }
         var draining = 0
-        for session in Array(sessions.values) where session.state == .open {
+        for session in sessions.all where session.state == .open {
             close(session, reason: reason, drain: true)
             if session.link != nil { draining += 1 }
         }
