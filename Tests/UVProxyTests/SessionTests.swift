@@ -238,6 +238,18 @@ final class SessionTests: XCTestCase {
         XCTAssertEqual(table.closedCount, 0)
     }
 
+    func testShutdownClosesOpenSessionsAndFailsPendingCreates() throws {
+        let (s, link) = try open()
+        var result: Result<Session, CreateError>?
+        table.create(target: target) { result = $0 }
+        table.closeAll(reason: .shutdown)
+        XCTAssertEqual(s.closeReason, .shutdown)
+        XCTAssertTrue(link.finishing, "input still queued is delivered")
+        XCTAssertEqual(result.map { r -> CreateError? in if case .failure(let e) = r { return e }; return nil }, .shuttingDown)
+        XCTAssertTrue(links.last!.closed, "the pending connect is abandoned")
+        XCTAssertEqual(table.openCount, 0)
+    }
+
     func testDeleteClosesAsSoonAsInputIsDelivered() throws {
         let (s, link) = try open()
         link.queuedBytes = 10

@@ -46,8 +46,8 @@ public final class SessionTable {
     private let clock: () -> UInt64
     private let makeLink: (Session) throws -> UpstreamLink
     private var sessions = SessionIndex()
-    private var pendingCreates: [ObjectIdentifier: (Result<Session, CreateError>) -> Void] = [:]
-    private var connecting: [ObjectIdentifier: Session] = [:]
+    /// Sessions still connecting, with whom to tell the outcome.
+    private var pendingCreates: [ObjectIdentifier: (session: Session, completion: (Result<Session, CreateError>) -> Void)] = [:]
     /// Connecting or open: what `max-sessions` limits.
     public private(set) var openCount = 0
     public private(set) var closedCount = 0
@@ -90,16 +90,14 @@ public final class SessionTable {
         }
         openCount += 1
         session.link = link
-        pendingCreates[ObjectIdentifier(session)] = completion
-        connecting[ObjectIdentifier(session)] = session
+        pendingCreates[ObjectIdentifier(session)] = (session, completion)
         deadlines.schedule(session, at: clock() + target.connectTimeoutMs)
         link.connect(to: target.address)
     }
 
     func upstreamConnected(_ session: Session, status: Int32) {
         guard session.state == .connecting,
-              let completion = pendingCreates.removeValue(forKey: ObjectIdentifier(session)) else { return }
-        connecting[ObjectIdentifier(session)] = nil
+              let completion = pendingCreates.removeValue(forKey: ObjectIdentifier(session))?.completion else { return }
         deadlines.cancel(session)
         guard status == 0 else {
             failCreate(session, .failed(UVError.name(status)), completion)
@@ -201,8 +199,7 @@ public final class SessionTable {
     func sessionDeadlineReached(_ session: Session, now: UInt64) {
         switch session.state {
         case .connecting:
-            guard let completion = pendingCreates.removeValue(forKey: ObjectIdentifier(session)) else { return }
-            connecting[ObjectIdentifier(session)] = nil
+            guard let completion = pendingCreates.removeValue(forKey: ObjectIdentifier(session))?.completion else { return }
             failCreate(session, .timedOut, completion)
         case .open:
             if session.hasObservers { session.lastTouched = now }  // a waiting read counts as a touch
@@ -229,9 +226,9 @@ public final class SessionTable {
     /// Returns how many still deliver input.
     @discardableResult
     public func closeAll(reason: CloseReason) -> Int {
-        for (key, completion) in pendingCreates {
-            guard let session = connecting[key] else { continue }
-            pendingCreates[key] = nil
+        let creates = pendingCreates
+        pendingCreates.removeAll()
+        for (session, completion) in creates.values {
             deadlines.cancel(session)
             failCreate(session, .shuttingDown, completion)
         }
