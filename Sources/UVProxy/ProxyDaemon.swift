@@ -1,4 +1,3 @@
-import CUV
 import Logging
 #if canImport(Glibc)
 import Glibc
@@ -55,7 +54,7 @@ public final class ProxyDaemon: SessionEventSink {
         do {
             self.listenAddress = try server.listen(on: listenAddress)
         } catch let error as UVError {
-            throw ConfigError("cannot listen on \(config.listen): \(String(cString: uv_strerror(error.code)))")
+            throw ConfigError("cannot listen on \(config.listen): \(error.message)")
         }
     }
 

@@ -67,7 +67,9 @@ public struct UVError: Error, CustomStringConvertible {
     }
     /// libuv's short name, as `ECONNREFUSED`.
     public var name: String { UVError.name(code) }
-    public var description: String { "\(call): \(String(cString: uv_strerror(code)))" }
+    public var description: String { "\(call): \(message)" }
+    /// libuv's message, as `address already in use`.
+    public var message: String { String(cString: uv_strerror(code)) }
 
     public static func name(_ code: Int32) -> String { String(cString: uv_err_name(code)) }
     public static let eof = Int32(UV_EOF.rawValue)

@@ -1,5 +1,3 @@
-import CUV
-
 /// A session id: 128 bits from the OS CSPRNG, written as 22 characters of base64url.
 /// Kept as two integers so that looking one up hashes 16 bytes and allocates nothing.
 public struct SessionID: Hashable, Sendable, CustomStringConvertible {
@@ -23,12 +21,10 @@ public struct SessionID: Hashable, Sendable, CustomStringConvertible {
         self.lo = lo
     }
 
-    /// A fresh id from `getrandom(2)` (through `uv_random`, which blocks until the pool is seeded).
+    /// A fresh id from the OS CSPRNG.
     public static func random() -> SessionID {
-        var words: (UInt64, UInt64) = (0, 0)
-        let rc = withUnsafeMutableBytes(of: &words) { uv_random(nil, nil, $0.baseAddress, 16, 0, nil) }
-        precondition(rc == 0, "the OS random source failed: \(UVError.name(rc))")
-        return SessionID(hi: words.0, lo: words.1)
+        let (hi, lo) = SystemRandom.words()
+        return SessionID(hi: hi, lo: lo)
     }
 
     /// Parses the 22-character form; anything else is no id of ours.
