@@ -53,8 +53,8 @@ public final class ProxyAPI: HTTPHandler {
         guard let route = Router.route(path: path) else {
             return error(connection, .notFound, "no such path")
         }
-        if route == .webPage && !settings.serveWebPage {
-            return error(connection, .notFound, "no such path")
+        if route == .webPage {  // the web client page arrives with its own issue
+            return error(connection, .notFound, settings.serveWebPage ? "the web client is not in this build" : "no such path")
         }
         guard route.allows(request.method) else {
             return error(connection, .methodNotAllowed, "method not allowed", allow: route.allow)
@@ -89,7 +89,7 @@ public final class ProxyAPI: HTTPHandler {
         case .metrics:
             respond(connection, .ok, contentType: "text/plain; version=0.0.4", body: metricsText?() ?? [])
         case .webPage:
-            respond(connection, .ok, contentType: "text/html; charset=utf-8", body: [])
+            break  // answered above
         }
     }
 
