@@ -6,7 +6,8 @@ public final class DemoGame {
     private var players: [ObjectIdentifier: DemoPlayer] = [:]
     private var nextNumber = 1
 
-    /// The 64-byte pattern `flood` repeats; byte i of a flood is `floodPattern[i % 64]`.
+    /// The 64-byte pattern `flood` repeats; byte i of a flood is `floodPattern[i % 64]`
+    /// (a flood asked for while another runs continues it).
     public static let floodPattern = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789\r\n".utf8)
     /// Largest flood one command may ask for.
     public static let maxFlood = 256 * 1024 * 1024
@@ -111,6 +112,7 @@ private final class DemoPlayer: TCPStreamDelegate {
                 send("usage: flood <bytes> (at most \(DemoGame.maxFlood))\r\n")
                 return
             }
+            if floodLeft == 0 { floodPosition = 0 }  // a new flood starts the pattern again
             floodLeft += n
             continueFlood()
         case "quit":
