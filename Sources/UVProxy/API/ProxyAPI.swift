@@ -37,11 +37,6 @@ public final class ProxyAPI: HTTPHandler {
         tokenBytes = settings.token.map { Array("Bearer \($0)".utf8) }
     }
 
-    public func update(_ settings: APISettings) {
-        self.settings = settings
-        tokenBytes = settings.token.map { Array("Bearer \($0)".utf8) }
-    }
-
     // MARK: HTTPHandler
 
     public func handle(_ request: HTTPRequest, on connection: HTTPConnection) {
@@ -62,7 +57,7 @@ public final class ProxyAPI: HTTPHandler {
         if route != .healthz, let tokenBytes, !constantTimeEquals(request.authorization, tokenBytes) {
             connection.begin(.unauthorized)
             connection.header("WWW-Authenticate", "Bearer")
-            return finishError(connection, "missing or wrong bearer token")
+            return connection.finishError("missing or wrong bearer token")
         }
         let params = Parameters(query: query, form: request.hasFormBody ? request.body[...] : nil)
         switch route {
@@ -177,7 +172,7 @@ public final class ProxyAPI: HTTPHandler {
         case .evicted:
             connection.begin(.conflict)
             connection.header("X-Offset-Base", session.ring.base)
-            return finishError(connection, "bytes before offset \(session.ring.base) were evicted")
+            return connection.finishError("bytes before offset \(session.ring.base) were evicted")
         case .ok:
             break
         }
@@ -201,7 +196,7 @@ public final class ProxyAPI: HTTPHandler {
             // Only possible if history was evicted while the read waited.
             connection.begin(.conflict)
             connection.header("X-Offset-Base", session.ring.base)
-            return finishError(connection, "bytes before offset \(session.ring.base) were evicted")
+            return connection.finishError("bytes before offset \(session.ring.base) were evicted")
         }
         let length = Int(min(session.ring.end - offset, UInt64(max)))
         session.delivered = offset + UInt64(length)
@@ -323,12 +318,9 @@ public final class ProxyAPI: HTTPHandler {
         connection.begin(status)
         if let allow { connection.header("Allow", allow) }
         if retryAfter { connection.header("Retry-After", "1") }
-        finishError(connection, reason)
-    }
-
-    private func finishError(_ connection: HTTPConnection, _ reason: String) {
         connection.finishError(reason)
     }
+
 }
 
 /// Compares without an early exit, so the time taken does not reveal how much matched.

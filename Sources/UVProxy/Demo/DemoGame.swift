@@ -34,8 +34,6 @@ public final class DemoGame {
         for player in Array(players.values) { player.disconnect() }
     }
 
-    public var playerCount: Int { players.count }
-
     fileprivate func left(_ player: DemoPlayer) { players[ObjectIdentifier(player)] = nil }
 
     fileprivate func broadcast(_ text: String) {

@@ -62,7 +62,6 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
     }
 
     public var isOpen: Bool { phase == .open }
-    public var peerAddress: SocketAddress? { stream.peerAddress }
     var loop: EventLoop { stream.loop }
 
     // MARK: Bytes in
@@ -167,7 +166,6 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
         awaitingResponse = true
         keepAlive = parser.request.keepAlive
         isHTTP10 = parser.request.isHTTP10
-        server.metrics.requests += 1
         server.handler?.handle(parser.request, on: self)
         parser.resume()
     }
@@ -260,7 +258,6 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
 
     private func responseDone() {
         awaitingResponse = false
-        server.metrics.countResponse()
         guard phase == .open else { return }  // the write failed and closed the connection
         if !keepAlive {
             startLingeringClose()

@@ -29,9 +29,6 @@ public final class HTTPRequest {
     public var body: [UInt8] = []
     public var contentType: [UInt8] = []
     public var authorization: [UInt8] = []
-    public var lastEventID: [UInt8]? = nil
-    public var origin: [UInt8]? = nil
-    public var forwardedFor: [UInt8]? = nil
     public var expectContinue = false
     var transferEncodingCount = 0
     var contentLengthCount = 0
@@ -44,9 +41,6 @@ public final class HTTPRequest {
         body.clear()
         contentType.clear()
         authorization.clear()
-        lastEventID = nil
-        origin = nil
-        forwardedFor = nil
         expectContinue = false
         transferEncodingCount = 0
         contentLengthCount = 0

@@ -153,18 +153,12 @@ final class HTTPRequestParser {
         switch field.count {
         case 6 where field[...].equalsIgnoringCase("expect"):
             request.expectContinue = value[...].equalsIgnoringCase("100-continue")
-        case 6 where field[...].equalsIgnoringCase("origin"):
-            request.origin = value
         case 12 where field[...].equalsIgnoringCase("content-type"):
             request.contentType = value
         case 13 where field[...].equalsIgnoringCase("authorization"):
             request.authorization = value
-        case 13 where field[...].equalsIgnoringCase("last-event-id"):
-            request.lastEventID = value
         case 14 where field[...].equalsIgnoringCase("content-length"):
             request.contentLengthCount += 1
-        case 15 where field[...].equalsIgnoringCase("x-forwarded-for"):
-            request.forwardedFor = value
         case 17 where field[...].equalsIgnoringCase("transfer-encoding"):
             request.transferEncodingCount += 1
         default:

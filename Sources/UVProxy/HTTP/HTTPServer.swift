@@ -1,11 +1,8 @@
 /// Counters of the HTTP layer, read by `/metrics`.
 public struct HTTPMetrics {
     public var connections = 0
-    public var requests: UInt64 = 0
-    public var responses: UInt64 = 0
     /// Responses by status code (index = code).
     public var statusCounts = [UInt64](repeating: 0, count: 600)
-    mutating func countResponse() { responses += 1 }
 }
 
 /// Accepts client connections and gives each an `HTTPConnection`.

@@ -35,7 +35,6 @@ public final class DeadlineQueue {
     public static func manual() -> DeadlineQueue { DeadlineQueue(timer: nil, loop: nil) }
 
     public var count: Int { heap.count }
-    public var earliest: UInt64? { heap.first?.deadline }
 
     /// Schedules (or moves) `owner`'s deadline to `at`.
     public func schedule(_ owner: DeadlineOwner, at: UInt64) {

@@ -52,16 +52,6 @@ public final class TCPStream: LoopHandle {
 
     public func enableKeepAlive(seconds: UInt32) { uv_tcp_keepalive(tcp, 1, seconds) }
 
-    /// The peer's address, for logs.
-    public var peerAddress: SocketAddress? {
-        var storage = sockaddr_storage()
-        var len = Int32(MemoryLayout<sockaddr_storage>.size)
-        let rc = withUnsafeMutablePointer(to: &storage) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { uv_tcp_getpeername(tcp, $0, &len) }
-        }
-        return rc == 0 ? SocketAddress(storage) : nil
-    }
-
     // MARK: Connect
 
     public func connect(to address: SocketAddress) {

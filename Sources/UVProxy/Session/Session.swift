@@ -69,8 +69,6 @@ public final class Session: DeadlineOwner {
     var isRemoved = false
     /// The held long-poll, if any.
     public private(set) var waiter: SessionObserver?
-    /// The open SSE stream, if any.
-    public private(set) var streamObserver: SessionObserver?
     public var deadline: UInt64 = 0
     public var deadlineSlot: Int = -1
     unowned(unsafe) let table: SessionTable  // the table outlives its sessions
@@ -146,26 +144,15 @@ public final class Session: DeadlineOwner {
         if waiter === observer { waiter = nil }
     }
 
-    public func setStreamObserver(_ observer: SessionObserver) {
-        let old = streamObserver
-        streamObserver = observer
-        if let old, old !== observer { old.sessionObserverReplaced(self) }
-    }
+    public var hasObservers: Bool { waiter != nil }
 
-    public func removeStreamObserver(_ observer: SessionObserver) {
-        if streamObserver === observer { streamObserver = nil }
-    }
-
-    public var hasObservers: Bool { waiter != nil || streamObserver != nil }
-
-    /// Tells the held read and the stream that the session changed. Callers finish their own
+    /// Tells the held read that the session changed. Callers finish their own
     /// bookkeeping first: an observer may answer at once and run the client's next request.
     func notifyObservers() {
         if let w = waiter {
             waiter = nil  // a long-poll is answered once
             w.sessionDidChange(self)
         }
-        streamObserver?.sessionDidChange(self)
     }
 
     // MARK: Lifecycle (driven by SessionTable and the link)
