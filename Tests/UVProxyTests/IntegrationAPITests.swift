@@ -206,14 +206,7 @@ final class IntegrationAPITests: XCTestCase {
     }
 
     func testReadEvicted409WithOffsetBase() throws {
-        let up = try startUpstream()
-        let d = try startDaemon {
-            $0.upstream = "127.0.0.1:\(up.port)"
-            $0.bufferSize = 1024
-        }
-        let c = try d.client()
-        let id = try c.createSession()
-        let target = try up.connection(0)
+        let (_, _, c, id, target) = try sessionOnTestUpstream { $0.bufferSize = 1024 }
         try target.send(pattern(0..<1024))
         XCTAssertEqual(try c.readBytes(id, from: 0, count: 1024), pattern(0..<1024))
         XCTAssertEqual(try c.call("GET", "/sessions/\(id)?since=1024").status, 200)  // acknowledges all
@@ -252,11 +245,7 @@ final class IntegrationAPITests: XCTestCase {
     // MARK: Input
 
     func testInputLineEndingsAndPrecedence() throws {
-        let up = try startUpstream()
-        let d = try startDaemon { $0.upstream = "127.0.0.1:\(up.port)" }
-        let c = try d.client()
-        let id = try c.createSession()
-        let target = try up.connection(0)
+        let (_, _, c, id, target) = try sessionOnTestUpstream()
         let path = "/sessions/\(id)/input"
         let textPlain = ["Content-Type": "text/plain"]
         let formType = ["Content-Type": "application/x-www-form-urlencoded"]
@@ -294,11 +283,7 @@ final class IntegrationAPITests: XCTestCase {
     }
 
     func testInputSeqDuplicatesAreNotSentTwice() throws {
-        let up = try startUpstream()
-        let d = try startDaemon { $0.upstream = "127.0.0.1:\(up.port)" }
-        let c = try d.client()
-        let id = try c.createSession()
-        let target = try up.connection(0)
+        let (_, _, c, id, target) = try sessionOnTestUpstream()
         let path = "/sessions/\(id)/input"
         let steps: [(String, Bool)] = [
             ("seq=1&cmd=one", false), ("seq=1&cmd=one", true), ("seq=2&cmd=two", false),
@@ -334,11 +319,7 @@ final class IntegrationAPITests: XCTestCase {
     }
 
     func testInputBodyOver64KiB413() throws {
-        let up = try startUpstream()
-        let d = try startDaemon { $0.upstream = "127.0.0.1:\(up.port)" }
-        let c = try d.client()
-        let id = try c.createSession()
-        let target = try up.connection(0)
+        let (_, d, c, id, target) = try sessionOnTestUpstream()
         let exact = pattern(0..<65536)
         let ok = try c.call("POST", "/sessions/\(id)/input?raw=1", body: exact)
         XCTAssertEqual(ok.status, 204, "a body of exactly 64 KiB is allowed")
@@ -362,14 +343,7 @@ final class IntegrationAPITests: XCTestCase {
     // MARK: Delete
 
     func testDeleteAnswersAtOnceAndQueuedInputStillArrives() throws {
-        let up = try startUpstream()
-        let d = try startDaemon {
-            $0.upstream = "127.0.0.1:\(up.port)"
-            $0.bufferSize = 65536
-        }
-        let c = try d.client()
-        let id = try c.createSession()
-        let target = try up.connection(0)  // not read yet: input queues up in the proxy
+        let (up, _, c, id, target) = try sessionOnTestUpstream { $0.bufferSize = 65536 }  // not read yet: input queues up in the proxy
         let piece = 60000
         var accepted = 0
         for i in 0..<2000 {
@@ -401,14 +375,7 @@ final class IntegrationAPITests: XCTestCase {
 
     /// About 5 s: the drain limit is a constant.
     func testDeleteStopsDrainingAfterFiveSeconds() throws {
-        let up = try startUpstream()
-        let d = try startDaemon {
-            $0.upstream = "127.0.0.1:\(up.port)"
-            $0.bufferSize = 65536
-        }
-        let c = try d.client()
-        let id = try c.createSession()
-        let target = try up.connection(0)  // never reads: the drain cannot finish
+        let (_, _, c, id, target) = try sessionOnTestUpstream { $0.bufferSize = 65536 }  // never reads: the drain cannot finish
         for i in 0..<2000 {
             let r = try c.call("POST", "/sessions/\(id)/input?raw=1", body: pattern(i * 60000..<(i + 1) * 60000))
             if r.status == 503 { break }
@@ -445,11 +412,7 @@ final class IntegrationAPITests: XCTestCase {
     }
 
     func testMudWithIdSendsCommandThenReads() throws {
-        let up = try startUpstream()
-        let d = try startDaemon { $0.upstream = "127.0.0.1:\(up.port)" }
-        let c = try d.client()
-        let id = try c.createSession()
-        let target = try up.connection(0)
+        let (_, _, c, id, target) = try sessionOnTestUpstream()
         try c.send("GET", "/mud?id=\(id)&cmd=look&wait=5")
         XCTAssertEqual(String(decoding: try target.receive(exactly: 6), as: UTF8.self), "look\r\n")
         try target.send("room\r\n")

@@ -25,24 +25,25 @@ extension XCTestCase {
         return upstream
     }
 
+    /// The most common set-up: a daemon whose default target is a `TestUpstream`, one client,
+    /// one session on it, and the target's side of that session's connection.
+    func sessionOnTestUpstream(_ configure: (inout ProxyConfig) -> Void = { _ in })
+        throws -> (TestUpstream, TestDaemon, HTTPTestClient, String, TestSocket) {
+        let up = try startUpstream()
+        let d = try startDaemon {
+            $0.upstream = "127.0.0.1:\(up.port)"
+            configure(&$0)
+        }
+        let c = try d.client()
+        let id = try c.createSession()
+        return (up, d, c, id, try up.connection(0))
+    }
+
     /// A loopback port that refuses connections: bound (so nobody else takes it) but not listening.
     func refusedPort() throws -> Int {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { throw TestError("socket: errno \(errno)") }
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_port = 0
-        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let rc = withUnsafeMutablePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { p -> Int32 in
-                guard bind(fd, p, len) == 0 else { return -1 }
-                return getsockname(fd, p, &len)
-            }
-        }
-        guard rc == 0 else { Glibc.close(fd); throw TestError("bind: errno \(errno)") }
+        let (fd, port) = try boundLoopbackSocket()
         addTeardownBlock { Glibc.close(fd) }
-        return Int(UInt16(bigEndian: addr.sin_port))
+        return port
     }
 }
 
@@ -51,33 +52,19 @@ extension XCTestCase {
     /// so the kernel drops further SYNs. (Blackhole addresses like 10.255.255.1 are not reliable in
     /// sandboxes that intercept outgoing connections.)
     func blackholePort() throws -> Int {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { throw TestError("socket: errno \(errno)") }
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_port = 0
-        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let rc = withUnsafeMutablePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { p -> Int32 in
-                guard bind(fd, p, len) == 0, listen(fd, 0) == 0 else { return -1 }
-                return getsockname(fd, p, &len)
-            }
-        }
-        guard rc == 0 else { Glibc.close(fd); throw TestError("bind/listen: errno \(errno)") }
+        let (fd, port) = try boundLoopbackSocket(listen: 0)
+        var addr = loopbackAddress(port: port)
         var fillers: [Int32] = []
         for _ in 0..<8 {
             let s = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
-            _ = withUnsafePointer(to: &addr) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(s, $0, len) }
-            }
+            _ = withSockaddr(&addr) { connect(s, $0, $1) }
             fillers.append(s)
         }
         addTeardownBlock {
             for s in fillers { Glibc.close(s) }
             Glibc.close(fd)
         }
-        return Int(UInt16(bigEndian: addr.sin_port))
+        return port
     }
 }
 

@@ -31,14 +31,7 @@ final class IntegrationRegressionTests: XCTestCase {
     /// delivered whole, however long it takes the client to read it.
     func testLargeResponseOnClosingConnectionIsDeliveredWhole() throws {
         let size = 4 << 20
-        let up = try startUpstream()
-        let d = try startDaemon {
-            $0.upstream = "127.0.0.1:\(up.port)"
-            $0.bufferSize = size
-        }
-        let c = try d.client()
-        let id = try c.createSession()
-        let target = try up.connection(0)
+        let (_, d, c, id, target) = try sessionOnTestUpstream { $0.bufferSize = size }
         let bytes = pattern(0..<size)
         try target.send(bytes)
         _ = try c.readBytes(id, from: 0, count: 1)  // arrival has begun
@@ -60,14 +53,7 @@ final class IntegrationRegressionTests: XCTestCase {
     /// Input accepted with 204 reaches the target after DELETE even when the target is
     /// flooding output the proxy no longer reads (a reset would throw the input away).
     func testDeleteDeliversInputWhileTargetFloods() throws {
-        let up = try startUpstream()
-        let d = try startDaemon {
-            $0.upstream = "127.0.0.1:\(up.port)"
-            $0.bufferSize = 65536
-        }
-        let c = try d.client()
-        let id = try c.createSession()
-        let target = try up.connection(0)
+        let (_, _, c, id, target) = try sessionOnTestUpstream { $0.bufferSize = 65536 }
         // Fill the proxy's buffer (it stops reading) and the kernel buffers behind it.
         let flood = [UInt8](repeating: 65, count: 64 * 1024)
         target.setTimeout(0.2)

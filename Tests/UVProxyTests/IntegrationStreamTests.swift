@@ -64,13 +64,7 @@ final class IntegrationStreamTests: XCTestCase {
     func testDemoFloodOfTenBuffersArrivesByteExact() throws {
         let bufferSize = 65536
         let floodSize = 10 * bufferSize
-        let d = try startDaemon {
-            $0.demo = true
-            $0.bufferSize = bufferSize
-        }
-        let c = try d.client()
-        let id = try c.createSession()
-        let start = try greetingLength(c, id)
+        let (c, id, start) = try demoSession(bufferSize: bufferSize)
         XCTAssertEqual(try c.call("POST", "/sessions/\(id)/input?cmd=flood%20\(floodSize)").status, 204)
         let p = DemoGame.floodPattern
         try readExactly(c, id, from: start, count: floodSize, bufferSize: bufferSize) { p[$0 % 64] }
@@ -83,14 +77,7 @@ final class IntegrationStreamTests: XCTestCase {
     func testUpstreamFloodOfTenBuffersArrivesByteExact() throws {
         let bufferSize = 65536
         let floodSize = 10 * bufferSize
-        let up = try startUpstream()
-        let d = try startDaemon {
-            $0.upstream = "127.0.0.1:\(up.port)"
-            $0.bufferSize = bufferSize
-        }
-        let c = try d.client()
-        let id = try c.createSession()
-        let target = try up.connection(0)
+        let (_, _, c, id, target) = try sessionOnTestUpstream { $0.bufferSize = bufferSize }
         target.setTimeout(60)
         let sent = DispatchSemaphore(value: 0)
         Thread {
@@ -105,13 +92,7 @@ final class IntegrationStreamTests: XCTestCase {
         // Reads without `since` start at `delivered` and acknowledge it: at-most-once, nothing lost.
         let bufferSize = 65536
         let floodSize = 10 * bufferSize
-        let d = try startDaemon {
-            $0.demo = true
-            $0.bufferSize = bufferSize
-        }
-        let c = try d.client()
-        let id = try c.createSession()
-        let start = try greetingLength(c, id)
+        let (c, id, start) = try demoSession(bufferSize: bufferSize)
         _ = try c.call("GET", "/sessions/\(id)?since=\(start)")  // delivered = end of the greeting
         XCTAssertEqual(try c.call("POST", "/sessions/\(id)/input?cmd=flood%20\(floodSize)").status, 204)
         let p = DemoGame.floodPattern
@@ -122,14 +103,7 @@ final class IntegrationStreamTests: XCTestCase {
         // A buffer-size that is no power of two, reads of irregular sizes, then replay of the history.
         let bufferSize = 3001
         let floodSize = 10 * bufferSize
-        let up = try startUpstream()
-        let d = try startDaemon {
-            $0.upstream = "127.0.0.1:\(up.port)"
-            $0.bufferSize = bufferSize
-        }
-        let c = try d.client()
-        let id = try c.createSession()
-        let target = try up.connection(0)
+        let (_, _, c, id, target) = try sessionOnTestUpstream { $0.bufferSize = bufferSize }
         let sent = DispatchSemaphore(value: 0)
         Thread {
             do { try target.send(pattern(0..<floodSize)) } catch { XCTFail("target send: \(error)") }
@@ -153,14 +127,7 @@ final class IntegrationStreamTests: XCTestCase {
     func testUnreadBytesStopTheTargetAndNothingIsDropped() throws {
         // A client that does not read: the proxy buffers buffer-size bytes, then leaves the rest in TCP.
         let bufferSize = 65536
-        let up = try startUpstream()
-        let d = try startDaemon {
-            $0.upstream = "127.0.0.1:\(up.port)"
-            $0.bufferSize = bufferSize
-        }
-        let c = try d.client()
-        let id = try c.createSession()
-        let target = try up.connection(0)
+        let (_, _, c, id, target) = try sessionOnTestUpstream { $0.bufferSize = bufferSize }
         target.setTimeout(60)
         let floodSize = 4 * 1024 * 1024
         let sent = DispatchSemaphore(value: 0)
@@ -189,11 +156,7 @@ final class IntegrationStreamTests: XCTestCase {
     // MARK: Long-polls
 
     func testLongPollIsWokenByDataAtOnce() throws {
-        let up = try startUpstream()
-        let d = try startDaemon { $0.upstream = "127.0.0.1:\(up.port)" }
-        let c = try d.client()
-        let id = try c.createSession()
-        let target = try up.connection(0)
+        let (_, _, c, id, target) = try sessionOnTestUpstream()
         for (i, chunk) in ["ping", "x", "pong\r\n"].enumerated() {
             let since = ["ping", "x"].prefix(i).joined().utf8.count
             try c.send("GET", "/sessions/\(id)?since=\(since)&wait=10")
@@ -288,11 +251,7 @@ final class IntegrationStreamTests: XCTestCase {
 
     func testManyPipelinedRequestsBehindAHeldRead() throws {
         // More than a request's worth of bytes queue up behind the held read; none is lost.
-        let up = try startUpstream()
-        let d = try startDaemon { $0.upstream = "127.0.0.1:\(up.port)" }
-        let c = try d.client()
-        let id = try c.createSession()
-        let target = try up.connection(0)
+        let (_, _, c, id, target) = try sessionOnTestUpstream()
         var text = "GET /sessions/\(id)?since=0&wait=10 HTTP/1.1\r\nHost: x\r\n\r\n"
         var expectedInput = ""
         let count = 1500
@@ -316,11 +275,7 @@ final class IntegrationStreamTests: XCTestCase {
     }
 
     func testHeldReadOfAClientThatGoesAway() throws {
-        let up = try startUpstream()
-        let d = try startDaemon { $0.upstream = "127.0.0.1:\(up.port)" }
-        let c = try d.client()
-        let id = try c.createSession()
-        let target = try up.connection(0)
+        let (_, d, c, id, target) = try sessionOnTestUpstream()
         for hangUp in [{ (s: TestSocket) in s.abort() }, { (s: TestSocket) in s.close() }] {
             let gone = try d.client()
             try gone.send("GET", "/sessions/\(id)?since=0&wait=10")
@@ -341,11 +296,7 @@ final class IntegrationStreamTests: XCTestCase {
     }
 
     func testPipelinedRequestBehindHeldReadIsAnsweredAfterIt() throws {
-        let up = try startUpstream()
-        let d = try startDaemon { $0.upstream = "127.0.0.1:\(up.port)" }
-        let c = try d.client()
-        let id = try c.createSession()
-        let target = try up.connection(0)
+        let (_, _, c, id, target) = try sessionOnTestUpstream()
         try c.socket.send("GET /sessions/\(id)?since=0&wait=10 HTTP/1.1\r\nHost: x\r\n\r\n"
                           + "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
                           + "POST /sessions/\(id)/input?cmd=after HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
@@ -393,5 +344,16 @@ final class IntegrationStreamTests: XCTestCase {
             XCTAssertEqual(r.status, 200, "wait=\(wait) is a well-formed number: capped at max-wait, not refused: \(r.text)")
             XCTAssertLessThan(took, 3)
         }
+    }
+
+    /// A daemon running the demo game, one session on it, and the length of its greeting.
+    private func demoSession(bufferSize: Int) throws -> (HTTPTestClient, String, Int) {
+        let d = try startDaemon {
+            $0.demo = true
+            $0.bufferSize = bufferSize
+        }
+        let c = try d.client()
+        let id = try c.createSession()
+        return (c, id, try greetingLength(c, id))
     }
 }

@@ -12,13 +12,8 @@ final class TestSocket: @unchecked Sendable {
     static func connect(port: Int, timeout: TimeInterval = 10) throws -> TestSocket {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { throw TestError("socket: errno \(errno)") }
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_port = in_port_t(UInt16(port).bigEndian)
-        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-        let rc = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        }
+        var addr = loopbackAddress(port: port)
+        let rc = withSockaddr(&addr) { Glibc.connect(fd, $0, $1) }
         guard rc == 0 else { Glibc.close(fd); throw TestError("connect to \(port): errno \(errno)") }
         var one: Int32 = 1
         setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
@@ -71,6 +66,39 @@ final class TestSocket: @unchecked Sendable {
     deinit { close() }
 }
 
+/// 127.0.0.1:`port`.
+func loopbackAddress(port: Int) -> sockaddr_in {
+    var addr = sockaddr_in()
+    addr.sin_family = sa_family_t(AF_INET)
+    addr.sin_port = in_port_t(UInt16(port).bigEndian)
+    addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+    return addr
+}
+
+/// Calls `body` with `addr` as a `sockaddr` pointer and its length.
+func withSockaddr<R>(_ addr: inout sockaddr_in, _ body: (UnsafeMutablePointer<sockaddr>, socklen_t) -> R) -> R {
+    withUnsafeMutablePointer(to: &addr) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+    }
+}
+
+/// A TCP socket bound to a free loopback port, listening with `backlog` if given.
+func boundLoopbackSocket(listen backlog: Int32? = nil) throws -> (fd: Int32, port: Int) {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    guard fd >= 0 else { throw TestError("socket: errno \(errno)") }
+    var one: Int32 = 1
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+    var addr = loopbackAddress(port: 0)
+    let rc = withSockaddr(&addr) { p, length -> Int32 in
+        var len = length
+        guard bind(fd, p, len) == 0 else { return -1 }
+        if let backlog, listen(fd, backlog) != 0 { return -1 }
+        return getsockname(fd, p, &len)
+    }
+    guard rc == 0 else { Glibc.close(fd); throw TestError("bind/listen: errno \(errno)") }
+    return (fd, Int(UInt16(bigEndian: addr.sin_port)))
+}
+
 struct TestError: Error, CustomStringConvertible {
     let description: String
     init(_ d: String) { description = d }
@@ -89,23 +117,7 @@ final class TestUpstream: @unchecked Sendable {
 
     init(greeting: String = "") throws {
         self.greeting = Array(greeting.utf8)
-        let listenFD = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        self.listenFD = listenFD
-        var one: Int32 = 1
-        setsockopt(listenFD, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_port = 0
-        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-        _ = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(listenFD, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        }
-        listen(listenFD, 4096)
-        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafeMutablePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(listenFD, $0, &len) }
-        }
-        port = Int(UInt16(bigEndian: addr.sin_port))
+        (listenFD, port) = try boundLoopbackSocket(listen: 4096)
         let thread = Thread { [self] in acceptLoop() }
         thread.start()
     }
