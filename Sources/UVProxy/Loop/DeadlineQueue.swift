@@ -1,6 +1,6 @@
 /// Something with at most one pending deadline: a session (connect timeout, idle timeout,
-/// linger, drain) or an HTTP connection (header timeout, keep-alive, long-poll wait, SSE
-/// keep-alive). The object stores its own heap slot, so scheduling allocates nothing.
+/// linger, drain) or an HTTP connection (header timeout, keep-alive, long-poll wait,
+/// lingering close). The object stores its own heap slot, so scheduling allocates nothing.
 public protocol DeadlineOwner: AnyObject {
     /// Loop time (ms) of the pending deadline; written by the queue.
     var deadline: UInt64 { get set }

@@ -39,7 +39,7 @@ public protocol UpstreamLink: AnyObject {
     func abort()
 }
 
-/// Someone waiting for a session to change: a held long-poll or an open SSE stream.
+/// Someone waiting for a session to change: a held long-poll (an SSE stream, later).
 public protocol SessionObserver: AnyObject {
     /// Bytes arrived, or the session closed.
     func sessionDidChange(_ session: Session)
