@@ -71,7 +71,7 @@ struct UVProxyCommand: ParsableCommand {
         }
         for t in targets {
             let (name, address) = try ProxyConfig.parseTarget(t)
-            c.targets[name] = address
+            c.targets[name] = TargetConfig(address: address)
         }
         c.maxSessions = try C.pick(maxSessions, "max-sessions", { Int($0) }) ?? c.maxSessions
         c.bufferSize = try C.pick(bufferSize, "buffer-size", { Int($0) }) ?? c.bufferSize

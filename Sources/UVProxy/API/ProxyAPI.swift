@@ -48,13 +48,14 @@ public final class ProxyAPI: HTTPHandler {
         guard let route = Router.route(path: path) else {
             return error(connection, .notFound, "no such path")
         }
-        if route == .webPage {  // the web client page arrives with its own issue
-            return error(connection, .notFound, settings.serveWebPage ? "the web client is not in this build" : "no such path")
+        if route == .webPage, !settings.serveWebPage {
+            return error(connection, .notFound, "no such path (the web client is served with --web)")
         }
         guard route.allows(request.method) else {
             return error(connection, .methodNotAllowed, "method not allowed", allow: route.allow)
         }
-        if route != .healthz, let tokenBytes, !constantTimeEquals(request.authorization, tokenBytes) {
+        // The page is public (it holds no secret; it asks the player for the token).
+        if route != .healthz, route != .webPage, let tokenBytes, !constantTimeEquals(request.authorization, tokenBytes) {
             connection.begin(.unauthorized)
             connection.header("WWW-Authenticate", "Bearer")
             return connection.finishError("missing or wrong bearer token")
@@ -84,7 +85,10 @@ public final class ProxyAPI: HTTPHandler {
         case .metrics:
             respond(connection, .ok, contentType: "text/plain; version=0.0.4", body: metricsText?() ?? [])
         case .webPage:
-            break  // answered above
+            connection.begin(.ok)
+            connection.header("Content-Security-Policy",
+                              "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:")
+            connection.finish(contentType: "text/html; charset=utf-8", body: WebClientPage.bytes)
         }
     }
 

@@ -3,8 +3,8 @@
 public struct ProxyConfig: Sendable {
     public var listen = "127.0.0.1:8181"
     public var upstream = "127.0.0.1:9000"
-    /// Named targets, `NAME=HOST:PORT`.
-    public var targets: [String: String] = [:]
+    /// Named targets (flags `NAME=HOST:PORT`, or the config file's `targets` map).
+    public var targets: [String: TargetConfig] = [:]
     public var maxSessions = 10_000
     public var bufferSize = 1_048_576
     public var idleTimeout: Double = 600
@@ -14,6 +14,8 @@ public struct ProxyConfig: Sendable {
     public var token: String?
     public var corsOrigin: String?
     public var telnet = false
+    /// The default target's charset, and that of named targets that do not set one.
+    public var charset = Charset.utf8
     public var logLevel = "info"
     /// Start the demo game on a loopback port and make it the default target.
     public var demo = false
@@ -52,8 +54,11 @@ public struct ProxyConfig: Sendable {
         guard levels.contains(logLevel.lowercased()) else {
             throw ConfigError("log-level: must be one of \(levels.joined(separator: ", ")), got '\(logLevel)'")
         }
-        for name in targets.keys where !ProxyConfig.isTargetName(name) {
-            throw ConfigError("target: '\(name)' is not a valid name (letters, digits, '-', '_', '.')")
+        for (name, t) in targets {
+            guard ProxyConfig.isTargetName(name) else {
+                throw ConfigError("targets: '\(name)' is not a valid name (letters, digits, '-', '_', '.')")
+            }
+            if let timeout = t.connectTimeout { try positive("targets.\(name).connect-timeout", timeout) }
         }
     }
 
@@ -91,13 +96,14 @@ public struct ProxyConfig: Sendable {
             throw ConfigError("upstream: \(error)")
         }
         var settings = APISettings(defaultTarget: Target(name: "default", address: address, telnet: telnet,
-                                                         connectTimeoutMs: timeout))
-        for (name, text) in targets {
+                                                         charset: charset, connectTimeoutMs: timeout))
+        for (name, t) in targets {
             do {
-                settings.targets[name] = Target(name: name, address: try SocketAddress(parsing: text), telnet: telnet,
-                                                connectTimeoutMs: timeout)
+                settings.targets[name] = Target(name: name, address: try SocketAddress(parsing: t.address),
+                                                telnet: t.telnet ?? telnet, charset: t.charset ?? charset,
+                                                connectTimeoutMs: t.connectTimeout.map(ProxyConfig.ms) ?? timeout)
             } catch {
-                throw ConfigError("target \(name): \(error)")
+                throw ConfigError("targets.\(name): \(error)")
             }
         }
         settings.token = token
@@ -105,6 +111,23 @@ public struct ProxyConfig: Sendable {
         settings.maxWaitMs = ProxyConfig.ms(maxWait)
         settings.serveWebPage = web || demo
         return settings
+    }
+}
+
+/// One named target. Unset fields take the top-level setting (`telnet`, `charset`,
+/// `connect-timeout`).
+public struct TargetConfig: Sendable, Equatable {
+    /// `HOST:PORT`.
+    public var address: String
+    public var telnet: Bool?
+    public var charset: Charset?
+    public var connectTimeout: Double?
+
+    public init(address: String, telnet: Bool? = nil, charset: Charset? = nil, connectTimeout: Double? = nil) {
+        self.address = address
+        self.telnet = telnet
+        self.charset = charset
+        self.connectTimeout = connectTimeout
     }
 }
 

@@ -3,13 +3,18 @@
 public struct Target: Sendable {
     public var name: String
     public var address: SocketAddress
+    /// Speak telnet to it (SPEC §3).
     public var telnet: Bool
+    /// What its bytes are in where they become text (SSE).
+    public var charset: Charset
     public var connectTimeoutMs: UInt64
 
-    public init(name: String, address: SocketAddress, telnet: Bool = false, connectTimeoutMs: UInt64 = 10_000) {
+    public init(name: String, address: SocketAddress, telnet: Bool = false, charset: Charset = .utf8,
+                connectTimeoutMs: UInt64 = 10_000) {
         self.name = name
         self.address = address
         self.telnet = telnet
+        self.charset = charset
         self.connectTimeoutMs = connectTimeoutMs
     }
 }
