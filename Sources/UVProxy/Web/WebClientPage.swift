@@ -1,11 +1,725 @@
 /// The web client served at `/` with `--web` or `--demo`: one self-contained HTML file (no external
 /// scripts or fonts), built into the binary so that a deployment is one file.
+///
+/// The page talks to the API of SPEC §2 on its own origin. docs/DESIGN.md ("The web client") explains
+/// its rules: which transport it picks, how it resumes after a drop, `seq`, the token.
+/// `scripts/browser-test` drives it in headless Chromium. The served Content-Security-Policy allows
+/// inline script and style only: nothing here may load from elsewhere, and game text only ever
+/// becomes DOM text nodes.
 enum WebClientPage {
     static let bytes: [UInt8] = Array(html.utf8)
 
     static let html = #"""
 <!doctype html>
-<html><head><meta charset="utf-8"><title>uvproxyd</title></head>
-<body><p>The web client is being written.</p></body></html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>uvproxyd</title>
+<link rel="icon" href="data:,">
+<style>
+:root {
+  color-scheme: dark;
+  --bg: #0d0f11; --fg: #cfd3d6; --panel: #16191c; --line: #2a2f34; --dim: #7d858c;
+  --accent: #4c8bf5; --ok: #3fb950; --warn: #d29922; --bad: #f85149;
+}
+* { box-sizing: border-box; }
+html, body { height: 100%; margin: 0; }
+body {
+  display: flex; flex-direction: column; height: 100dvh;
+  background: var(--bg); color: var(--fg);
+  font: 15px/1.35 ui-monospace, "DejaVu Sans Mono", "Cascadia Mono", Menlo, Consolas, monospace;
+}
+header {
+  display: flex; flex-wrap: wrap; align-items: center; gap: .5rem 1rem;
+  padding: .4rem .75rem; background: var(--panel); border-bottom: 1px solid var(--line);
+}
+h1 { margin: 0; font-size: 1rem; font-weight: 600; }
+#status { display: flex; align-items: center; gap: .4rem; color: var(--dim); }
+#status::before {
+  content: ""; width: .6rem; height: .6rem; border-radius: 50%; background: var(--dim);
+}
+#status[data-state="open"]::before { background: var(--ok); }
+#status[data-state="connecting"]::before, #status[data-state="reconnecting"]::before { background: var(--warn); }
+#status[data-state="error"]::before { background: var(--bad); }
+#status[data-state="error"] { color: var(--bad); }
+#transport { color: var(--dim); font-size: .85em; }
+.spacer { flex: 1; }
+#output {
+  flex: 1; overflow-y: auto; padding: .5rem .75rem;
+  white-space: pre-wrap; overflow-wrap: anywhere; tab-size: 8;
+}
+#output > div { min-height: 1.35em; }
+#output .notice { color: #8ab4f8; font-style: italic; }
+#output .local { color: var(--dim); }
+.b { font-weight: bold; } .d { opacity: .65; } .i { font-style: italic; } .u { text-decoration: underline; }
+form { display: flex; gap: .5rem; align-items: center; margin: 0; }
+#command { padding: .5rem .75rem; background: var(--panel); border-top: 1px solid var(--line); }
+input {
+  min-width: 0; padding: .45rem .6rem; border: 1px solid var(--line); border-radius: 4px;
+  background: #000; color: var(--fg); font: inherit;
+}
+#line { flex: 1; }
+button {
+  padding: .45rem .8rem; border: 1px solid var(--line); border-radius: 4px;
+  background: #22272c; color: var(--fg); font: inherit; cursor: pointer;
+}
+button:hover { background: #2c3238; }
+input:focus-visible, button:focus-visible { outline: 2px solid var(--accent); outline-offset: 1px; }
+#sending { color: var(--warn); font-size: .85em; }
+.visually-hidden {
+  position: absolute; width: 1px; height: 1px; overflow: hidden; clip: rect(0 0 0 0); white-space: nowrap;
+}
+[hidden] { display: none !important; }
+@media (max-width: 600px) {
+  body { font-size: 13px; }
+  header, #command { padding: .35rem .5rem; }
+  #output { padding: .35rem .5rem; }
+}
+</style>
+</head>
+<body>
+<header>
+  <h1>uvproxyd</h1>
+  <div id="status" role="status" data-state="connecting">connecting</div>
+  <span id="transport"></span>
+  <span class="spacer"></span>
+  <form id="token" hidden>
+    <label for="token-input" id="token-message">Access token</label>
+    <input id="token-input" type="password" autocomplete="current-password" required>
+    <button type="submit">Use token</button>
+  </form>
+  <button id="new-session" type="button" hidden>New session</button>
+</header>
+<main id="output" role="log" aria-live="polite" aria-label="Game output" tabindex="0"></main>
+<form id="command" autocomplete="off">
+  <label for="line" class="visually-hidden">Command</label>
+  <input id="line" type="text" spellcheck="false" autocapitalize="off" enterkeyhint="send"
+         placeholder="Type a command, Enter to send, ↑/↓ for history" autofocus>
+  <span id="sending" aria-live="polite"></span>
+  <button type="submit">Send</button>
+</form>
+<script>
+"use strict";
+(() => {
+const SCROLLBACK_LINES = 5000;  // oldest lines are dropped past this
+const POLL_WAIT = 25;           // seconds a long-poll read may be held by the proxy
+const SSE_MAX_FAILURES = 3;     // EventSource failures in a row before staying on long-poll
+const SEND_ATTEMPTS = 8;        // tries of one command on network errors and 503
+const HISTORY_SIZE = 200;
+
+const $ = (id) => document.getElementById(id);
+const params = new URLSearchParams(location.search);
+const target = params.get("target") || "";
+const forceLongPoll = params.get("transport") === "long-poll";
+
+/** sessionStorage that never throws (it can be disabled or full). */
+const store = {
+  get(key) { try { return sessionStorage.getItem(key); } catch { return null; } },
+  set(key, value) {
+    try { value == null ? sessionStorage.removeItem(key) : sessionStorage.setItem(key, value); } catch {}
+  },
+};
+const SESSION_KEY = "uvproxyd.session." + (target || "default");
+const TOKEN_KEY = "uvproxyd.token";
+const HISTORY_KEY = "uvproxyd.history";
+
+/** 250 ms, 500 ms, 1 s, … up to 15 s. */
+const backoff = (previous) => Math.min(previous ? previous * 2 : 250, 15000);
+
+// ---------------------------------------------------------------- ANSI terminal
+
+const BASE16 = [
+  "#2e3436", "#cc3b3b", "#4e9a06", "#c4a000", "#3465a4", "#a347ba", "#06989a", "#d3d7cf",
+  "#6f7679", "#ef5959", "#8ae234", "#fce94f", "#729fcf", "#ce8ddb", "#34e2e2", "#ffffff",
+];
+
+/** The CSS colour of xterm's 256-colour palette entry n. */
+function paletteColor(n) {
+  if (n < 16) return BASE16[n];
+  if (n < 232) {
+    const level = (c) => (c ? c * 40 + 55 : 0);
+    n -= 16;
+    return `rgb(${level(Math.floor(n / 36))}, ${level(Math.floor(n / 6) % 6)}, ${level(n % 6)})`;
+  }
+  const grey = (n - 232) * 10 + 8;
+  return `rgb(${grey}, ${grey}, ${grey})`;
+}
+
+const plainStyle = () => ({ fg: null, bg: null, bold: false, dim: false, italic: false, underline: false, inverse: false });
+
+/**
+ * Renders a stream of text with ANSI escape sequences into an element, one <div> per line.
+ * SGR (colours, bold, …) is applied; every other escape sequence is dropped. State survives
+ * between write() calls, so a sequence split across two chunks works. A bare \r returns to the
+ * start of the line: the text that follows replaces the line.
+ */
+class Terminal {
+  constructor(element, maxLines) {
+    this.element = element;
+    this.maxLines = maxLines;
+    this.style = plainStyle();
+    this.escape = null;      // characters after an ESC while inside a sequence
+    this.carriageReturn = false;
+    this.line = null;
+    this.newLine();
+  }
+
+  write(text) {
+    const stick = this.atBottom();
+    let run = 0;  // start of the printable text not yet added
+    for (let i = 0; i < text.length; i++) {
+      const c = text.charCodeAt(i);
+      if (this.escape !== null) {
+        this.escape += text[i];
+        if (this.escapeComplete()) { this.endEscape(); run = i + 1; }
+        continue;
+      }
+      if (c >= 0x20 && c !== 0x7f || c === 0x09) continue;
+      this.addText(text.slice(run, i));
+      run = i + 1;
+      if (c === 0x1b) this.escape = "";
+      else if (c === 0x0a) this.newLine();
+      else if (c === 0x0d) this.carriageReturn = true;
+      // other control characters (BEL, BS, …) are dropped
+    }
+    if (this.escape === null) this.addText(text.slice(run));
+    this.trim();
+    if (stick) this.scrollToBottom();
+  }
+
+  /** A line of the page's own (a notice), on a line of its own. */
+  notice(text) {
+    if (this.line.firstChild) this.newLine();
+    this.line.className = "notice";
+    this.line.textContent = text;
+    this.newLine();
+    this.trim();
+    this.scrollToBottom();
+  }
+
+  /** The player's command, dim, after the prompt on the current line. */
+  echo(text) {
+    const span = document.createElement("span");
+    span.className = "local";
+    span.textContent = text;
+    this.line.append(span);
+    this.newLine();
+    this.trim();
+    this.scrollToBottom();
+  }
+
+  get currentLineText() { return this.line.textContent; }
+
+  clear() {
+    this.element.replaceChildren();
+    this.style = plainStyle();
+    this.escape = null;
+    this.newLine();
+  }
+
+  atBottom() {
+    const e = this.element;
+    return e.scrollHeight - e.scrollTop - e.clientHeight < 8;
+  }
+
+  scrollToBottom() { this.element.scrollTop = this.element.scrollHeight; }
+
+  // -- internals
+
+  newLine() {
+    this.carriageReturn = false;
+    this.line = document.createElement("div");
+    this.element.append(this.line);
+  }
+
+  trim() {
+    while (this.element.childElementCount > this.maxLines) this.element.firstElementChild.remove();
+  }
+
+  addText(text) {
+    if (!text) return;
+    if (this.carriageReturn) {
+      this.carriageReturn = false;
+      this.line.textContent = "";
+    }
+    const s = this.style;
+    if (s.fg === null && s.bg === null && !s.bold && !s.dim && !s.italic && !s.underline && !s.inverse) {
+      this.line.append(text);
+      return;
+    }
+    const span = document.createElement("span");
+    let fg = s.fg, bg = s.bg;
+    if (s.bold && typeof fg === "number" && fg < 8) fg += 8;  // bold brightens, as MUD clients show it
+    if (s.inverse) [fg, bg] = [bg ?? "var(--bg)", fg ?? "var(--fg)"];
+    if (fg !== null) span.style.color = typeof fg === "number" ? paletteColor(fg) : fg;
+    if (bg !== null) span.style.backgroundColor = typeof bg === "number" ? paletteColor(bg) : bg;
+    const classes = [s.bold && "b", s.dim && "d", s.italic && "i", s.underline && "u"].filter(Boolean);
+    if (classes.length) span.className = classes.join(" ");
+    span.textContent = text;
+    this.line.append(span);
+  }
+
+  /** Whether this.escape (what follows ESC so far) is a whole sequence. */
+  escapeComplete() {
+    const s = this.escape, last = s.charCodeAt(s.length - 1);
+    if (s.length > 256) return true;  // runaway: give up on it
+    switch (s[0]) {
+      case "[": return s.length > 1 && last >= 0x40 && last <= 0x7e;           // CSI … final byte
+      case "]": case "P": case "X": case "^": case "_":                        // strings: to BEL or ESC \
+        return last === 0x07 || s.endsWith("\x1b\\");
+      default: return last >= 0x30 && last <= 0x7e;                            // ESC (intermediates) final
+    }
+  }
+
+  endEscape() {
+    const s = this.escape;
+    this.escape = null;
+    const sgr = /^\[([0-9;:]*)m$/.exec(s);
+    if (sgr) this.applySgr(sgr[1]);
+  }
+
+  applySgr(text) {
+    const p = text.split(/[;:]/).map((x) => (x === "" ? 0 : Number(x)));
+    const s = this.style;
+    for (let i = 0; i < p.length; i++) {
+      const n = p[i];
+      if (n === 0) Object.assign(s, plainStyle());
+      else if (n === 1) s.bold = true;
+      else if (n === 2) s.dim = true;
+      else if (n === 3) s.italic = true;
+      else if (n === 4) s.underline = true;
+      else if (n === 7) s.inverse = true;
+      else if (n === 22) s.bold = s.dim = false;
+      else if (n === 23) s.italic = false;
+      else if (n === 24) s.underline = false;
+      else if (n === 27) s.inverse = false;
+      else if (n >= 30 && n <= 37) s.fg = n - 30;
+      else if (n === 39) s.fg = null;
+      else if (n >= 40 && n <= 47) s.bg = n - 40;
+      else if (n === 49) s.bg = null;
+      else if (n >= 90 && n <= 97) s.fg = n - 90 + 8;
+      else if (n >= 100 && n <= 107) s.bg = n - 100 + 8;
+      else if (n === 38 || n === 48) {
+        const key = n === 38 ? "fg" : "bg";
+        if (p[i + 1] === 5 && i + 2 < p.length) {
+          s[key] = Math.min(p[i + 2], 255);
+          i += 2;
+        } else if (p[i + 1] === 2 && i + 4 < p.length) {
+          const [r, g, b] = p.slice(i + 2, i + 5).map((v) => Math.min(v, 255));
+          s[key] = `rgb(${r}, ${g}, ${b})`;
+          i += 4;
+        }
+      }
+    }
+  }
+}
+
+/** Length of the longest prefix of UTF-8 bytes that does not end inside a character. */
+function completeUtf8Length(bytes) {
+  const n = bytes.length;
+  for (let back = 1; back <= Math.min(3, n); back++) {
+    const b = bytes[n - back];
+    if ((b & 0xc0) === 0x80) continue;  // continuation byte: look further back
+    const size = b >= 0xf0 ? 4 : b >= 0xe0 ? 3 : b >= 0xc0 ? 2 : 1;
+    return size > back ? n - back : n;
+  }
+  return n;
+}
+
+// ---------------------------------------------------------------- page parts
+
+const output = $("output"), lineInput = $("line"), statusBox = $("status");
+const terminal = new Terminal(output, SCROLLBACK_LINES);
+
+const STATE_LABELS = {
+  connecting: "connecting", open: "open", reconnecting: "reconnecting", closed: "closed", error: "error",
+};
+
+function showState(state, detail) {
+  statusBox.dataset.state = state;
+  statusBox.textContent = STATE_LABELS[state] + (detail ? ` (${detail})` : "");
+  $("new-session").hidden = !(state === "closed" || state === "error");
+}
+
+function showTransport(name) {
+  $("transport").textContent = name ? "via " + name : "";
+}
+
+/** The token: asked for when the proxy answers 401, kept for this tab in sessionStorage. */
+let token = store.get(TOKEN_KEY);
+let tokenAsked = null;
+
+function askToken(message) {
+  if (!tokenAsked) {
+    tokenAsked = new Promise((resolve) => {
+      const form = $("token");
+      $("token-message").textContent = message;
+      form.hidden = false;
+      $("token-input").focus();
+      form.onsubmit = (event) => {
+        event.preventDefault();
+        token = $("token-input").value.trim();
+        store.set(TOKEN_KEY, token);
+        form.hidden = true;
+        tokenAsked = null;
+        lineInput.focus();
+        resolve();
+      };
+    });
+  }
+  return tokenAsked;
+}
+
+/** fetch() on the proxy with the token; on 401 asks for a token and tries again. */
+async function api(method, path, { body, timeout } = {}) {
+  for (;;) {
+    const headers = {};
+    if (token) headers.Authorization = "Bearer " + token;
+    if (body !== undefined) headers["Content-Type"] = "application/x-www-form-urlencoded";
+    const signal = timeout ? AbortSignal.timeout(timeout) : undefined;
+    const response = await fetch(path, { method, headers, body, signal, cache: "no-store" });
+    if (response.status !== 401) return response;
+    await askToken(token ? "Token refused; access token" : "Access token");
+  }
+}
+
+async function errorText(response) {
+  try { return (await response.json()).error || response.statusText; } catch { return response.statusText; }
+}
+
+// ---------------------------------------------------------------- the session
+
+/**
+ * One game session: creates or resumes it, keeps one output stream open (EventSource, else
+ * long-poll), and sends commands in order with `seq`. `offset` is the offset of the first byte
+ * not yet shown: every (re)connection starts there, so nothing is lost or shown twice.
+ */
+class Client {
+  constructor() {
+    this.generation = 0;   // bumped for each new session: stale loops and callbacks stop
+    this.wakeUp = null;    // ends a backoff pause early (the browser came back online)
+    this.queue = [];       // commands waiting to be sent, in order
+    this.sending = false;
+  }
+
+  get streamPath() { return "/sessions/" + encodeURIComponent(this.id); }
+
+  start() {
+    const saved = JSON.parse(store.get(SESSION_KEY) || "null");
+    if (saved && saved.id) this.attach(saved.id, saved.seq || 0);
+    else this.create();
+  }
+
+  reset() {
+    this.generation++;
+    this.es?.close();
+    this.es = null;
+    this.id = null;
+    this.closed = false;
+    this.queue = [];
+  }
+
+  async create() {
+    this.reset();
+    const generation = this.generation;
+    showState("connecting", "creating a session");
+    showTransport("");
+    let response;
+    try {
+      response = await api("POST", "/sessions", { body: target ? "target=" + encodeURIComponent(target) : "" });
+    } catch {
+      return showState("error", "cannot reach the proxy");
+    }
+    if (generation !== this.generation) return;
+    if (response.status !== 201) return showState("error", await errorText(response));
+    const { id } = await response.json();
+    this.attach(id, 0);
+  }
+
+  /** Starts showing session `id` from its first byte still held (a reload replays the screen). */
+  attach(id, seq) {
+    this.reset();
+    this.id = id;
+    this.seq = seq;
+    this.offset = 0;            // first byte not yet shown
+    this.pollOffset = 0;        // next long-poll cursor: offset + bytes of a split character held
+    this.held = new Uint8Array(0);
+    this.sseFailures = 0;
+    this.save();
+    showState("connecting");
+    this.connect();
+  }
+
+  save() { store.set(SESSION_KEY, JSON.stringify({ id: this.id, seq: this.seq })); }
+
+  useEventSource() {
+    // EventSource cannot send an Authorization header: with a token, long-poll it is.
+    return "EventSource" in window && !token && !forceLongPoll && this.sseFailures < SSE_MAX_FAILURES;
+  }
+
+  connect() {
+    if (this.closed) return;
+    if (this.useEventSource()) this.openEventSource();
+    else this.poll(false);
+  }
+
+  openEventSource() {
+    const generation = this.generation;
+    showTransport("SSE");
+    this.pollOffset = this.offset;  // an SSE chunk never ends inside a character
+    this.held = new Uint8Array(0);
+    const es = new EventSource(`${this.streamPath}/events?since=${this.offset}`);
+    this.es = es;
+    let errors = 0;
+    es.onopen = () => {
+      errors = 0;
+      this.sseFailures = 0;
+      showState("open");
+    };
+    es.onmessage = (event) => {
+      this.show(JSON.parse(event.data));
+      this.offset = this.pollOffset = Number(event.lastEventId);
+    };
+    es.addEventListener("close", (event) => {
+      es.close();
+      let reason = "";
+      try { reason = JSON.parse(event.data).reason; } catch {}
+      this.ended(reason);
+    });
+    es.onerror = () => {
+      if (generation !== this.generation || this.es !== es) return;
+      // While CONNECTING the browser retries by itself and sends Last-Event-ID: we resume exactly.
+      if (es.readyState === EventSource.CONNECTING && ++errors < SSE_MAX_FAILURES) {
+        return showState("reconnecting");
+      }
+      // The browser gave up (an answer that is not a stream: 204, 404, 409, …) or retries keep
+      // failing: a plain read says why (closed, evicted, gone) and the session goes on from there.
+      es.close();
+      this.es = null;
+      this.sseFailures++;
+      this.poll(true);
+    };
+  }
+
+  /** Long-poll reads from pollOffset. With `probe`, reads once without waiting, then reconnects. */
+  async poll(probe) {
+    const generation = this.generation;
+    let delay = 0;
+    if (!probe) showTransport("long-poll");
+    while (generation === this.generation && !this.closed) {
+      const wait = probe ? 0 : POLL_WAIT;
+      let response, bytes;
+      try {
+        response = await api("GET", `${this.streamPath}?since=${this.pollOffset}&wait=${wait}`,
+                             { timeout: (wait + 15) * 1000 });
+        if (response.status === 200) bytes = new Uint8Array(await response.arrayBuffer());
+      } catch {
+        response = null;  // network error, or the answer was cut: the same read again
+      }
+      if (generation !== this.generation) return;
+      if (response === null || response.status >= 500) {
+        delay = backoff(delay);
+        showState("reconnecting", `retry in ${(delay / 1000).toFixed(1)} s`);
+        await this.pause(delay);
+        continue;
+      }
+      delay = 0;
+      if (response.status === 409) {
+        const base = Number(response.headers.get("X-Offset-Base"));
+        terminal.notice(`[${base - this.offset} bytes of output are no longer held by the proxy and were skipped]`);
+        this.offset = this.pollOffset = base;
+        this.held = new Uint8Array(0);
+        continue;
+      }
+      if (response.status === 404) return this.ended("the session no longer exists", true);
+      if (response.status !== 200) return showState("error", await errorText(response));
+      this.received(bytes, Number(response.headers.get("X-Next-Offset")));
+      const open = response.headers.get("X-Session-State") === "open";
+      if (!open && bytes.length === 0) return this.ended(response.headers.get("X-Close-Reason"));
+      if (open) showState("open");
+      if (probe && open) return this.connect();
+    }
+  }
+
+  /** Bytes from a long-poll: shows the whole characters, holds back a split one. */
+  received(bytes, nextOffset) {
+    let all = bytes;
+    if (this.held.length) {
+      all = new Uint8Array(this.held.length + bytes.length);
+      all.set(this.held);
+      all.set(bytes, this.held.length);
+    }
+    const whole = completeUtf8Length(all);
+    this.show(new TextDecoder().decode(all.subarray(0, whole)));
+    this.held = all.slice(whole);
+    this.pollOffset = nextOffset;
+    this.offset = nextOffset - this.held.length;
+  }
+
+  show(text) {
+    terminal.write(text);
+    // A password prompt: no echo, no history, masked input.
+    lineInput.type = /pass(word|phrase)?\s*:?\s*$/i.test(terminal.currentLineText) ? "password" : "text";
+  }
+
+  ended(reason, gone = false) {
+    if (this.closed) return;
+    this.closed = true;
+    this.es?.close();
+    this.es = null;
+    if (gone) store.set(SESSION_KEY, null);  // a reload then starts a new session
+    terminal.notice(gone ? `[${reason}]` : `[connection closed${reason ? ": " + reason : ""}]`);
+    showState("closed", reason);
+    $("new-session").focus();
+  }
+
+  pause(ms) {
+    return new Promise((resolve) => {
+      const timer = setTimeout(resolve, ms);
+      this.wakeUp = () => { clearTimeout(timer); resolve(); };
+    });
+  }
+
+  wake() { this.wakeUp?.(); }
+
+  // -- input
+
+  send(command) {
+    this.queue.push(command);
+    if (!this.sending) this.sendQueued();
+  }
+
+  /** Sends one command at a time, so that they reach the game in order. */
+  async sendQueued() {
+    this.sending = true;
+    const generation = this.generation;
+    while (this.queue.length && generation === this.generation) {
+      await this.deliver(this.queue[0], generation);
+      this.queue.shift();
+    }
+    this.sending = false;
+    $("sending").textContent = "";
+  }
+
+  /** POSTs one command; a retry reuses its seq, so the proxy never runs it twice. */
+  async deliver(command, generation) {
+    let seq = this.nextSeq();
+    let delay = 0;
+    for (let attempt = 1; generation === this.generation; attempt++) {
+      let response = null;
+      try {
+        response = await api("POST", `${this.streamPath}/input`,
+                             { body: `cmd=${encodeURIComponent(command)}&seq=${seq}`, timeout: 15000 });
+      } catch {}
+      if (response?.status === 204) {
+        if (attempt === 1 && response.headers.get("X-Duplicate")) {
+          // This seq was used before by another page on this session (a copied tab): skip ahead.
+          seq = this.nextSeq(Date.now());
+          attempt = 0;
+          continue;
+        }
+        return;
+      }
+      if (response && response.status !== 503 && response.status < 500) {
+        return terminal.notice(`[not sent: ${await errorText(response)}]`);
+      }
+      if (attempt >= SEND_ATTEMPTS) return terminal.notice(`[not sent after ${attempt} tries: ${command}]`);
+      delay = backoff(delay);
+      $("sending").textContent = `sending… (try ${attempt + 1})`;
+      await this.pause(delay);
+    }
+  }
+
+  nextSeq(atLeast = 0) {
+    this.seq = Math.max(this.seq + 1, atLeast);
+    this.save();
+    return this.seq;
+  }
+}
+
+// ---------------------------------------------------------------- command line
+
+class History {
+  constructor() {
+    this.items = JSON.parse(store.get(HISTORY_KEY) || "[]");
+    this.position = this.items.length;
+    this.draft = "";
+  }
+
+  add(command) {
+    if (command && command !== this.items[this.items.length - 1]) {
+      this.items.push(command);
+      this.items.splice(0, this.items.length - HISTORY_SIZE);
+      store.set(HISTORY_KEY, JSON.stringify(this.items));
+    }
+    this.position = this.items.length;
+    this.draft = "";
+  }
+
+  previous(current) {
+    if (this.position === this.items.length) this.draft = current;
+    if (this.position > 0) this.position--;
+    return this.items[this.position] ?? current;
+  }
+
+  next() {
+    if (this.position < this.items.length) this.position++;
+    return this.position === this.items.length ? this.draft : this.items[this.position];
+  }
+}
+
+const client = new Client();
+const history = new History();
+
+$("command").addEventListener("submit", (event) => {
+  event.preventDefault();
+  if (!client.id || client.closed) {
+    terminal.notice("[no open session: use New session to start another]");
+    return;
+  }
+  const command = lineInput.value;
+  const secret = lineInput.type === "password";
+  if (!secret) history.add(command);
+  terminal.echo(secret ? "" : command);
+  client.send(command);
+  lineInput.value = "";
+  lineInput.type = "text";
+});
+
+lineInput.addEventListener("keydown", (event) => {
+  if (event.key !== "ArrowUp" && event.key !== "ArrowDown") return;
+  event.preventDefault();
+  lineInput.value = event.key === "ArrowUp" ? history.previous(lineInput.value) : history.next();
+  lineInput.setSelectionRange(lineInput.value.length, lineInput.value.length);
+});
+
+// Clicking the output (without selecting text) goes back to the command line.
+output.addEventListener("mouseup", () => {
+  if (!getSelection().toString()) lineInput.focus();
+});
+
+$("new-session").addEventListener("click", () => {
+  terminal.clear();
+  client.create();
+  lineInput.focus();
+});
+
+window.addEventListener("online", () => client.wake());
+
+/** Read-only state for scripts/browser-test and for debugging from the console. */
+window.uvproxy = Object.freeze({
+  get sessionId() { return client.id; },
+  get state() { return statusBox.dataset.state; },
+  get transport() { return $("transport").textContent.replace(/^via /, ""); },
+  get offset() { return client.offset; },
+  Terminal,
+});
+
+client.start();
+})();
+</script>
+</body>
+</html>
 """#
 }
