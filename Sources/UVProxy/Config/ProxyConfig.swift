@@ -22,6 +22,8 @@ public struct ProxyConfig: Sendable {
     /// Serve the web client page at `/`.
     public var web = false
     public var shutdownTimeout: Double = 10
+    /// Seconds between keep-alive comments on idle SSE streams (SPEC: 15; tests shorten it).
+    public var sseKeepAlive: Double = 15
 
     public init() {}
 
@@ -49,6 +51,7 @@ public struct ProxyConfig: Sendable {
         try nonNegative("max-wait", maxWait)
         try positive("connect-timeout", connectTimeout)
         try positive("shutdown-timeout", shutdownTimeout)
+        try positive("sse-keep-alive", sseKeepAlive)
         if let token, token.isEmpty { throw ConfigError("token: must not be empty") }
         let levels = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
         guard levels.contains(logLevel.lowercased()) else {
@@ -109,6 +112,7 @@ public struct ProxyConfig: Sendable {
         settings.token = token
         settings.corsOrigin = corsOrigin
         settings.maxWaitMs = ProxyConfig.ms(maxWait)
+        settings.keepAliveMs = ProxyConfig.ms(sseKeepAlive)
         settings.serveWebPage = web || demo
         return settings
     }
@@ -129,6 +133,11 @@ public struct TargetConfig: Sendable, Equatable {
         self.charset = charset
         self.connectTimeout = connectTimeout
     }
+}
+
+/// `"HOST:PORT"` is a target with the top-level settings (flags, tests).
+extension TargetConfig: ExpressibleByStringInterpolation {
+    public init(stringLiteral address: String) { self.init(address: address) }
 }
 
 public struct ConfigError: Error, CustomStringConvertible {

@@ -7,6 +7,12 @@ public protocol HTTPHandler: AnyObject {
     func heldRequestTimedOut(on connection: HTTPConnection)
     /// The connection is going away; drop any reference to a held request.
     func connectionWillClose(_ connection: HTTPConnection)
+    /// A streamed response's queued bytes reached the client's kernel: write more.
+    func connectionDidDrain(_ connection: HTTPConnection)
+}
+
+extension HTTPHandler {
+    public func connectionDidDrain(_ connection: HTTPConnection) {}
 }
 
 /// Limits of the HTTP layer (SPEC §2, "HTTP conformance and limits").
@@ -36,6 +42,8 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
     private var inParseLoop = false
     /// A request was handed to the handler and not answered yet.
     public private(set) var awaitingResponse = false
+    /// The response is a stream (SSE) whose head is sent and whose end is not.
+    public private(set) var isStreaming = false
     /// Bytes received while a request was outstanding, parsed once it is answered.
     private var unparsed: [UInt8] = []
     private var unparsedStart = 0
@@ -103,6 +111,7 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
 
     public func streamDidDrainWrites(_ stream: TCPStream) {
         if closeWhenDrained { return close() }
+        if isStreaming { return server.handler?.connectionDidDrain(self) ?? () }
         if phase == .open, !awaitingResponse, unparsed.count > unparsedStart { parseUnparsed() }
     }
 
@@ -241,6 +250,34 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
         head.append("\r\n")
     }
 
+    // MARK: Streamed responses (SSE)
+
+    /// Ends the head of a response whose body is written piece by piece: no length, so the
+    /// connection closes when the stream ends. The request stays held (pipelined requests wait).
+    public func startStream(contentType: StaticString) {
+        guard phase == .open, awaitingResponse, !isStreaming else { return }
+        keepAlive = false
+        header("Content-Type", contentType)
+        endHead()
+        isStreaming = true
+        stream.write(head.bytes)
+    }
+
+    public func writeStream(_ bytes: UnsafeRawBufferPointer) {
+        guard phase == .open, isStreaming else { return }
+        stream.write(bytes)
+    }
+
+    /// Bytes written that the client's kernel has not taken yet (a stream writes more only
+    /// below a limit, so a slow client holds back its session instead of growing memory).
+    public var queuedBytes: Int { stream.queuedWriteBytes }
+
+    public func endStream() {
+        guard isStreaming else { return }
+        isStreaming = false
+        responseDone()
+    }
+
     /// A JSON error: `{"error": "…"}`.
     public func respondError(_ status: HTTPStatus, _ reason: String) {
         begin(status)
@@ -299,6 +336,7 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
         if phase == .open { server.handler?.connectionWillClose(self) }
         phase = .closed
         awaitingResponse = false
+        isStreaming = false
         cancelTimer()
         stream.close()
         server.connectionClosed(self)
