@@ -95,7 +95,7 @@ input:focus-visible, button:focus-visible { outline: 2px solid var(--accent); ou
 <form id="command" autocomplete="off">
   <label for="line" class="visually-hidden">Command</label>
   <input id="line" type="text" spellcheck="false" autocapitalize="off" enterkeyhint="send"
-         placeholder="Type a command, Enter to send, ↑/↓ for history" autofocus>
+         placeholder="Command (Enter sends, ↑/↓ history)" autofocus>
   <span id="sending" aria-live="polite"></span>
   <button type="submit">Send</button>
 </form>
@@ -355,6 +355,7 @@ function askToken(message) {
     tokenAsked = new Promise((resolve) => {
       const form = $("token");
       $("token-message").textContent = message;
+      showState("connecting", "waiting for the access token");
       form.hidden = false;
       $("token-input").focus();
       form.onsubmit = (event) => {
@@ -581,7 +582,14 @@ class Client {
     });
   }
 
-  wake() { this.wakeUp?.(); }
+  /** The browser is back online: retry now rather than when the backoff or EventSource's timer says. */
+  wake() {
+    this.wakeUp?.();
+    if (this.es?.readyState === EventSource.CONNECTING) {
+      this.es.close();
+      this.openEventSource();
+    }
+  }
 
   // -- input
 
