@@ -156,7 +156,9 @@ public final class ProxyDaemon: SessionEventSink, HTTPServerObserver {
     // MARK: Requests: latency histogram, access log
 
     public func requestFinished(_ connection: HTTPConnection, status: HTTPStatus, nanoseconds: UInt64) {
+        #if !UVPROXYD_NO_REQUEST_METRICS  // scripts/bench-metrics builds without it, to measure its cost
         metrics.requestDuration.recordNanoseconds(Int64(clamping: nanoseconds))
+        #endif
         guard logger.logLevel <= .debug else { return }  // nothing is formatted unless it is logged
         let request = connection.request
         logger.debug("request", metadata: [
