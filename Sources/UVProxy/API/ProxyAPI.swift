@@ -30,6 +30,8 @@ public final class ProxyAPI: HTTPHandler {
     public internal(set) var longPolls = 0
     public internal(set) var eventStreams = 0
     var metricsText: (() -> [UInt8])?
+    /// Told of each session created (the daemon logs it with the client's address).
+    var sessionCreated: ((Session, HTTPConnection) -> Void)?
     private var tokenBytes: [UInt8]?
     /// Where SSE events are built, shared by every stream (one thread).
     var scratch: [UInt8] = []
@@ -131,6 +133,7 @@ public final class ProxyAPI: HTTPHandler {
                 // The client left before it could learn the id: nobody can ever use this session.
                 table.delete(session)
             case .success(let session):
+                sessionCreated?(session, connection)
                 var id: [UInt8] = []
                 session.id.write(to: &id)
                 if compat {

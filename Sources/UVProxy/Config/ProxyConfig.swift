@@ -17,6 +17,10 @@ public struct ProxyConfig: Sendable {
     /// The default target's charset, and that of named targets that do not set one.
     public var charset = Charset.utf8
     public var logLevel = "info"
+    /// `text` (swift-log's stream format) or `json` (one object per line).
+    public var logFormat = "text"
+    /// Log the client as the first `X-Forwarded-For` address (behind a reverse proxy you run).
+    public var trustProxy = false
     /// Start the demo game on a loopback port and make it the default target.
     public var demo = false
     /// Serve the web client page at `/`.
@@ -56,6 +60,9 @@ public struct ProxyConfig: Sendable {
         let levels = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
         guard levels.contains(logLevel.lowercased()) else {
             throw ConfigError("log-level: must be one of \(levels.joined(separator: ", ")), got '\(logLevel)'")
+        }
+        guard ["text", "json"].contains(logFormat) else {
+            throw ConfigError("log-format: must be text or json, got '\(logFormat)'")
         }
         for (name, t) in targets {
             guard ProxyConfig.isTargetName(name) else {

@@ -44,6 +44,10 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
     public private(set) var awaitingResponse = false
     /// The response is a stream (SSE) whose head is sent and whose end is not.
     public private(set) var isStreaming = false
+    /// When the request being answered was dispatched (`EventLoop.hrtime`), and the status
+    /// its response began with.
+    private var requestStart: UInt64 = 0
+    private var responseStatus = HTTPStatus.ok
     /// Bytes received while a request was outstanding, parsed once it is answered.
     private var unparsed: [UInt8] = []
     private var unparsedStart = 0
@@ -70,6 +74,9 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
     }
 
     public var isOpen: Bool { phase == .open }
+    /// The request being answered (valid until its response is finished).
+    public var request: HTTPRequest { parser.request }
+    public var peerAddress: SocketAddress? { stream.peerAddress }
     var loop: EventLoop { stream.loop }
 
     // MARK: Bytes in
@@ -172,6 +179,7 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
     }
 
     private func dispatch() {
+        requestStart = EventLoop.hrtime
         awaitingResponse = true
         keepAlive = parser.request.keepAlive
         isHTTP10 = parser.request.isHTTP10
@@ -180,6 +188,7 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
     }
 
     private func fail(_ error: HTTPParseError) {
+        requestStart = EventLoop.hrtime
         keepAlive = false
         awaitingResponse = true
         switch error {
@@ -203,6 +212,7 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
     public func begin(_ status: HTTPStatus) {
         head.removeAll()
         head.append(status.statusLine)
+        responseStatus = status
         server.metrics.statusCounts[status.rawValue] += 1
         if let cors = server.corsHeaders { head.append(cors) }
     }
@@ -295,6 +305,7 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
 
     private func responseDone() {
         awaitingResponse = false
+        server.observer?.requestFinished(self, status: responseStatus, nanoseconds: EventLoop.hrtime &- requestStart)
         guard phase == .open else { return }  // the write failed and closed the connection
         if !keepAlive {
             startLingeringClose()
@@ -375,6 +386,7 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
             }
             keepAlive = false
             awaitingResponse = true
+            requestStart = EventLoop.hrtime
             respondError(.requestTimeout, "request headers not complete within \(limits.headerTimeoutMs / 1000) seconds")
         case .held:
             guard phase == .open, awaitingResponse else { return }

@@ -63,6 +63,10 @@ public final class Session: DeadlineOwner {
     /// Loop time of the last request that touched the session.
     public var lastTouched: UInt64
     public private(set) var closedAt: UInt64 = 0
+    /// Loop time the target connection opened (the session's lifetime in logs).
+    public internal(set) var openedAt: UInt64 = 0
+    /// Input bytes queued for the target (logs).
+    public private(set) var sentBytes: UInt64 = 0
     var link: UpstreamLink?
     private(set) var readingPaused = false
     /// Removed from the table (DELETE, linger over, shutdown): ids no longer find it.
@@ -93,7 +97,9 @@ public final class Session: DeadlineOwner {
     public func receive(_ bytes: UnsafeRawBufferPointer) {
         guard state == .open else { return }
         let before = ring.count
+        let base = ring.base
         ring.append(bytes)
+        if ring.base != base { table.counters.evictedBytes += ring.base - base }
         if !isRemoved { table.bufferedBytes += ring.count - before }
         table.counters.upstreamReceivedBytes += UInt64(bytes.count)
         if ring.room == 0 && !readingPaused {
@@ -127,6 +133,7 @@ public final class Session: DeadlineOwner {
         if link.queuedBytes > ring.limit { return .full }
         if let seq { lastSeq = seq }
         link.send(a, b)
+        sentBytes += UInt64(a.count + b.count)
         table.counters.upstreamSentBytes += UInt64(a.count + b.count)
         return .queued
     }
