@@ -227,6 +227,10 @@ final class TelnetFilterTests: XCTestCase {
         XCTAssertFalse(a.isEnabled(NAWS, .him) || a.isEnabled(TTYPE, .him) || a.isEnabled(ECHO, .us))
     }
 
+    func testStateIsAFewDozenBytes() {
+        XCTAssertLessThanOrEqual(MemoryLayout<TelnetFilter>.size, 32, "kept per telnet session")
+    }
+
     // MARK: Client input
 
     func testEscapeInputDoubles255() {
