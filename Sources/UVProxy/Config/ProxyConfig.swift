@@ -1,6 +1,6 @@
-/// Everything the daemon is configured with (SPEC §4). Flags fill it today; the config file and
-/// the environment fill the same fields.
-public struct ProxyConfig: Sendable {
+/// Everything the daemon is configured with (SPEC §4), from flags, `UVPROXYD_*` variables and the
+/// config file (UVProxyConfig's `ConfigLoader` reads them into this).
+public struct ProxyConfig: Sendable, Equatable {
     public var listen = "127.0.0.1:8181"
     public var upstream = "127.0.0.1:9000"
     /// Named targets (flags `NAME=HOST:PORT`, or the config file's `targets` map).
@@ -17,6 +17,10 @@ public struct ProxyConfig: Sendable {
     /// The default target's charset, and that of named targets that do not set one.
     public var charset = Charset.utf8
     public var logLevel = "info"
+    /// `text` or `json` (one JSON object per log line).
+    public var logFormat = "text"
+    /// Log `X-Forwarded-For` as the client address (only behind a proxy that sets it).
+    public var trustProxy = false
     /// Start the demo game on a loopback port and make it the default target.
     public var demo = false
     /// Serve the web client page at `/`.
@@ -54,6 +58,9 @@ public struct ProxyConfig: Sendable {
         guard levels.contains(logLevel.lowercased()) else {
             throw ConfigError("log-level: must be one of \(levels.joined(separator: ", ")), got '\(logLevel)'")
         }
+        guard logFormat == "text" || logFormat == "json" else {
+            throw ConfigError("log-format: must be text or json, got '\(logFormat)'")
+        }
         for (name, t) in targets {
             guard ProxyConfig.isTargetName(name) else {
                 throw ConfigError("targets: '\(name)' is not a valid name (letters, digits, '-', '_', '.')")
@@ -62,7 +69,35 @@ public struct ProxyConfig: Sendable {
         }
     }
 
-    static func isTargetName(_ s: String) -> Bool {
+    /// The config keys whose values differ from `old` (what a reload changed).
+    public func changedKeys(from old: ProxyConfig) -> [String] {
+        var keys: [String] = []
+        func check<T: Equatable>(_ key: String, _ path: KeyPath<ProxyConfig, T>) {
+            if self[keyPath: path] != old[keyPath: path] { keys.append(key) }
+        }
+        check("listen", \.listen)
+        check("upstream", \.upstream)
+        check("targets", \.targets)
+        check("max-sessions", \.maxSessions)
+        check("buffer-size", \.bufferSize)
+        check("idle-timeout", \.idleTimeout)
+        check("linger", \.linger)
+        check("max-wait", \.maxWait)
+        check("connect-timeout", \.connectTimeout)
+        check("token", \.token)
+        check("cors-origin", \.corsOrigin)
+        check("telnet", \.telnet)
+        check("charset", \.charset)
+        check("log-level", \.logLevel)
+        check("log-format", \.logFormat)
+        check("trust-proxy", \.trustProxy)
+        check("demo", \.demo)
+        check("web", \.web)
+        check("shutdown-timeout", \.shutdownTimeout)
+        return keys
+    }
+
+    public static func isTargetName(_ s: String) -> Bool {
         !s.isEmpty && s.count <= 64 && s.utf8.allSatisfy { c in
             (c >= 48 && c <= 57) || (c >= 65 && c <= 90) || (c >= 97 && c <= 122) || c == 45 || c == 95 || c == 46
         }
