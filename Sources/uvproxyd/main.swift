@@ -99,5 +99,6 @@ do {
 } catch {
     fail("\(error)")
 }
+daemon.configLoader = { try loader.load() }
 daemon.run()
 exit(0)
