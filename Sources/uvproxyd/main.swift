@@ -68,7 +68,8 @@ func fail(_ message: String) -> Never {
 
 let command: UVProxyCommand
 do {
-    command = try UVProxyCommand.parseAsRoot() as! UVProxyCommand
+    // parse(), not parseAsRoot(): --help must arrive as an error to print, not as a HelpCommand.
+    command = try UVProxyCommand.parse()
 } catch {
     if UVProxyCommand.exitCode(for: error) == .success {
         print(UVProxyCommand.fullMessage(for: error))
