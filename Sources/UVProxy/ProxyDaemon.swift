@@ -4,7 +4,7 @@ import Glibc
 #endif
 
 /// The whole daemon on one loop: HTTP server, session table, API, optional demo game, signals.
-public final class ProxyDaemon: SessionEventSink {
+public final class ProxyDaemon: SessionEventSink, HTTPServerObserver {
     public let loop: EventLoop
     public let config: ProxyConfig
     let logger: Logger
@@ -19,6 +19,7 @@ public final class ProxyDaemon: SessionEventSink {
     public private(set) var demoAddress: SocketAddress?
     private var waker: LoopWaker?
     private let startedAt: UInt64
+    let metrics = ProxyMetrics()
 
     /// Builds everything and binds. Throws `ConfigError`/`UVError` with a one-line message.
     public init(config: ProxyConfig, logger: Logger) throws {
@@ -49,7 +50,14 @@ public final class ProxyDaemon: SessionEventSink {
         api = ProxyAPI(settings: try config.apiSettings(defaultAddress: demoTarget), table: table, clock: { loop.now })
         startedAt = loop.now
         server.handler = api
+        server.observer = self
         table.events = self
+        api.sessionCreated = { [unowned self] session, connection in
+            self.logger.info("session created", metadata: [
+                "session": "\(ProxyDaemon.shortID(session.id))", "target": "\(session.target.name)",
+                "client": "\(self.clientAddress(connection))",
+            ])
+        }
         api.metricsText = { [unowned self] in self.metricsText() }
         do {
             self.listenAddress = try server.listen(on: listenAddress)
@@ -61,8 +69,8 @@ public final class ProxyDaemon: SessionEventSink {
     /// Logs the start-up lines, installs signal handlers and runs until shut down.
     public func run() {
         ProxyDaemon.ignoreSIGPIPE()
-        let (soft, hard) = ProxyDaemon.raiseFileLimit()
-        logger.info("open-file limit raised", metadata: ["soft": "\(soft)", "hard": "\(hard)"])
+        let (before, soft, hard) = ProxyDaemon.raiseFileLimit()
+        logger.info("open-file limit", metadata: ["was": "\(before)", "now": "\(soft)", "hard": "\(hard)"])
         if hard != 0, Int(hard) < config.maxSessions + 64 {
             logger.warning("max-sessions may not fit the open-file limit: each session uses one descriptor, each client connection another",
                            metadata: ["max-sessions": "\(config.maxSessions)", "limit": "\(hard)"])
@@ -130,13 +138,14 @@ public final class ProxyDaemon: SessionEventSink {
 
     // MARK: Session events
 
-    public func sessionOpened(_ session: Session) {
-        logger.info("session created", metadata: ["session": "\(session.id)", "target": "\(session.target.name)"])
-    }
+    public func sessionOpened(_ session: Session) {}  // logged by the API, which knows the client
 
     public func sessionClosed(_ session: Session, reason: CloseReason) {
+        let lifetime = Double(loop.now - session.openedAt) / 1000
         logger.info("session closed", metadata: [
-            "session": "\(session.id)", "reason": "\(reason.text)", "received": "\(session.ring.end)",
+            "session": "\(ProxyDaemon.shortID(session.id))", "target": "\(session.target.name)",
+            "reason": "\(reason.text)", "received_bytes": "\(session.ring.end)", "sent_bytes": "\(session.sentBytes)",
+            "lifetime_s": "\((lifetime * 10).rounded() / 10)",
         ])
     }
 
@@ -144,33 +153,73 @@ public final class ProxyDaemon: SessionEventSink {
         logger.warning("connect to target failed", metadata: ["target": "\(target.name)", "error": "\(error)"])
     }
 
+    // MARK: Requests: latency histogram, access log
+
+    public func requestFinished(_ connection: HTTPConnection, status: HTTPStatus, nanoseconds: UInt64) {
+        #if !UVPROXYD_NO_REQUEST_METRICS  // scripts/bench-metrics builds without it, to measure its cost
+        metrics.requestDuration.recordNanoseconds(Int64(clamping: nanoseconds))
+        #endif
+        guard logger.logLevel <= .debug else { return }  // nothing is formatted unless it is logged
+        let request = connection.request
+        logger.debug("request", metadata: [
+            "client": "\(clientAddress(connection))",
+            "method": "\(String(describing: request.method).uppercased())",
+            "path": "\(ProxyDaemon.loggablePath(request.target))",
+            "status": "\(status.rawValue)",
+            "duration_us": "\(nanoseconds / 1000)",
+        ])
+    }
+
+    /// The peer's address, or with `--trust-proxy` the first `X-Forwarded-For` entry.
+    func clientAddress(_ connection: HTTPConnection) -> String {
+        let forwarded = connection.request.forwardedFor
+        if config.trustProxy, !forwarded.isEmpty {
+            let first = forwarded.split(separator: UInt8(ascii: ","), maxSplits: 1).first ?? forwarded[...]
+            return String(decoding: first, as: UTF8.self).trimmingSpaces
+        }
+        return connection.peerAddress?.description ?? "-"
+    }
+
+    /// Logs carry the first 8 characters of a session id: enough to follow a session through
+    /// the log, not enough to take it over (the id is the player's only secret).
+    static func shortID(_ id: SessionID) -> String { String("\(id)".prefix(8)) }
+
+    /// The path without its query (which may hold commands, passwords included) and with
+    /// session ids shortened.
+    static func loggablePath(_ target: [UInt8]) -> String {
+        var path = String(decoding: target.prefix { $0 != UInt8(ascii: "?") }, as: UTF8.self)
+        if path.hasPrefix("/sessions/") {
+            let rest = path.dropFirst(10)
+            let id = rest.prefix { $0 != "/" }
+            path = "/sessions/" + id.prefix(8) + (id.count > 8 ? "…" : "") + rest.dropFirst(id.count)
+        }
+        return path
+    }
+
     // MARK: Metrics
 
+    /// Copies the loop's counts into the metrics library and renders the exposition.
     func metricsText() -> [UInt8] {
-        var out = ""
-        func metric(_ name: String, _ type: String, _ help: String, _ samples: [(String, UInt64)]) {
-            out += "# HELP \(name) \(help)\n# TYPE \(name) \(type)\n"
-            for (labels, value) in samples { out += "\(name)\(labels) \(value)\n" }
-        }
         let c = table.counters
-        metric("uvproxyd_sessions", "gauge", "Sessions by state.",
-               [("{state=\"open\"}", UInt64(table.openCount)), ("{state=\"closed\"}", UInt64(table.closedCount))])
-        metric("uvproxyd_sessions_created_total", "counter", "Sessions created.", [("", c.created)])
-        metric("uvproxyd_upstream_connect_failures_total", "counter", "Failed target connects.", [("", c.connectFailures)])
-        metric("uvproxyd_upstream_received_bytes_total", "counter", "Bytes received from targets.", [("", c.upstreamReceivedBytes)])
-        metric("uvproxyd_upstream_sent_bytes_total", "counter", "Bytes sent to targets.", [("", c.upstreamSentBytes)])
-        var codes: [(String, UInt64)] = []
-        for (code, n) in server.metrics.statusCounts.enumerated() where n > 0 { codes.append(("{code=\"\(code)\"}", n)) }
-        metric("uvproxyd_http_requests_total", "counter", "HTTP responses by status code.", codes)
-        metric("uvproxyd_http_connections", "gauge", "Open client connections.", [("", UInt64(server.connectionCount))])
-        metric("uvproxyd_long_polls", "gauge", "Reads waiting for data.", [("", UInt64(api.longPolls))])
-        metric("uvproxyd_event_streams", "gauge", "Open SSE streams.", [("", UInt64(api.eventStreams))])
-        metric("uvproxyd_buffered_bytes", "gauge", "Bytes held in session buffers.", [("", UInt64(max(table.bufferedBytes, 0)))])
-        metric("uvproxyd_backpressure_pauses_total", "counter", "Times a target was paused because its session buffer was full.",
-               [("", c.backpressurePauses)])
-        metric("uvproxyd_sessions_closed_total", "counter", "Sessions closed, by reason.",
-               c.closeReasons.sorted { $0.key < $1.key }.map { ("{reason=\"\($0.key)\"}", $0.value) })
-        return Array(out.utf8)
+        metrics.gauge("uvproxyd_sessions", [("state", "open")], table.openCount)
+        metrics.gauge("uvproxyd_sessions", [("state", "closed")], table.closedCount)
+        metrics.count("uvproxyd_sessions_created_total", total: c.created)
+        metrics.count("uvproxyd_upstream_connect_failures_total", total: c.connectFailures)
+        metrics.count("uvproxyd_upstream_received_bytes_total", total: c.upstreamReceivedBytes)
+        metrics.count("uvproxyd_upstream_sent_bytes_total", total: c.upstreamSentBytes)
+        for (code, n) in server.metrics.statusCounts.enumerated() where n > 0 {
+            metrics.count("uvproxyd_http_requests_total", [("code", String(code))], total: n)
+        }
+        metrics.gauge("uvproxyd_http_connections", server.connectionCount)
+        metrics.gauge("uvproxyd_long_polls", api.longPolls)
+        metrics.gauge("uvproxyd_event_streams", api.eventStreams)
+        metrics.gauge("uvproxyd_buffered_bytes", max(table.bufferedBytes, 0))
+        metrics.count("uvproxyd_backpressure_pauses_total", total: c.backpressurePauses)
+        metrics.count("uvproxyd_history_evicted_bytes_total", total: c.evictedBytes)
+        for (reason, n) in c.closeReasons {
+            metrics.count("uvproxyd_sessions_closed_total", [("reason", reason)], total: n)
+        }
+        return metrics.render()
     }
 
     // MARK: Process set-up
@@ -197,17 +246,19 @@ public final class ProxyDaemon: SessionEventSink {
         return low...high
     }
 
-    /// Raises the soft open-file limit to the hard one; returns (soft, hard) after.
+    /// Raises the soft open-file limit to the hard one; returns the soft limit before, and
+    /// (soft, hard) after.
     @discardableResult
-    public static func raiseFileLimit() -> (UInt64, UInt64) {
+    public static func raiseFileLimit() -> (UInt64, UInt64, UInt64) {
         var limit = rlimit()
         let resource = __rlimit_resource_t(RLIMIT_NOFILE.rawValue)
-        guard getrlimit(resource, &limit) == 0 else { return (0, 0) }
+        guard getrlimit(resource, &limit) == 0 else { return (0, 0, 0) }
+        let before = UInt64(limit.rlim_cur)
         if limit.rlim_cur < limit.rlim_max {
             var raised = limit
             raised.rlim_cur = limit.rlim_max
             if setrlimit(resource, &raised) == 0 { limit = raised }
         }
-        return (UInt64(limit.rlim_cur), UInt64(limit.rlim_max))
+        return (before, UInt64(limit.rlim_cur), UInt64(limit.rlim_max))
     }
 }

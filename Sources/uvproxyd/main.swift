@@ -28,6 +28,8 @@ struct UVProxyCommand: ParsableCommand {
     @Option(help: "Allowed CORS origin.") var corsOrigin: String?
     @Flag(help: "Speak telnet to the targets.") var telnet = false
     @Option(help: "trace, debug, info, notice, warning, error or critical. Default info.") var logLevel: String?
+    @Option(help: "text or json (one JSON object per line). Default text.") var logFormat: String?
+    @Flag(help: "Log the client address from X-Forwarded-For (only behind a reverse proxy you run).") var trustProxy = false
     @Flag(help: "Start the built-in demo game and make it the default target.") var demo = false
     @Flag(help: "Serve the web client page at /.") var web = false
     @Option(help: "Seconds a graceful shutdown may take. Default 10.") var shutdownTimeout: Double?
@@ -83,6 +85,8 @@ struct UVProxyCommand: ParsableCommand {
         c.corsOrigin = try C.pick(corsOrigin, "cors-origin", { $0 })
         c.telnet = try C.flag(telnet, "telnet")
         c.logLevel = try C.pick(logLevel, "log-level", { $0 }) ?? c.logLevel
+        c.logFormat = try C.pick(logFormat, "log-format", { $0 }) ?? c.logFormat
+        c.trustProxy = try C.flag(trustProxy, "trust-proxy")
         c.demo = try C.flag(demo, "demo")
         c.web = try C.flag(web, "web")
         c.shutdownTimeout = try C.pick(shutdownTimeout, "shutdown-timeout", { Double($0) }) ?? c.shutdownTimeout
@@ -117,11 +121,7 @@ do {
 }
 
 let level = Logger.Level(rawValue: config.logLevel.lowercased()) ?? .info
-LoggingSystem.bootstrap { label in
-    var handler = StreamLogHandler.standardError(label: label)
-    handler.logLevel = level
-    return handler
-}
+ProxyLogging.bootstrap(format: config.logFormat, level: level)
 
 let daemon: ProxyDaemon
 do {

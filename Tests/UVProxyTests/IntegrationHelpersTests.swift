@@ -9,8 +9,8 @@ import Glibc
 
 extension XCTestCase {
     /// A daemon that is stopped when the test ends.
-    func startDaemon(_ configure: (inout ProxyConfig) -> Void = { _ in }) throws -> TestDaemon {
-        let daemon = try TestDaemon(configure)
+    func startDaemon(log: LogCapture? = nil, _ configure: (inout ProxyConfig) -> Void = { _ in }) throws -> TestDaemon {
+        let daemon = try TestDaemon(log: log, configure)
         addTeardownBlock { daemon.stop() }
         return daemon
     }

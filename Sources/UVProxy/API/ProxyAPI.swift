@@ -5,6 +5,8 @@ public struct APISettings: Sendable {
     public var token: String?
     public var corsOrigin: String?
     public var maxWaitMs: UInt64 = 60_000
+    /// How often an idle SSE stream gets a comment line.
+    public var keepAliveMs: UInt64 = 15_000
     public var serveWebPage = false
 
     public init(defaultTarget: Target, targets: [String: Target] = [:]) {
@@ -28,7 +30,12 @@ public final class ProxyAPI: HTTPHandler {
     public internal(set) var longPolls = 0
     public internal(set) var eventStreams = 0
     var metricsText: (() -> [UInt8])?
+    /// Told of each session created (the daemon logs it with the client's address).
+    var sessionCreated: ((Session, HTTPConnection) -> Void)?
     private var tokenBytes: [UInt8]?
+    /// Where SSE events are built, shared by every stream (one thread).
+    var scratch: [UInt8] = []
+    var now: UInt64 { clock() }
 
     public init(settings: APISettings, table: SessionTable, clock: @escaping () -> UInt64) {
         self.settings = settings
@@ -76,8 +83,8 @@ public final class ProxyAPI: HTTPHandler {
             guard let session = lookup(id, connection) else { return }
             input(connection, session, request, params, respond: true)
         case .events(let id):
-            guard lookup(id, connection) != nil else { return }
-            error(connection, .notFound, "event streams are not enabled in this build")
+            guard let session = lookup(id, connection) else { return }
+            events(connection, session, request, params)
         case .mud:
             mud(connection, request, params)
         case .healthz:
@@ -93,11 +100,23 @@ public final class ProxyAPI: HTTPHandler {
     }
 
     public func heldRequestTimedOut(on connection: HTTPConnection) {
-        (connection.attachment as? PendingRequest)?.answer()
+        if let stream = connection.attachment as? EventStream {
+            stream.keepAlive()
+        } else {
+            (connection.attachment as? PendingRequest)?.answer()
+        }
     }
 
     public func connectionWillClose(_ connection: HTTPConnection) {
-        (connection.attachment as? PendingRequest)?.cancel()
+        if let stream = connection.attachment as? EventStream {
+            stream.detach()
+        } else {
+            (connection.attachment as? PendingRequest)?.cancel()
+        }
+    }
+
+    public func connectionDidDrain(_ connection: HTTPConnection) {
+        (connection.attachment as? EventStream)?.pump()
     }
 
     // MARK: Create
@@ -114,6 +133,7 @@ public final class ProxyAPI: HTTPHandler {
                 // The client left before it could learn the id: nobody can ever use this session.
                 table.delete(session)
             case .success(let session):
+                sessionCreated?(session, connection)
                 var id: [UInt8] = []
                 session.id.write(to: &id)
                 if compat {
@@ -216,6 +236,47 @@ public final class ProxyAPI: HTTPHandler {
         session.ring.withBytes(from: offset, max: length) { a, b in
             connection.finish(contentType: compat ? "text/plain" : "application/octet-stream", a, b)
         }
+    }
+
+    // MARK: Stream (SSE)
+
+    private func events(_ connection: HTTPConnection, _ session: Session, _ request: HTTPRequest, _ params: Parameters) {
+        var start = session.delivered
+        if !request.lastEventID.isEmpty {  // EventSource reconnecting: resume where it was
+            guard let n = Parameters.parseUnsigned(request.lastEventID[...]) else {
+                return error(connection, .badRequest, "Last-Event-ID must be an offset (a decimal number)")
+            }
+            start = n
+        } else {
+            switch params.unsigned("since") {
+            case .failure(let e)?: return error(connection, .badRequest, e.reason)
+            case .success(let n)?: start = n
+            case nil: break
+            }
+        }
+        switch session.ring.check(start) {
+        case .beyondEnd:
+            return error(connection, .badRequest, "offset \(start) is beyond the end of the stream (\(session.ring.end))")
+        case .evicted:
+            connection.begin(.conflict)
+            connection.header("X-Offset-Base", session.ring.base)
+            return connection.finishError("bytes before offset \(session.ring.base) were evicted")
+        case .ok:
+            break
+        }
+        session.lastTouched = clock()
+        if !session.isOpen, start == session.ring.end {
+            return respondEmpty(connection)  // nothing more will come: 204 stops EventSource
+        }
+        session.acknowledge(upTo: start)
+        connection.begin(.ok)
+        connection.header("X-Accel-Buffering", "no")  // reverse proxies: do not buffer the stream
+        connection.startStream(contentType: "text/event-stream")
+        let stream = EventStream(connection: connection, api: self, session: session, cursor: start)
+        connection.attachment = stream
+        eventStreams += 1
+        connection.hold(until: clock() + settings.keepAliveMs)
+        stream.pump()
     }
 
     private func pendingRequest(for connection: HTTPConnection) -> PendingRequest {

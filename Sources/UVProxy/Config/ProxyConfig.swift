@@ -17,11 +17,17 @@ public struct ProxyConfig: Sendable {
     /// The default target's charset, and that of named targets that do not set one.
     public var charset = Charset.utf8
     public var logLevel = "info"
+    /// `text` (swift-log's stream format) or `json` (one object per line).
+    public var logFormat = "text"
+    /// Log the client as the first `X-Forwarded-For` address (behind a reverse proxy you run).
+    public var trustProxy = false
     /// Start the demo game on a loopback port and make it the default target.
     public var demo = false
     /// Serve the web client page at `/`.
     public var web = false
     public var shutdownTimeout: Double = 10
+    /// Seconds between keep-alive comments on idle SSE streams (SPEC: 15; tests shorten it).
+    public var sseKeepAlive: Double = 15
 
     public init() {}
 
@@ -49,10 +55,14 @@ public struct ProxyConfig: Sendable {
         try nonNegative("max-wait", maxWait)
         try positive("connect-timeout", connectTimeout)
         try positive("shutdown-timeout", shutdownTimeout)
+        try positive("sse-keep-alive", sseKeepAlive)
         if let token, token.isEmpty { throw ConfigError("token: must not be empty") }
         let levels = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
         guard levels.contains(logLevel.lowercased()) else {
             throw ConfigError("log-level: must be one of \(levels.joined(separator: ", ")), got '\(logLevel)'")
+        }
+        guard ["text", "json"].contains(logFormat) else {
+            throw ConfigError("log-format: must be text or json, got '\(logFormat)'")
         }
         for (name, t) in targets {
             guard ProxyConfig.isTargetName(name) else {
@@ -109,6 +119,7 @@ public struct ProxyConfig: Sendable {
         settings.token = token
         settings.corsOrigin = corsOrigin
         settings.maxWaitMs = ProxyConfig.ms(maxWait)
+        settings.keepAliveMs = ProxyConfig.ms(sseKeepAlive)
         settings.serveWebPage = web || demo
         return settings
     }
@@ -129,6 +140,11 @@ public struct TargetConfig: Sendable, Equatable {
         self.charset = charset
         self.connectTimeout = connectTimeout
     }
+}
+
+/// `"HOST:PORT"` is a target with the top-level settings (flags, tests).
+extension TargetConfig: ExpressibleByStringInterpolation {
+    public init(stringLiteral address: String) { self.init(address: address) }
 }
 
 public struct ConfigError: Error, CustomStringConvertible {

@@ -7,6 +7,12 @@ public protocol HTTPHandler: AnyObject {
     func heldRequestTimedOut(on connection: HTTPConnection)
     /// The connection is going away; drop any reference to a held request.
     func connectionWillClose(_ connection: HTTPConnection)
+    /// A streamed response's queued bytes reached the client's kernel: write more.
+    func connectionDidDrain(_ connection: HTTPConnection)
+}
+
+extension HTTPHandler {
+    public func connectionDidDrain(_ connection: HTTPConnection) {}
 }
 
 /// Limits of the HTTP layer (SPEC §2, "HTTP conformance and limits").
@@ -36,6 +42,12 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
     private var inParseLoop = false
     /// A request was handed to the handler and not answered yet.
     public private(set) var awaitingResponse = false
+    /// The response is a stream (SSE) whose head is sent and whose end is not.
+    public private(set) var isStreaming = false
+    /// When the request being answered was dispatched (`EventLoop.hrtime`), and the status
+    /// its response began with.
+    private var requestStart: UInt64 = 0
+    private var responseStatus = HTTPStatus.ok
     /// Bytes received while a request was outstanding, parsed once it is answered.
     private var unparsed: [UInt8] = []
     private var unparsedStart = 0
@@ -62,6 +74,9 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
     }
 
     public var isOpen: Bool { phase == .open }
+    /// The request being answered (valid until its response is finished).
+    public var request: HTTPRequest { parser.request }
+    public var peerAddress: SocketAddress? { stream.peerAddress }
     var loop: EventLoop { stream.loop }
 
     // MARK: Bytes in
@@ -103,6 +118,7 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
 
     public func streamDidDrainWrites(_ stream: TCPStream) {
         if closeWhenDrained { return close() }
+        if isStreaming { return server.handler?.connectionDidDrain(self) ?? () }
         if phase == .open, !awaitingResponse, unparsed.count > unparsedStart { parseUnparsed() }
     }
 
@@ -163,6 +179,7 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
     }
 
     private func dispatch() {
+        requestStart = EventLoop.hrtime
         awaitingResponse = true
         keepAlive = parser.request.keepAlive
         isHTTP10 = parser.request.isHTTP10
@@ -171,6 +188,7 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
     }
 
     private func fail(_ error: HTTPParseError) {
+        requestStart = EventLoop.hrtime
         keepAlive = false
         awaitingResponse = true
         switch error {
@@ -194,6 +212,7 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
     public func begin(_ status: HTTPStatus) {
         head.removeAll()
         head.append(status.statusLine)
+        responseStatus = status
         server.metrics.statusCounts[status.rawValue] += 1
         if let cors = server.corsHeaders { head.append(cors) }
     }
@@ -241,6 +260,34 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
         head.append("\r\n")
     }
 
+    // MARK: Streamed responses (SSE)
+
+    /// Ends the head of a response whose body is written piece by piece: no length, so the
+    /// connection closes when the stream ends. The request stays held (pipelined requests wait).
+    public func startStream(contentType: StaticString) {
+        guard phase == .open, awaitingResponse, !isStreaming else { return }
+        keepAlive = false
+        header("Content-Type", contentType)
+        endHead()
+        isStreaming = true
+        stream.write(head.bytes)
+    }
+
+    public func writeStream(_ bytes: UnsafeRawBufferPointer) {
+        guard phase == .open, isStreaming else { return }
+        stream.write(bytes)
+    }
+
+    /// Bytes written that the client's kernel has not taken yet (a stream writes more only
+    /// below a limit, so a slow client holds back its session instead of growing memory).
+    public var queuedBytes: Int { stream.queuedWriteBytes }
+
+    public func endStream() {
+        guard isStreaming else { return }
+        isStreaming = false
+        responseDone()
+    }
+
     /// A JSON error: `{"error": "…"}`.
     public func respondError(_ status: HTTPStatus, _ reason: String) {
         begin(status)
@@ -258,6 +305,7 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
 
     private func responseDone() {
         awaitingResponse = false
+        server.observer?.requestFinished(self, status: responseStatus, nanoseconds: EventLoop.hrtime &- requestStart)
         guard phase == .open else { return }  // the write failed and closed the connection
         if !keepAlive {
             startLingeringClose()
@@ -299,6 +347,7 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
         if phase == .open { server.handler?.connectionWillClose(self) }
         phase = .closed
         awaitingResponse = false
+        isStreaming = false
         cancelTimer()
         stream.close()
         server.connectionClosed(self)
@@ -337,6 +386,7 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
             }
             keepAlive = false
             awaitingResponse = true
+            requestStart = EventLoop.hrtime
             respondError(.requestTimeout, "request headers not complete within \(limits.headerTimeoutMs / 1000) seconds")
         case .held:
             guard phase == .open, awaitingResponse else { return }

@@ -29,6 +29,10 @@ public final class HTTPRequest {
     public var body: [UInt8] = []
     public var contentType: [UInt8] = []
     public var authorization: [UInt8] = []
+    /// Where an SSE client resumes (EventSource sends it on reconnect).
+    public var lastEventID: [UInt8] = []
+    /// Logged as the client's address with `--trust-proxy`.
+    public var forwardedFor: [UInt8] = []
     public var expectContinue = false
     var transferEncodingCount = 0
     var contentLengthCount = 0
@@ -41,6 +45,8 @@ public final class HTTPRequest {
         body.clear()
         contentType.clear()
         authorization.clear()
+        lastEventID.clear()
+        forwardedFor.clear()
         expectContinue = false
         transferEncodingCount = 0
         contentLengthCount = 0

@@ -157,8 +157,12 @@ final class HTTPRequestParser {
             request.contentType = value
         case 13 where field[...].equalsIgnoringCase("authorization"):
             request.authorization = value
+        case 13 where field[...].equalsIgnoringCase("last-event-id"):
+            request.lastEventID = value
         case 14 where field[...].equalsIgnoringCase("content-length"):
             request.contentLengthCount += 1
+        case 15 where field[...].equalsIgnoringCase("x-forwarded-for"):
+            request.forwardedFor = value
         case 17 where field[...].equalsIgnoringCase("transfer-encoding"):
             request.transferEncodingCount += 1
         default:

@@ -5,12 +5,20 @@ public struct HTTPMetrics {
     public var statusCounts = [UInt64](repeating: 0, count: 600)
 }
 
+/// Told of every response (metrics, access log).
+public protocol HTTPServerObserver: AnyObject {
+    /// `nanoseconds` from the request's dispatch to its response's end (a long-poll's wait
+    /// included).
+    func requestFinished(_ connection: HTTPConnection, status: HTTPStatus, nanoseconds: UInt64)
+}
+
 /// Accepts client connections and gives each an `HTTPConnection`.
 public final class HTTPServer {
     let loop: EventLoop
     public let limits: HTTPLimits
     /// Strong: the handler does not reference the server, and a weak load costs on every request.
     public var handler: HTTPHandler?
+    public weak var observer: HTTPServerObserver?
     private var listener: TCPListener?
     private var connections: [ObjectIdentifier: HTTPConnection] = [:]
     public internal(set) var metrics = HTTPMetrics()

@@ -33,6 +33,8 @@ public final class EventLoop {
 
     /// Milliseconds of the loop's clock, cached at the start of each iteration.
     public var now: UInt64 { uv_now(raw) }
+    /// Monotonic nanoseconds (request latency).
+    public static var hrtime: UInt64 { uv_hrtime() }
 
     /// Closes what is left (handles closed by their owners first) and frees the loop.
     public func close() {

@@ -50,6 +50,17 @@ public final class TCPStream: LoopHandle {
 
     func setNoDelay() { uv_tcp_nodelay(tcp, 1) }
 
+    /// The address of the other end (asked of the kernel when needed: logs only).
+    public var peerAddress: SocketAddress? {
+        guard !isClosing else { return nil }
+        var storage = sockaddr_storage()
+        var length = Int32(MemoryLayout<sockaddr_storage>.size)
+        let rc = withUnsafeMutablePointer(to: &storage) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { uv_tcp_getpeername(tcp, $0, &length) }
+        }
+        return rc == 0 ? SocketAddress(storage) : nil
+    }
+
     public func enableKeepAlive(seconds: UInt32) { uv_tcp_keepalive(tcp, 1, seconds) }
 
     // MARK: Connect

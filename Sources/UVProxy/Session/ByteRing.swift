@@ -73,6 +73,28 @@ public struct ByteRing {
         }
     }
 
+    /// The byte at `offset`, which must be buffered.
+    public func byte(at offset: UInt64) -> UInt8 {
+        precondition(offset >= base && offset < end)
+        return storage[Int(offset & UInt64(storage.count - 1))]
+    }
+
+    /// How many bytes at the end of `[from, to)` are the start of a UTF-8 character that has
+    /// not arrived whole yet (0 to 3). Text is decoded up to there; the rest waits in the ring.
+    public func incompleteUTF8Tail(from: UInt64, to: UInt64) -> Int {
+        var k: UInt64 = 1
+        while k <= 3, to >= from + k {
+            let b = byte(at: to - k)
+            if b < 0x80 { return 0 }
+            if b & 0xC0 != 0x80 {  // a lead byte: how long its character is
+                let length: UInt64 = b >= 0xF5 ? 1 : b >= 0xF0 ? 4 : b >= 0xE0 ? 3 : b >= 0xC2 ? 2 : 1
+                return length > k ? Int(k) : 0
+            }
+            k += 1
+        }
+        return 0
+    }
+
     /// The bytes `[from, from + max)` as an array (tests and small reads).
     public func bytes(from: UInt64, max: Int = .max) -> [UInt8] {
         withBytes(from: from, max: max) { Array($0) + Array($1) }

@@ -63,6 +63,10 @@ public final class Session: DeadlineOwner {
     /// Loop time of the last request that touched the session.
     public var lastTouched: UInt64
     public private(set) var closedAt: UInt64 = 0
+    /// Loop time the target connection opened (the session's lifetime in logs).
+    public internal(set) var openedAt: UInt64 = 0
+    /// Input bytes queued for the target (logs).
+    public private(set) var sentBytes: UInt64 = 0
     var link: UpstreamLink?
     private(set) var readingPaused = false
     /// Removed from the table (DELETE, linger over, shutdown): ids no longer find it.
@@ -93,15 +97,33 @@ public final class Session: DeadlineOwner {
     public func receive(_ bytes: UnsafeRawBufferPointer) {
         guard state == .open else { return }
         let before = ring.count
+        let base = ring.base
         ring.append(bytes)
+        received(bytes.count, ringCountBefore: before, baseBefore: base, notify: true)
+    }
+
+    /// Telnet mode: what the target sent goes through `filter` and only its data reaches the
+    /// ring, so offsets count the bytes clients read (SPEC §3). The filter's replies are the
+    /// caller's to send. A read of nothing but negotiation wakes nobody.
+    func receive(_ bytes: UnsafeRawBufferPointer, through filter: inout TelnetFilter) {
+        guard state == .open else { return }
+        let before = ring.count
+        let base = ring.base
+        let end = ring.end
+        filter.receive(bytes) { ring.append($0) }
+        received(bytes.count, ringCountBefore: before, baseBefore: base, notify: ring.end != end)
+    }
+
+    private func received(_ count: Int, ringCountBefore before: Int, baseBefore base: UInt64, notify: Bool) {
+        if ring.base != base { table.counters.evictedBytes += ring.base - base }
         if !isRemoved { table.bufferedBytes += ring.count - before }
-        table.counters.upstreamReceivedBytes += UInt64(bytes.count)
+        table.counters.upstreamReceivedBytes += UInt64(count)
         if ring.room == 0 && !readingPaused {
             readingPaused = true
             table.counters.backpressurePauses += 1
             link?.pauseReading()
         }
-        notifyObservers()
+        if notify { notifyObservers() }
     }
 
     /// How many bytes the next read from the target may bring.
@@ -127,6 +149,7 @@ public final class Session: DeadlineOwner {
         if link.queuedBytes > ring.limit { return .full }
         if let seq { lastSeq = seq }
         link.send(a, b)
+        sentBytes += UInt64(a.count + b.count)
         table.counters.upstreamSentBytes += UInt64(a.count + b.count)
         return .queued
     }

@@ -16,6 +16,8 @@ public struct SessionCounters {
     public var upstreamReceivedBytes: UInt64 = 0
     public var upstreamSentBytes: UInt64 = 0
     public var backpressurePauses: UInt64 = 0
+    /// History bytes dropped to make room for new ones.
+    public var evictedBytes: UInt64 = 0
     public var closeReasons: [String: UInt64] = [:]
 }
 
@@ -107,6 +109,7 @@ public final class SessionTable {
         sessions.insert(session)
         counters.created += 1
         session.lastTouched = clock()
+        session.openedAt = session.lastTouched
         scheduleIdleCheck(session)
         session.link?.resumeReading()
         events?.sessionOpened(session)

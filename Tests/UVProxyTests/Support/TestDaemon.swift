@@ -3,6 +3,40 @@ import Logging
 import XCTest
 @testable import UVProxy
 
+/// Log lines a test daemon wrote (JSON), collected across threads.
+final class LogCapture: @unchecked Sendable {
+    private let lock = NSCondition()
+    private var lines: [String] = []
+
+    func append(_ line: [UInt8]) {
+        lock.lock()
+        lines.append(String(decoding: line, as: UTF8.self))
+        lock.broadcast()
+        lock.unlock()
+    }
+
+    var all: [String] { lock.lock(); defer { lock.unlock() }; return lines }
+
+    /// Each line parsed; nil for a line that is not a JSON object.
+    var objects: [[String: Any]?] {
+        all.map { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+    }
+
+    /// Waits for a line whose message is `message` (and that `matches`) and returns it parsed.
+    func wait(for message: String, timeout: TimeInterval = 10,
+              where matches: ([String: Any]) -> Bool = { _ in true }) -> [String: Any]? {
+        let deadline = Date().addingTimeInterval(timeout)
+        lock.lock(); defer { lock.unlock() }
+        while true {
+            for line in lines {
+                if let o = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
+                   o["message"] as? String == message, matches(o) { return o }
+            }
+            guard lock.wait(until: deadline) else { return nil }
+        }
+    }
+}
+
 /// A real `ProxyDaemon` on its own thread and loop, for integration tests over loopback.
 final class TestDaemon: @unchecked Sendable {
     private let lock = NSCondition()
@@ -14,7 +48,8 @@ final class TestDaemon: @unchecked Sendable {
     private var thread: Thread?
 
     /// Starts the daemon with `configure` applied to a config listening on an ephemeral port.
-    init(_ configure: (inout ProxyConfig) -> Void = { _ in }) throws {
+    /// With `log`, the daemon logs JSON lines at debug level into it.
+    init(log: LogCapture? = nil, _ configure: (inout ProxyConfig) -> Void = { _ in }) throws {
         var config = ProxyConfig()
         config.listen = "127.0.0.1:0"
         config.logLevel = "error"
@@ -23,6 +58,11 @@ final class TestDaemon: @unchecked Sendable {
         let thread = Thread { [self] in
             var logger = Logger(label: "test-daemon")
             logger.logLevel = .error
+            if let log {
+                logger = Logger(label: "test-daemon") { label in
+                    JSONLogHandler(label: label, level: .debug) { log.append($0) }
+                }
+            }
             do {
                 let daemon = try ProxyDaemon(config: frozen, logger: logger)
                 let handle = try daemon.makeStopHandle()

@@ -1,0 +1,110 @@
+/// One open Server-Sent Events response (`GET /sessions/{id}/events`, SPEC §2).
+///
+/// It waits on its session like a long-poll (the session's waiter slot), and each time bytes
+/// arrive writes them as one event: `id: <offset after the chunk>` and `data: <JSON string>`.
+/// Bytes written count as acknowledged and delivered. It holds no buffer of its own (events are
+/// built in the API's scratch buffer), so an idle stream costs what an idle long-poll costs.
+final class EventStream: SessionObserver {
+    unowned(unsafe) let connection: HTTPConnection  // owns this object (attachment)
+    unowned(unsafe) let api: ProxyAPI
+    private(set) var session: Session?
+    /// The offset the next event starts at.
+    private(set) var cursor: UInt64
+    private var decoder: TextDecoder
+
+    /// Write more only while the client has less than this queued: a slow client holds its
+    /// session back (and, once the buffer fills, the target) instead of growing our memory.
+    static let highWater = 64 * 1024
+    static let keepAliveComment: [UInt8] = Array(": keep-alive\n\n".utf8)
+    /// Largest event: bounds the scratch buffer.
+    static let maxChunk: UInt64 = 32 * 1024
+
+    init(connection: HTTPConnection, api: ProxyAPI, session: Session, cursor: UInt64) {
+        self.connection = connection
+        self.api = api
+        self.session = session
+        self.cursor = cursor
+        decoder = TextDecoder(charset: session.target.charset)
+    }
+
+    /// Writes what is buffered, then waits on the session (or ends, if it closed).
+    func pump() {
+        guard let session else { return }
+        while connection.queuedBytes < EventStream.highWater, cursor < session.ring.end {
+            guard session.ring.check(cursor) == .ok else {
+                // Another client acknowledged past this stream and the history was evicted:
+                // end, so the client reconnects and learns it with a 409.
+                return end(event: nil)
+            }
+            var to = min(session.ring.end, cursor + EventStream.maxChunk)
+            if session.target.charset == .utf8, session.isOpen || to < session.ring.end {
+                to -= UInt64(session.ring.incompleteUTF8Tail(from: cursor, to: to))
+            }
+            guard to > cursor else { break }  // only part of a character so far
+            write(from: cursor, to: to)
+        }
+        if !session.isOpen, cursor == session.ring.end {
+            if connection.queuedBytes < EventStream.highWater {
+                end(event: session.closeReason)
+            }  // else: connectionDidDrain comes back here
+            return
+        }
+        session.setWaiter(self)
+    }
+
+    private func write(from: UInt64, to: UInt64) {
+        guard let session else { return }
+        var out = api.scratch
+        api.scratch = []  // keep the buffer uniquely referenced while we fill it
+        out.clear()
+        out.append("id: ")
+        out.append(contentsOf: String(to).utf8)  // a small string: no allocation
+        out.append("\ndata: \"")
+        session.ring.withBytes(from: from, max: Int(to - from)) { a, b in
+            decoder.decode(a, into: &out)
+            decoder.decode(b, into: &out)
+        }
+        decoder.finish(into: &out)  // a character cut at the end of a closed stream: U+FFFD
+        out.append("\"\n\n")
+        out.withUnsafeBytes { connection.writeStream($0) }
+        api.scratch = out
+        cursor = to
+        session.delivered = to
+        session.acknowledge(upTo: to)
+    }
+
+    /// Ends the response: with a `close` event when the session closed, else silently.
+    func end(event reason: CloseReason?) {
+        if let reason {
+            var out: [UInt8] = []
+            out.append("event: close\ndata: {\"reason\": ")
+            out.appendJSONString(reason.text.utf8)
+            out.append("}\n\n")
+            out.withUnsafeBytes { connection.writeStream($0) }
+        }
+        detach()
+        connection.endStream()
+    }
+
+    /// A comment line, so that proxies and browsers keep an idle stream open.
+    func keepAlive() {
+        guard session != nil else { return }
+        EventStream.keepAliveComment.withUnsafeBytes { connection.writeStream($0) }
+        connection.hold(until: api.now + api.settings.keepAliveMs)
+    }
+
+    /// Stops watching the session (the connection is closing, or the stream ended).
+    func detach() {
+        guard let session else { return }
+        self.session = nil
+        session.removeWaiter(self)
+        api.eventStreams -= 1
+    }
+
+    // MARK: SessionObserver
+
+    func sessionDidChange(_ session: Session) { pump() }
+
+    /// A newer stream (or a long-poll) of the same session took over.
+    func sessionObserverReplaced(_ session: Session) { end(event: nil) }
+}
