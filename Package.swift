@@ -1,4 +1,4 @@
-// swift-tools-version: 6.0
+// swift-tools-version: 6.1
 import PackageDescription
 
 let package = Package(
@@ -10,6 +10,10 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.0"),
+        // The config file (YAML) and UVPROXYD_* variables; package traits need tools 6.1.
+        .package(url: "https://github.com/apple/swift-configuration", from: "1.4.0", traits: ["YAML"]),
+        // swift-configuration parses with Yams; used directly to list the file's keys (unknown ones are errors).
+        .package(url: "https://github.com/jpsim/Yams", from: "6.0.0"),
         .package(url: "https://github.com/apple/swift-metrics", from: "2.5.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.0.0"),
     ],
@@ -37,17 +41,29 @@ let package = Package(
                              .when(configuration: .release)),
             ]
         ),
+        // Reads flags, UVPROXYD_* and the config file into a ProxyConfig. Separate from UVProxy,
+        // which is built for one thread (-assume-single-threaded); this runs synchronously on the
+        // loop thread at start-up and on SIGHUP, and starts no threads or tasks.
+        .target(
+            name: "UVProxyConfig",
+            dependencies: [
+                "UVProxy",
+                .product(name: "Configuration", package: "swift-configuration"),
+                .product(name: "Yams", package: "Yams"),
+            ]
+        ),
         .executableTarget(
             name: "uvproxyd",
             dependencies: [
                 "UVProxy",
+                "UVProxyConfig",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
         .testTarget(
             name: "UVProxyTests",
-            dependencies: ["UVProxy", "CUV"]
+            dependencies: ["UVProxy", "UVProxyConfig", "CUV"]
         ),
     ]
 )

@@ -6,8 +6,12 @@ import Glibc
 /// The whole daemon on one loop: HTTP server, session table, API, optional demo game, signals.
 public final class ProxyDaemon: SessionEventSink, HTTPServerObserver {
     public let loop: EventLoop
-    public let config: ProxyConfig
-    let logger: Logger
+    /// The config in force (a reload replaces it).
+    public private(set) var config: ProxyConfig
+    var logger: Logger
+    /// Reads the config again (file, environment, the original flags) on SIGHUP. Synchronous: it
+    /// runs on the loop thread.
+    public var configLoader: (() throws -> ProxyConfig)?
     public let server: HTTPServer
     public let table: SessionTable
     public let api: ProxyAPI
@@ -20,6 +24,8 @@ public final class ProxyDaemon: SessionEventSink, HTTPServerObserver {
     private var waker: LoopWaker?
     private let startedAt: UInt64
     let metrics = ProxyMetrics()
+    /// The hard open-file limit, once `run()` has raised the soft one to it.
+    private var fileLimit: UInt64 = 0
 
     /// Builds everything and binds. Throws `ConfigError`/`UVError` with a one-line message.
     public init(config: ProxyConfig, logger: Logger) throws {
@@ -71,9 +77,28 @@ public final class ProxyDaemon: SessionEventSink, HTTPServerObserver {
         ProxyDaemon.ignoreSIGPIPE()
         let (before, soft, hard) = ProxyDaemon.raiseFileLimit()
         logger.info("open-file limit", metadata: ["was": "\(before)", "now": "\(soft)", "hard": "\(hard)"])
-        if hard != 0, Int(hard) < config.maxSessions + 64 {
+        fileLimit = hard
+        warnAboutLimits()
+        if let demoAddress { logger.info("demo game listening on \(demoAddress) (default target)") }
+        for sig in [SIGINT, SIGTERM] {
+            if let w = try? SignalWatcher(loop: loop, signal: sig, { [unowned self] signum in
+                self.logger.notice("signal \(signum): shutting down")
+                self.shutdown()
+            }) { signals.append(w) }
+        }
+        if let w = try? SignalWatcher(loop: loop, signal: SIGHUP, { [unowned self] _ in self.reload() }) {
+            signals.append(w)
+        }
+        logger.notice("uvproxyd ready: listening on \(listenAddress!)")
+        loop.run()
+        finish()
+    }
+
+    /// Warnings about limits that cannot hold `max-sessions`.
+    private func warnAboutLimits() {
+        if fileLimit != 0, Int(fileLimit) < config.maxSessions + 64 {
             logger.warning("max-sessions may not fit the open-file limit: each session uses one descriptor, each client connection another",
-                           metadata: ["max-sessions": "\(config.maxSessions)", "limit": "\(hard)"])
+                           metadata: ["max-sessions": "\(config.maxSessions)", "limit": "\(fileLimit)"])
         }
         if let ports = ProxyDaemon.localPortRange(), (ports.upperBound - ports.lowerBound + 1) / 2 < config.maxSessions {
             logger.warning("""
@@ -82,16 +107,51 @@ public final class ProxyDaemon: SessionEventSink, HTTPServerObserver {
                 Widen it (e.g. 1024 65535) for max-sessions \(config.maxSessions)
                 """)
         }
-        if let demoAddress { logger.info("demo game listening on \(demoAddress) (default target)") }
-        for sig in [SIGINT, SIGTERM] {
-            if let w = try? SignalWatcher(loop: loop, signal: sig, { [unowned self] signum in
-                self.logger.notice("signal \(signum): shutting down")
-                self.shutdown()
-            }) { signals.append(w) }
+    }
+
+    // MARK: Reload
+
+    /// SIGHUP: reads the config again and puts it in force; on any error the running config stays.
+    public func reload() {
+        guard shutdownTimer == nil, let configLoader else { return }
+        do {
+            try apply(try configLoader())
+        } catch {
+            logger.warning("config reload failed, the running config stays in force: \(error)")
         }
-        logger.notice("uvproxyd ready: listening on \(listenAddress!)")
-        loop.run()
-        finish()
+    }
+
+    /// Puts `new` in force. Targets, token, CORS, the web page, `max-wait`, `max-sessions` and
+    /// `buffer-size` apply to requests and sessions from now on; idle timeout and linger to every
+    /// session at its next deadline. Open sessions keep their connection, bytes and buffer size.
+    /// `listen`, `demo` and `log-format` need a restart. Throws, changing nothing, if `new` is
+    /// invalid or a target does not resolve.
+    public func apply(_ new: ProxyConfig) throws {
+        try new.validate()
+        var next = new
+        let restartOnly = new.changedKeys(from: config).filter { ["listen", "demo", "log-format"].contains($0) }
+        next.listen = config.listen
+        next.demo = config.demo
+        next.logFormat = config.logFormat
+        // Resolve every target before changing anything, so a bad one leaves the old config in force.
+        let apiSettings = try next.apiSettings(defaultAddress: demoAddress)
+        let changed = next.changedKeys(from: config)
+        let maxSessionsChanged = next.maxSessions != config.maxSessions
+        config = next
+        api.settings = apiSettings
+        table.apply(next.sessionSettings)
+        server.corsHeaders = ProxyDaemon.corsHeaders(next.corsOrigin)
+        if let level = Logger.Level(rawValue: next.logLevel.lowercased()) { logger.logLevel = level }
+
+        let names = ["default"] + next.targets.keys.sorted()
+        logger.notice("""
+            config reloaded: \(names.count) target\(names.count == 1 ? "" : "s") (\(names.joined(separator: ", "))); \
+            changed: \(changed.isEmpty ? "nothing" : changed.joined(separator: ", "))
+            """)
+        if !restartOnly.isEmpty {
+            logger.warning("config: \(restartOnly.joined(separator: ", ")) changed; ignored until restart")
+        }
+        if maxSessionsChanged { warnAboutLimits() }
     }
 
     /// A thread-safe way to ask for shutdown (tests, embedding). Create before `run()`.

@@ -1,6 +1,9 @@
 import ArgumentParser
+import Configuration
+import Foundation
 import Logging
 import UVProxy
+import UVProxyConfig
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -27,6 +30,7 @@ struct UVProxyCommand: ParsableCommand {
     @Option(help: "Bearer token required on every endpoint but /healthz.") var token: String?
     @Option(help: "Allowed CORS origin.") var corsOrigin: String?
     @Flag(help: "Speak telnet to the targets.") var telnet = false
+    @Option(help: "Charset of the targets' text: UTF-8 (default), ISO-8859-1/latin1, IBM437/cp437.") var charset: String?
     @Option(help: "trace, debug, info, notice, warning, error or critical. Default info.") var logLevel: String?
     @Option(help: "text or json (one JSON object per line). Default text.") var logFormat: String?
     @Flag(help: "Log the client address from X-Forwarded-For (only behind a reverse proxy you run).") var trustProxy = false
@@ -34,63 +38,30 @@ struct UVProxyCommand: ParsableCommand {
     @Flag(help: "Serve the web client page at /.") var web = false
     @Option(help: "Seconds a graceful shutdown may take. Default 10.") var shutdownTimeout: Double?
 
-    /// `UVPROXYD_` + the key in upper case with `-` as `_`.
-    static func environment(_ key: String) -> (name: String, value: String)? {
-        let name = "UVPROXYD_" + String(key.uppercased().map { $0 == "-" ? "_" : $0 })
-        guard let raw = getenv(name) else { return nil }
-        return (name, String(cString: raw))
-    }
-
-    /// The flag if given, else the environment variable (parsed, or a one-line error), else nil.
-    static func pick<T>(_ flag: T?, _ key: String, _ parse: (String) -> T?) throws -> T? {
-        if let flag { return flag }
-        guard let (name, text) = environment(key) else { return nil }
-        guard let value = parse(text) else { throw ConfigError("\(name): '\(text)' is not a valid \(key)") }
-        return value
-    }
-
-    static func flag(_ given: Bool, _ key: String) throws -> Bool {
-        if given { return true }
-        guard let (name, text) = environment(key) else { return false }
-        switch text.lowercased() {
-        case "1", "true", "yes", "on": return true
-        case "0", "false", "no", "off", "": return false
-        default: throw ConfigError("\(name): '\(text)' is not true or false")
-        }
-    }
-
-    func makeConfig() throws -> ProxyConfig {
-        if config != nil {
-            throw ConfigError("config: configuration files are not supported yet; use flags or UVPROXYD_* variables")
-        }
-        typealias C = UVProxyCommand
-        var c = ProxyConfig()
-        c.listen = try C.pick(listen, "listen", { $0 }) ?? c.listen
-        c.upstream = try C.pick(upstream, "upstream", { $0 }) ?? c.upstream
-        var targets = target
-        if targets.isEmpty, let (_, text) = C.environment("target") {
-            targets = text.split(whereSeparator: { $0 == "," || $0 == " " }).map(String.init)
-        }
-        for t in targets {
-            let (name, address) = try ProxyConfig.parseTarget(t)
-            c.targets[name] = TargetConfig(address: address)
-        }
-        c.maxSessions = try C.pick(maxSessions, "max-sessions", { Int($0) }) ?? c.maxSessions
-        c.bufferSize = try C.pick(bufferSize, "buffer-size", { Int($0) }) ?? c.bufferSize
-        c.idleTimeout = try C.pick(idleTimeout, "idle-timeout", { Double($0) }) ?? c.idleTimeout
-        c.linger = try C.pick(linger, "linger", { Double($0) }) ?? c.linger
-        c.maxWait = try C.pick(maxWait, "max-wait", { Double($0) }) ?? c.maxWait
-        c.connectTimeout = try C.pick(connectTimeout, "connect-timeout", { Double($0) }) ?? c.connectTimeout
-        c.token = try C.pick(token, "token", { $0 })
-        c.corsOrigin = try C.pick(corsOrigin, "cors-origin", { $0 })
-        c.telnet = try C.flag(telnet, "telnet")
-        c.logLevel = try C.pick(logLevel, "log-level", { $0 }) ?? c.logLevel
-        c.logFormat = try C.pick(logFormat, "log-format", { $0 }) ?? c.logFormat
-        c.trustProxy = try C.flag(trustProxy, "trust-proxy")
-        c.demo = try C.flag(demo, "demo")
-        c.web = try C.flag(web, "web")
-        c.shutdownTimeout = try C.pick(shutdownTimeout, "shutdown-timeout", { Double($0) }) ?? c.shutdownTimeout
-        return c
+    /// What was given on the command line, by config key; the loader puts it above the
+    /// environment and the file. A boolean flag that is absent leaves the setting to them.
+    func makeLoader(environment: [String: String]) -> ConfigLoader {
+        var flags: [String: ConfigContent] = [:]
+        func set(_ key: String, _ value: ConfigContent?) { if let value { flags[key] = value } }
+        set("listen", listen.map { .string($0) })
+        set("upstream", upstream.map { .string($0) })
+        set("max-sessions", maxSessions.map { .int($0) })
+        set("buffer-size", bufferSize.map { .int($0) })
+        set("idle-timeout", idleTimeout.map { .double($0) })
+        set("linger", linger.map { .double($0) })
+        set("max-wait", maxWait.map { .double($0) })
+        set("connect-timeout", connectTimeout.map { .double($0) })
+        set("token", token.map { .string($0) })
+        set("cors-origin", corsOrigin.map { .string($0) })
+        set("telnet", telnet ? .bool(true) : nil)
+        set("log-level", logLevel.map { .string($0) })
+        set("log-format", logFormat.map { .string($0) })
+        set("trust-proxy", trustProxy ? .bool(true) : nil)
+        set("charset", charset.map { .string($0) })
+        set("demo", demo ? .bool(true) : nil)
+        set("web", web ? .bool(true) : nil)
+        set("shutdown-timeout", shutdownTimeout.map { .double($0) })
+        return ConfigLoader(flags: flags, flagTargets: target, file: config, environment: environment)
     }
 }
 
@@ -103,7 +74,8 @@ func fail(_ message: String) -> Never {
 
 let command: UVProxyCommand
 do {
-    command = try UVProxyCommand.parseAsRoot() as! UVProxyCommand
+    // parse(), not parseAsRoot(): --help must arrive as an error to print, not as a HelpCommand.
+    command = try UVProxyCommand.parse()
 } catch {
     if UVProxyCommand.exitCode(for: error) == .success {
         print(UVProxyCommand.fullMessage(for: error))
@@ -112,10 +84,11 @@ do {
     fail(UVProxyCommand.message(for: error))
 }
 
+// SIGHUP reloads with the same flags and environment, re-reading the file.
+let loader = command.makeLoader(environment: ProcessInfo.processInfo.environment)
 let config: ProxyConfig
 do {
-    config = try command.makeConfig()
-    try config.validate()
+    config = try loader.load()
 } catch {
     fail("\(error)")
 }
@@ -129,5 +102,6 @@ do {
 } catch {
     fail("\(error)")
 }
+daemon.configLoader = { try loader.load() }
 daemon.run()
 exit(0)

@@ -14,7 +14,7 @@ final class IntegrationAPITests: XCTestCase {
         let up = try startUpstream()
         let d = try startDaemon {
             $0.upstream = "127.0.0.1:\(up.port)"
-            $0.targets["other"] = "127.0.0.1:\(up.port)"
+            $0.targets["other"] = TargetConfig(address: "127.0.0.1:\(up.port)")
         }
         let c = try d.client()
         let r = try c.call("POST", "/sessions")
@@ -74,7 +74,7 @@ final class IntegrationAPITests: XCTestCase {
         let up = try startUpstream()
         let d = try startDaemon {
             $0.upstream = "127.0.0.1:\(port)"
-            $0.targets["ok"] = "127.0.0.1:\(up.port)"
+            $0.targets["ok"] = TargetConfig(address: "127.0.0.1:\(up.port)")
             $0.connectTimeout = 0.3
             $0.maxSessions = 1
         }
@@ -100,7 +100,7 @@ final class IntegrationAPITests: XCTestCase {
         let dead = try refusedPort()
         let d = try startDaemon {
             $0.upstream = "127.0.0.1:\(up.port)"
-            $0.targets["dead"] = "127.0.0.1:\(dead)"
+            $0.targets["dead"] = TargetConfig(address: "127.0.0.1:\(dead)")
             $0.maxSessions = 2
         }
         let c = try d.client()

@@ -392,8 +392,8 @@ class Bench:
 
 def open_sessions(port):
     _, text = http_get(port, "/metrics")
-    m = re.search(r'^uvproxyd_sessions\{state="open"\}\s+(\d+)', text, re.M)
-    return int(m.group(1)) if m else None
+    m = re.search(r'^uvproxyd_sessions\{state="open"\}\s+([0-9.]+)', text, re.M)
+    return int(float(m.group(1))) if m else None
 
 
 def noise(row):

@@ -23,7 +23,9 @@ public struct APISettings: Sendable {
 /// The `/sessions` and `/mud` API over a `SessionTable` (SPEC §2). Plain request → response
 /// logic: it sees requests and an `HTTPConnection` to answer on, never a socket.
 public final class ProxyAPI: HTTPHandler {
-    public var settings: APISettings
+    public var settings: APISettings {
+        didSet { tokenBytes = settings.token.map { Array("Bearer \($0)".utf8) } }  // a reload may change it
+    }
     public let table: SessionTable
     private let clock: () -> UInt64
     /// Held long-polls right now.

@@ -1,6 +1,6 @@
-/// Everything the daemon is configured with (SPEC §4). Flags fill it today; the config file and
-/// the environment fill the same fields.
-public struct ProxyConfig: Sendable {
+/// Everything the daemon is configured with (SPEC §4), from flags, `UVPROXYD_*` variables and the
+/// config file (UVProxyConfig's `ConfigLoader` reads them into this).
+public struct ProxyConfig: Sendable, Equatable {
     public var listen = "127.0.0.1:8181"
     public var upstream = "127.0.0.1:9000"
     /// Named targets (flags `NAME=HOST:PORT`, or the config file's `targets` map).
@@ -72,7 +72,35 @@ public struct ProxyConfig: Sendable {
         }
     }
 
-    static func isTargetName(_ s: String) -> Bool {
+    /// The config keys whose values differ from `old` (what a reload changed).
+    public func changedKeys(from old: ProxyConfig) -> [String] {
+        var keys: [String] = []
+        func check<T: Equatable>(_ key: String, _ path: KeyPath<ProxyConfig, T>) {
+            if self[keyPath: path] != old[keyPath: path] { keys.append(key) }
+        }
+        check("listen", \.listen)
+        check("upstream", \.upstream)
+        check("targets", \.targets)
+        check("max-sessions", \.maxSessions)
+        check("buffer-size", \.bufferSize)
+        check("idle-timeout", \.idleTimeout)
+        check("linger", \.linger)
+        check("max-wait", \.maxWait)
+        check("connect-timeout", \.connectTimeout)
+        check("token", \.token)
+        check("cors-origin", \.corsOrigin)
+        check("telnet", \.telnet)
+        check("charset", \.charset)
+        check("log-level", \.logLevel)
+        check("log-format", \.logFormat)
+        check("trust-proxy", \.trustProxy)
+        check("demo", \.demo)
+        check("web", \.web)
+        check("shutdown-timeout", \.shutdownTimeout)
+        return keys
+    }
+
+    public static func isTargetName(_ s: String) -> Bool {
         !s.isEmpty && s.count <= 64 && s.utf8.allSatisfy { c in
             (c >= 48 && c <= 57) || (c >= 65 && c <= 90) || (c >= 97 && c <= 122) || c == 45 || c == 95 || c == 46
         }

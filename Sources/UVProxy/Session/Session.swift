@@ -99,15 +99,31 @@ public final class Session: DeadlineOwner {
         let before = ring.count
         let base = ring.base
         ring.append(bytes)
+        received(bytes.count, ringCountBefore: before, baseBefore: base, notify: true)
+    }
+
+    /// Telnet mode: what the target sent goes through `filter` and only its data reaches the
+    /// ring, so offsets count the bytes clients read (SPEC §3). The filter's replies are the
+    /// caller's to send. A read of nothing but negotiation wakes nobody.
+    func receive(_ bytes: UnsafeRawBufferPointer, through filter: inout TelnetFilter) {
+        guard state == .open else { return }
+        let before = ring.count
+        let base = ring.base
+        let end = ring.end
+        filter.receive(bytes) { ring.append($0) }
+        received(bytes.count, ringCountBefore: before, baseBefore: base, notify: ring.end != end)
+    }
+
+    private func received(_ count: Int, ringCountBefore before: Int, baseBefore base: UInt64, notify: Bool) {
         if ring.base != base { table.counters.evictedBytes += ring.base - base }
         if !isRemoved { table.bufferedBytes += ring.count - before }
-        table.counters.upstreamReceivedBytes += UInt64(bytes.count)
+        table.counters.upstreamReceivedBytes += UInt64(count)
         if ring.room == 0 && !readingPaused {
             readingPaused = true
             table.counters.backpressurePauses += 1
             link?.pauseReading()
         }
-        notifyObservers()
+        if notify { notifyObservers() }
     }
 
     /// How many bytes the next read from the target may bring.

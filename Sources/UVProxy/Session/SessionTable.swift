@@ -66,6 +66,18 @@ public final class SessionTable {
 
     public func session(_ id: SessionID) -> Session? { sessions.find(id) }
 
+    /// New limits (a reload). `max-sessions` and `buffer-size` apply to new sessions; idle
+    /// timeout and linger to every session at its next deadline.
+    public func apply(_ new: SessionSettings) {
+        let idleWasOff = settings.idleTimeoutMs == 0
+        settings = new
+        // Sessions opened while the idle timeout was off have no deadline to notice it (reloads
+        // are rare, so walking the sessions is fine here).
+        if idleWasOff, new.idleTimeoutMs > 0 {
+            for session in sessions.all where session.state == .open { scheduleIdleCheck(session) }
+        }
+    }
+
     /// Bytes held in all session buffers.
     public internal(set) var bufferedBytes = 0
 

@@ -1,10 +1,14 @@
 /// The real `UpstreamLink`: a session's TCP connection to its target.
 ///
 /// Bytes read go straight into the session's ring (`Session.receive`), never more than the
-/// ring's room, so a client that stops acknowledging stops the target through TCP.
+/// ring's room, so a client that stops acknowledging stops the target through TCP. In telnet
+/// mode a `TelnetFilter` sits in between (it never passes on more than it was given, so the
+/// room still holds) and its replies go back to the target.
 final class Upstream: UpstreamLink, TCPStreamDelegate, DeadlineOwner {
     private let stream: TCPStream
     private let session: Session
+    /// Telnet mode only: other sessions pay one pointer for it.
+    private let telnet: TelnetState?
     /// Ending gracefully: input is being delivered, what the target sends is discarded.
     private var finishing = false
     var deadline: UInt64 = 0
@@ -13,12 +17,24 @@ final class Upstream: UpstreamLink, TCPStreamDelegate, DeadlineOwner {
     init(loop: EventLoop, session: Session) throws {
         stream = try TCPStream(loop: loop)
         self.session = session
+        telnet = session.target.telnet ? TelnetState() : nil
         stream.delegate = self
     }
 
     func connect(to address: SocketAddress) { stream.connect(to: address) }
 
-    func send(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer) { stream.write(a, b) }
+    func send(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer) {
+        guard telnet != nil, TelnetFilter.needsEscaping(a) || TelnetFilter.needsEscaping(b) else {
+            stream.write(a, b)
+            return
+        }
+        // Telnet: a 255 in input goes as IAC IAC. Rare (Latin-1 ÿ), so a copy is fine.
+        var escaped: [UInt8] = []
+        escaped.reserveCapacity(a.count + b.count + 8)
+        TelnetFilter.escapeInput(a, into: &escaped)
+        TelnetFilter.escapeInput(b, into: &escaped)
+        escaped.withUnsafeBytes { _ = stream.write($0) }
+    }
 
     var queuedBytes: Int { stream.queuedWriteBytes }
 
@@ -64,7 +80,15 @@ final class Upstream: UpstreamLink, TCPStreamDelegate, DeadlineOwner {
     }
 
     func stream(_ stream: TCPStream, didRead bytes: UnsafeRawBufferPointer) {
-        if !finishing { session.receive(bytes) }
+        guard !finishing else { return }
+        guard let telnet else { return session.receive(bytes) }
+        session.receive(bytes, through: &telnet.filter)
+        // The client's next request may have run meanwhile and ended the connection (finish
+        // has sent FIN: nothing more may follow it).
+        guard !telnet.filter.replies.isEmpty, !finishing else { return }
+        telnet.filter.replies.withUnsafeBytes { _ = stream.write($0) }
+        session.table.counters.upstreamSentBytes += UInt64(telnet.filter.replies.count)
+        telnet.filter.replies.removeAll()  // negotiation is rare after the greeting: free it
     }
 
     func streamReadLimit(_ stream: TCPStream) -> Int { finishing ? EventLoop.readSlabSize : session.readRoom }
@@ -72,4 +96,10 @@ final class Upstream: UpstreamLink, TCPStreamDelegate, DeadlineOwner {
     func stream(_ stream: TCPStream, didEnd error: Int32) {
         session.table.upstreamEnded(session, error: error)
     }
+}
+
+/// The telnet parser of one upstream connection, in its own object so that sessions without
+/// telnet hold none of it.
+private final class TelnetState {
+    var filter = TelnetFilter()
 }

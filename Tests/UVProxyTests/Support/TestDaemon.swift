@@ -37,6 +37,11 @@ final class LogCapture: @unchecked Sendable {
     }
 }
 
+/// What `onLoop`'s work returned, guarded by the daemon's lock.
+private final class Outcome<T>: @unchecked Sendable {
+    var result: Result<T, any Error>?
+}
+
 /// A real `ProxyDaemon` on its own thread and loop, for integration tests over loopback.
 final class TestDaemon: @unchecked Sendable {
     private let lock = NSCondition()
@@ -46,6 +51,9 @@ final class TestDaemon: @unchecked Sendable {
     private var stopHandle: LoopWaker?
     private var finished = false
     private var thread: Thread?
+    /// Work for the loop thread (`onLoop`), run by `runner`.
+    private var queued: [(ProxyDaemon) -> Void] = []
+    private var runner: LoopWaker?
 
     /// Starts the daemon with `configure` applied to a config listening on an ephemeral port.
     /// With `log`, the daemon logs JSON lines at debug level into it.
@@ -66,7 +74,15 @@ final class TestDaemon: @unchecked Sendable {
             do {
                 let daemon = try ProxyDaemon(config: frozen, logger: logger)
                 let handle = try daemon.makeStopHandle()
+                let runner = try LoopWaker(loop: daemon.loop) { [self] in
+                    lock.lock()
+                    let work = queued
+                    queued.removeAll()
+                    lock.unlock()
+                    for item in work { item(daemon) }
+                }
                 lock.lock()
+                self.runner = runner
                 port = daemon.listenAddress?.port
                 demoPort = daemon.demoAddress?.port
                 stopHandle = handle
@@ -107,6 +123,28 @@ final class TestDaemon: @unchecked Sendable {
         let deadline = Date().addingTimeInterval(timeout)
         while !finished && lock.wait(until: deadline) {}
         lock.unlock()
+    }
+
+    /// Runs `body` on the daemon's loop thread (where everything in UVProxy must run) and
+    /// returns what it returned, or throws what it threw.
+    func onLoop<T>(_ body: @escaping (ProxyDaemon) throws -> T) throws -> T {
+        let outcome = Outcome<T>()
+        lock.lock()
+        guard !finished, let runner else { lock.unlock(); throw TestError("the daemon has stopped") }
+        queued.append { [self] daemon in
+            let result = Result { try body(daemon) }
+            lock.lock()
+            outcome.result = result
+            lock.broadcast()
+            lock.unlock()
+        }
+        runner.wake()
+        let deadline = Date().addingTimeInterval(20)
+        while outcome.result == nil && !finished && lock.wait(until: deadline) {}
+        let result = outcome.result
+        lock.unlock()
+        guard let result else { throw TestError("the loop did not run the work") }
+        return try result.get()
     }
 
     var hasFinished: Bool { lock.lock(); defer { lock.unlock() }; return finished }
