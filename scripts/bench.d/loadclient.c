@@ -876,8 +876,8 @@ static int mode_hold(void) {
             held_count++;
         }
         if (i % 256 == 255) hold_loop(0, NULL);  /* read the heads that came meanwhile */
-        /* At most 512 streams waiting for their head: more would overflow the proxy's accept
-         * queue (1024), and a dropped SYN costs a second. */
+        /* At most 512 streams waiting for their head, so that a burst of connects cannot fill
+         * the proxy's accept queue (1024): a dropped SYN would cost a second. */
         while (opt_sse && i + 1 - held_count >= 512) hold_loop(now_s() + 0.001, NULL);
     }
     hold_loop(deadline, all_held);
