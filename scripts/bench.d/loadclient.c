@@ -4,9 +4,11 @@
  *   loadclient create -p PORT -n N -c C -o IDS_FILE [-P 1]   create N sessions (GET /mud, or
  *                                                            POST /sessions with -P 1) over C
  *                                                            connections; prints rate, writes ids
- *   loadclient drain  -p PORT -i IDS_FILE -c C -g G          read the G-byte greeting of every
+ *   loadclient drain  -p PORT -i IDS_FILE -c C -g G [-t 1]   read the G-byte greeting of every
  *                                                            session (since=0&wait=5), then ack it
- *                                                            (a read at since=G)
+ *                                                            (a read at since=G); with -t 1 first
+ *                                                            send "tag <index in IDS_FILE>" and
+ *                                                            read the upstream's answer too
  *   loadclient echo   -p PORT -c C -m M -g G [-W WARMUP]     C clients, each its own session and two
  *                                                            connections (a long-poll held with
  *                                                            since, and one for input); M timed
@@ -14,6 +16,9 @@
  *   loadclient flood  -p PORT -s S -b BYTES -g G             S sessions each send "flood BYTES",
  *                                                            drained with since=N&wait=5; every byte
  *                                                            is checked against the pattern
+ *   loadclient hold   -p PORT -i IDS_FILE -k sse|poll -g G   hold an SSE stream or a long-poll on
+ *                                                            every session (one connection each),
+ *                                                            then broadcast on command (see hold)
  * Common: -h HOST (127.0.0.1), -T TIMEOUT_SECONDS (120).
  * Output: one line of key=value pairs on stdout. Exit 0 on success, 1 on failed checks,
  * 3 on timeout, 2 on usage / set-up errors.
@@ -320,29 +325,46 @@ static int mode_create(void) {
 }
 
 /* ---------- drain ---------- */
-struct dstate { long idx; long long cursor; int acking; };
+/* Stages per session: 0 reading the greeting, 1 posting "tag <index>" (-t 1), 2 reading the
+ * upstream's "tagged <index>\r\n", 3 acknowledging everything read. */
+struct dstate { long idx; long long cursor, want; int stage; };
 static struct dstate *dst;
+static int opt_tag; /* drain: also tag each session with its index in the ids file */
 
 static void drain_next(struct conn *c) {
     struct dstate *d = &dst[c->owner];
     if (next_index >= ids_n) { d->idx = -1; return; }
     d->idx = next_index++;
     d->cursor = 0;
-    d->acking = 0;
+    d->want = opt_g;
+    d->stage = 0;
     conn_request(c, "GET", "/sessions/%s?since=0&wait=5", ids[d->idx]);
 }
 
 static void drain_resp(struct conn *c, int status, const char *body, size_t len, long long next) {
     (void)body; (void)len;
     struct dstate *d = &dst[c->owner];
+    if (d->stage == 1) {
+        if (status != 204) fatal("drain: tag input answered %d for %s", status, ids[d->idx]);
+        char reply[64];
+        d->want = opt_g + snprintf(reply, sizeof reply, "tagged %ld\r\n", d->idx);
+        d->stage = 2;
+        conn_request(c, "GET", "/sessions/%s?since=%lld&wait=5", ids[d->idx], d->cursor);
+        return;
+    }
     if (status != 200) fatal("drain: status %d for %s", status, ids[d->idx]);
-    if (!d->acking) {
+    if (d->stage == 0 || d->stage == 2) {
         d->cursor = next;
-        if (d->cursor < opt_g) {
+        if (d->cursor < d->want) {
             conn_request(c, "GET", "/sessions/%s?since=%lld&wait=5", ids[d->idx], d->cursor);
             return;
         }
-        d->acking = 1;
+        if (d->stage == 0 && opt_tag) {
+            d->stage = 1;
+            conn_request(c, "POST", "/sessions/%s/input?cmd=tag%%20%ld", ids[d->idx], d->idx);
+            return;
+        }
+        d->stage = 3;
         conn_request(c, "GET", "/sessions/%s?since=%lld", ids[d->idx], d->cursor);
         return;
     }
@@ -351,8 +373,7 @@ static void drain_resp(struct conn *c, int status, const char *body, size_t len,
     drain_next(c);
 }
 
-static int mode_drain(void) {
-    if (!opt_i) fatal("drain needs -i IDS_FILE");
+static void read_ids(void) {
     FILE *f = fopen(opt_i, "r");
     if (!f) fatal("%s: %s", opt_i, strerror(errno));
     char line[256];
@@ -363,7 +384,12 @@ static int mode_drain(void) {
         snprintf(ids[ids_n++], sizeof ids[0], "%s", line);
     }
     fclose(f);
-    if (ids_n == 0 || opt_g == 0) { printf("drained=0 seconds=0\n"); return 0; }
+}
+
+static int mode_drain(void) {
+    if (!opt_i) fatal("drain needs -i IDS_FILE");
+    read_ids();
+    if (ids_n == 0 || (opt_g == 0 && !opt_tag)) { printf("drained=0 seconds=0\n"); return 0; }
     long nc = opt_c < ids_n ? opt_c : ids_n;
     dst = calloc((size_t)nc, sizeof *dst);
     struct conn **cs = calloc((size_t)nc, sizeof *cs);
@@ -371,7 +397,7 @@ static int mode_drain(void) {
     t_start = now_s();
     for (long i = 0; i < nc; i++) drain_next(cs[i]);
     run_loop();
-    printf("drained=%ld seconds=%.4f\n", done_count, t_end - t_start);
+    printf("drained=%ld tagged=%ld seconds=%.4f\n", done_count, opt_tag ? done_count : 0, t_end - t_start);
     return 0;
 }
 
@@ -582,9 +608,317 @@ static int mode_flood(void) {
     return ok ? 0 : 1;
 }
 
+/* ---------- hold ---------- */
+/* One connection per session in the ids file, each holding one request: an SSE stream
+ * (GET /sessions/{id}/events, held once its response head is read) or a long-poll
+ * (GET /sessions/{id}?wait=60, held as soon as it is sent). Then commands on stdin, one a line:
+ *   broadcast   POST "broadcast <k>" (k = 1, 2, ...: this client's count) to the first session's
+ *               input (the bench upstream then sends BROADCAST_FMT, with the session's index as its
+ *               tag, to every tagged session: see drain -t) and wait until every held request got exactly its line; a long-poll
+ *               client sends its next long-poll as soon as it has its answer, as a real one does
+ *   close       close every connection and exit (so does end of input)
+ * Sessions must have been drained with -t 1 (greeting of G bytes, then "tagged <index>\r\n"
+ * read and acknowledged, nothing sent since), and be the only ones tagged on their upstream. */
+#define BROADCAST_FMT "%ld: broadcast %ld, one line of about the length a MUD sends to every player\r\n"
+
+struct hconn {
+    int fd;
+    int state;            /* 0 sent (sse: head not read yet), 1 held, 2 got its line */
+    char *buf;
+    size_t len, cap;
+    long long base;       /* offset before the current broadcast's line */
+    long long last_id;    /* sse: the last event's id */
+    size_t got;           /* bytes of the expected line (escaped as JSON, for sse) matched */
+    double t;             /* when the line was complete */
+};
+static struct hconn *hc;
+static long hn, held_count, delivered_count;
+static long broadcast_no, events_seen, repolls, mismatches, unexpected, comments;
+static int opt_sse = -1;  /* -k sse | poll */
+static int broadcasting, trigger_done;
+
+static size_t expected_line(long idx, char *out, size_t cap, int escaped) {
+    char raw[256];
+    int n = snprintf(raw, sizeof raw, BROADCAST_FMT, idx, broadcast_no);
+    if (!escaped) { memcpy(out, raw, (size_t)n); return (size_t)n; }
+    size_t k = 0;
+    for (int i = 0; i < n && k + 2 < cap; i++) {
+        if (raw[i] == '\r') { out[k++] = '\\'; out[k++] = 'r'; }
+        else if (raw[i] == '\n') { out[k++] = '\\'; out[k++] = 'n'; }
+        else out[k++] = raw[i];
+    }
+    return k;
+}
+
+static void hold_send(long i, const char *fmt, ...) {
+    char req[512];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(req, sizeof req, fmt, ap);
+    va_end(ap);
+    /* A few hundred bytes on an idle connection: the kernel takes them at once. */
+    ssize_t w = send(hc[i].fd, req, (size_t)n, MSG_NOSIGNAL);
+    if (w != n) fatal("hold: send to %s: %s", ids[i], w < 0 ? strerror(errno) : "short write");
+}
+
+static void hold_line_done(long i) {
+    struct hconn *h = &hc[i];
+    h->state = 2;
+    h->t = now_s();
+    delivered_count++;
+}
+
+/* Parses what a stream sent: the head, then events (blocks ending in a blank line). */
+static void hold_parse_sse(long i) {
+    struct hconn *h = &hc[i];
+    if (h->state == 0) {
+        char *end = memmem(h->buf, h->len, "\r\n\r\n", 4);
+        if (!end) return;
+        size_t hlen = (size_t)(end - h->buf) + 4;
+        if (strncmp(h->buf, "HTTP/1.1 200", 12) != 0 || !memmem(h->buf, hlen, "text/event-stream", 17))
+            fatal("hold: stream of %s answered: %.*s", ids[i], (int)hlen, h->buf);
+        memmove(h->buf, h->buf + hlen, h->len - hlen);
+        h->len -= hlen;
+        h->state = 1;
+        held_count++;
+    }
+    for (;;) {
+        char *end = memmem(h->buf, h->len, "\n\n", 2);
+        if (!end) return;
+        size_t blen = (size_t)(end - h->buf) + 2;
+        const char *data = NULL;
+        size_t dlen = 0;
+        long long id = -1;
+        for (char *p = h->buf; p < end;) {
+            char *eol = memchr(p, '\n', (size_t)(end + 1 - p));
+            size_t n = (size_t)(eol - p);
+            if (n > 0 && p[0] == ':') comments++;
+            else if (n > 4 && !strncmp(p, "id: ", 4)) id = atoll(p + 4);
+            else if (n > 6 && !strncmp(p, "data: ", 6)) { data = p + 6; dlen = n - 6; }
+            else if (n > 7 && !strncmp(p, "event: ", 7)) fatal("hold: stream of %s ended: %.*s", ids[i], (int)(end - p), p);
+            p = eol + 1;
+        }
+        if (data) {
+            events_seen++;
+            char want[512];
+            size_t wlen = expected_line(i, want, sizeof want, 1);
+            if (!broadcasting || h->state != 1) {
+                if (unexpected++ < 5) fprintf(stderr, "loadclient: unexpected event for %s: %.*s\n", ids[i], (int)dlen, data);
+            } else if (dlen < 2 || data[0] != '"' || data[dlen - 1] != '"' || h->got + dlen - 2 > wlen ||
+                       memcmp(want + h->got, data + 1, dlen - 2) != 0) {
+                if (mismatches++ < 5) fprintf(stderr, "loadclient: wrong event for %s: %.*s\n", ids[i], (int)dlen, data);
+            } else {
+                h->got += dlen - 2;
+                h->last_id = id;
+                if (h->got == wlen) {
+                    if (id != h->base + (long long)expected_line(i, want, sizeof want, 0)) {
+                        if (mismatches++ < 5) fprintf(stderr, "loadclient: %s: id %lld, expected %lld\n", ids[i], id,
+                                                      h->base + (long long)expected_line(i, want, sizeof want, 0));
+                    }
+                    h->base = id;
+                    hold_line_done(i);
+                }
+            }
+        }
+        memmove(h->buf, h->buf + blen, h->len - blen);
+        h->len -= blen;
+    }
+}
+
+static long long header_ll(const char *head, size_t hlen, const char *name) {
+    size_t n = strlen(name);
+    for (const char *p = head; p && p + n < head + hlen; p = memchr(p, '\n', (size_t)(head + hlen - p))) {
+        if (*p == '\n') p++;
+        if (!strncasecmp(p, name, n)) return atoll(p + n);
+    }
+    return -1;
+}
+
+/* Parses a long-poll's answer (Content-Length framed). */
+static void hold_parse_poll(long i) {
+    struct hconn *h = &hc[i];
+    for (;;) {
+        char *end = memmem(h->buf, h->len, "\r\n\r\n", 4);
+        if (!end) return;
+        size_t hlen = (size_t)(end - h->buf) + 4;
+        long long clen = header_ll(h->buf, hlen, "content-length:");
+        if (clen < 0) fatal("hold: answer without Content-Length for %s", ids[i]);
+        if (h->len < hlen + (size_t)clen) return;
+        int status = atoi(h->buf + 9);
+        const char *body = h->buf + hlen;
+        if (!broadcasting || h->state != 1 || status != 200) {
+            if (status != 200 || clen == 0)
+                fatal("hold: long-poll of %s answered %d with %lld bytes%s", ids[i], status, clen,
+                      broadcasting ? "" : " before any broadcast");
+            if (unexpected++ < 5) fprintf(stderr, "loadclient: unexpected answer for %s: %.*s\n", ids[i], (int)clen, body);
+        } else {
+            char want[512];
+            size_t wlen = expected_line(i, want, sizeof want, 0);
+            long long offset = header_ll(h->buf, hlen, "x-offset:");
+            long long next = header_ll(h->buf, hlen, "x-next-offset:");
+            if (clen == 0) fatal("hold: long-poll of %s answered empty (wait ran out?)", ids[i]);
+            if (offset != h->base + (long long)h->got || next != offset + clen || h->got + (size_t)clen > wlen ||
+                memcmp(want + h->got, body, (size_t)clen) != 0) {
+                if (mismatches++ < 5) fprintf(stderr, "loadclient: wrong answer for %s at %lld: %.*s\n", ids[i], offset, (int)clen, body);
+                h->got = wlen;  /* count it once; do not wait for more */
+            } else {
+                h->got += (size_t)clen;
+            }
+            if (h->got == wlen) {
+                h->base += (long long)wlen;
+                hold_line_done(i);
+            } else {
+                repolls++;
+            }
+            /* The next long-poll (or the rest of this line): at once, as a client does. */
+            hold_send(i, "GET /sessions/%s?since=%lld&wait=60 HTTP/1.1\r\nHost: bench\r\n\r\n", ids[i], next);
+        }
+        memmove(h->buf, h->buf + hlen + clen, h->len - hlen - (size_t)clen);
+        h->len -= hlen + (size_t)clen;
+    }
+}
+
+static void hold_readable(long i) {
+    struct hconn *h = &hc[i];
+    for (;;) {
+        if (h->cap - h->len < 512) {
+            h->cap = h->cap ? h->cap * 2 : 1024;
+            h->buf = xrealloc(h->buf, h->cap);
+        }
+        ssize_t r = recv(h->fd, h->buf + h->len, h->cap - h->len - 1, 0);
+        if (r == 0) fatal("hold: the proxy closed the connection of %s", ids[i]);
+        if (r < 0) {
+            if (errno == EINTR) continue;
+            if (errno == EAGAIN) return;
+            fatal("hold: recv: %s", strerror(errno));
+        }
+        h->len += (size_t)r;
+        h->buf[h->len] = 0;
+        if (opt_sse) hold_parse_sse(i); else hold_parse_poll(i);
+    }
+}
+
+static int hep;  /* the held connections' epoll; ep (the trigger connection's) is one of its fds */
+
+/* Runs until done() says so (done given) or until `until` (a monotonic time; 0: one pass
+ * over what is ready now). */
+static void hold_loop(double until, int (*done)(void)) {
+    struct epoll_event evs[256];
+    for (;;) {
+        if (done && done()) return;
+        double t = now_s();
+        if (t > deadline) {
+            printf("error=timeout held=%ld delivered=%ld\n", held_count, delivered_count);
+            fflush(stdout);
+            fprintf(stderr, "loadclient: timed out after %.0f s\n", opt_timeout);
+            exit(3);
+        }
+        int ms = until > t ? (int)((until - t) * 1000) + 1 : 0;
+        int n = epoll_wait(hep, evs, 256, ms < 200 ? ms : 200);
+        if (n < 0) { if (errno == EINTR) continue; fatal("epoll_wait: %s", strerror(errno)); }
+        for (int k = 0; k < n; k++) {
+            if (evs[k].data.u64 == UINT64_MAX) {  /* the trigger connection */
+                struct epoll_event tev[4];
+                int m = epoll_wait(ep, tev, 4, 0);
+                for (int j = 0; j < m; j++) {
+                    struct conn *c = tev[j].data.ptr;
+                    if (tev[j].events & EPOLLOUT) conn_flush(c);
+                    if (tev[j].events & (EPOLLIN | EPOLLERR | EPOLLHUP)) conn_readable(c);
+                }
+                continue;
+            }
+            hold_readable((long)evs[k].data.u64);
+        }
+        if (!done && now_s() >= until) return;
+    }
+}
+
+static int all_held(void) { return held_count >= hn; }
+static int all_delivered(void) { return trigger_done && delivered_count >= hn; }
+
+static void trigger_resp(struct conn *c, int status, const char *body, size_t len, long long next) {
+    (void)c; (void)next;
+    if (status != 204) fatal("hold: broadcast input answered %d: %.*s", status, (int)len, body);
+    trigger_done = 1;
+}
+
+static int mode_hold(void) {
+    if (!opt_i || opt_sse < 0) fatal("hold needs -i IDS_FILE and -k sse|poll");
+    read_ids();
+    hn = ids_n;
+    if (hn == 0) fatal("hold: no ids in %s", opt_i);
+    hc = calloc((size_t)hn, sizeof *hc);
+    hep = epoll_create1(EPOLL_CLOEXEC);
+    if (hep < 0) fatal("epoll_create1: %s", strerror(errno));
+    struct epoll_event tev = { .events = EPOLLIN, .data.u64 = UINT64_MAX };
+    if (epoll_ctl(hep, EPOLL_CTL_ADD, ep, &tev) < 0) fatal("epoll_ctl: %s", strerror(errno));
+    struct conn *trigger = conn_open(0, 0, trigger_resp);
+    char tagged[64];
+    struct sockaddr_in sin = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
+    if (inet_pton(AF_INET, host, &sin.sin_addr) != 1) fatal("bad host %s", host);
+    double t0 = now_s();
+    for (long i = 0; i < hn; i++) {
+        struct hconn *h = &hc[i];
+        h->base = opt_g + snprintf(tagged, sizeof tagged, "tagged %ld\r\n", i);
+        h->fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (h->fd < 0) fatal("socket: %s", strerror(errno));
+        if (connect(h->fd, (struct sockaddr *)&sin, sizeof sin) < 0) fatal("connect: %s", strerror(errno));
+        int one = 1;
+        setsockopt(h->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        fcntl(h->fd, F_SETFL, fcntl(h->fd, F_GETFL) | O_NONBLOCK);
+        struct epoll_event ev = { .events = EPOLLIN, .data.u64 = (uint64_t)i };
+        if (epoll_ctl(hep, EPOLL_CTL_ADD, h->fd, &ev) < 0) fatal("epoll_ctl: %s", strerror(errno));
+        if (opt_sse) {
+            hold_send(i, "GET /sessions/%s/events HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n\r\n", ids[i]);
+        } else {
+            hold_send(i, "GET /sessions/%s?wait=60 HTTP/1.1\r\nHost: bench\r\n\r\n", ids[i]);
+            h->state = 1;
+            held_count++;
+        }
+        if (i % 256 == 255) hold_loop(0, NULL);  /* read the heads that came meanwhile */
+        /* At most 512 streams waiting for their head, so that a burst of connects cannot fill
+         * the proxy's accept queue (1024): a dropped SYN would cost a second. */
+        while (opt_sse && i + 1 - held_count >= 512) hold_loop(now_s() + 0.001, NULL);
+    }
+    hold_loop(deadline, all_held);
+    printf("held=%ld kind=%s open_seconds=%.4f\n", held_count, opt_sse ? "sse" : "poll", now_s() - t0);
+    fflush(stdout);
+
+    char cmd[64];
+    double *times = calloc((size_t)hn, sizeof *times);
+    while (fgets(cmd, sizeof cmd, stdin)) {
+        trim(cmd);
+        if (!strcmp(cmd, "close")) break;
+        if (strcmp(cmd, "broadcast") != 0) fatal("hold: unknown command '%s'", cmd);
+        broadcast_no++;
+        delivered_count = events_seen = repolls = mismatches = unexpected = 0;
+        for (long i = 0; i < hn; i++) { hc[i].state = 1; hc[i].got = 0; }
+        broadcasting = 1;
+        trigger_done = 0;
+        double tb = now_s();
+        conn_request(trigger, "POST", "/sessions/%s/input?cmd=broadcast%%20%ld", ids[0], broadcast_no);
+        hold_loop(deadline, all_delivered);
+        double te = now_s();
+        hold_loop(now_s() + 0.1, NULL);  /* anything more than its line would show up here */
+        broadcasting = 0;
+        for (long i = 0; i < hn; i++) times[i] = hc[i].t - tb;
+        qsort(times, (size_t)hn, sizeof *times, cmp_double);
+        int ok = delivered_count == hn && mismatches == 0 && unexpected == 0;
+        printf("broadcast=%ld delivered=%ld expected=%ld seconds=%.4f first_ms=%.3f p50_ms=%.3f p99_ms=%.3f "
+               "max_ms=%.3f events=%ld repolls=%ld mismatches=%ld unexpected=%ld comments=%ld verified=%s\n",
+               broadcast_no, delivered_count, hn, te - tb, times[0] * 1e3, pct(times, (size_t)hn, 50) * 1e3,
+               pct(times, (size_t)hn, 99) * 1e3, times[hn - 1] * 1e3, events_seen, repolls, mismatches, unexpected,
+               comments, ok ? "yes" : "no");
+        fflush(stdout);
+    }
+    for (long i = 0; i < hn; i++) close(hc[i].fd);
+    printf("closed=%ld\n", hn);
+    return 0;
+}
+
 /* ---------- main ---------- */
 int main(int argc, char **argv) {
-    if (argc < 2) fatal("usage: loadclient create|drain|echo|flood [options]");
+    if (argc < 2) fatal("usage: loadclient create|drain|echo|flood|hold [options]");
     const char *mode = argv[1];
     for (int i = 2; i < argc; i++) {
         const char *a = argv[i];
@@ -603,6 +937,8 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "-i")) opt_i = v;
         else if (!strcmp(a, "-T")) opt_timeout = atof(v);
         else if (!strcmp(a, "-P")) opt_post = atoi(v);
+        else if (!strcmp(a, "-t")) opt_tag = atoi(v);
+        else if (!strcmp(a, "-k")) opt_sse = !strcmp(v, "sse") ? 1 : !strcmp(v, "poll") ? 0 : -1;
         else fatal("unknown option %s", a);
     }
     if (port <= 0) fatal("-p PORT is required");
@@ -618,6 +954,7 @@ int main(int argc, char **argv) {
     if (!strcmp(mode, "drain")) return mode_drain();
     if (!strcmp(mode, "echo")) return mode_echo();
     if (!strcmp(mode, "flood")) return mode_flood();
+    if (!strcmp(mode, "hold")) return mode_hold();
     fatal("unknown mode %s", mode);
     return 2;
 }

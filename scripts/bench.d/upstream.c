@@ -8,6 +8,9 @@
  *   - reads lines (\n-terminated, a trailing \r is stripped);
  *   - "flood <n>": sends n bytes where byte i is PATTERN[i % 64], in chunks, respecting
  *     EAGAIN / EPOLLOUT (never blocks, never materialises the whole flood);
+ *   - "tag <word>": names this connection (up to 31 bytes) and answers "tagged <word>\r\n";
+ *   - "broadcast <label>": sends every tagged connection, this one included, BROADCAST_FMT
+ *     with its tag and the label (one send each, queued on EAGAIN);
  *   - any other line: echoed back at once as "<line>\r\n".
  * Raises RLIMIT_NOFILE to the hard limit. SIGTERM/SIGINT: exits 0.
  */
@@ -30,6 +33,8 @@
 static const char PATTERN[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789\r\n";
 #define CHUNK 65536
 #define LINEMAX 8192
+/* A MUD-sized line; scripts/bench.d/loadclient.c (hold) expects exactly this. */
+#define BROADCAST_FMT "%s: broadcast %s, one line of about the length a MUD sends to every player\r\n"
 
 struct conn {
     int fd;
@@ -40,6 +45,7 @@ struct conn {
     size_t out_len, out_off, out_cap;
     uint64_t flood_left; /* bytes of flood still to send */
     uint64_t flood_pos;  /* index in the current flood */
+    char tag[32];        /* set by "tag <word>"; empty: not in broadcasts */
 };
 
 static struct conn **conns;
@@ -120,8 +126,38 @@ static int flush_out(struct conn *c) {
     return 0;
 }
 
+/* Queues the broadcast line on every tagged connection and writes what the kernel takes now
+ * (`self`, whose input is being read, is flushed by on_readable). */
+static void broadcast(struct conn *self, const char *label) {
+    for (size_t fd = 0; fd < nconns_cap; fd++) {
+        struct conn *c = conns[fd];
+        if (!c || !c->tag[0]) continue;
+        char line[256];
+        int k = snprintf(line, sizeof line, BROADCAST_FMT, c->tag, label);
+        queue_out(c, line, (size_t)k);
+        if (c != self) flush_out(c);
+    }
+}
+
 static void handle_line(struct conn *c, char *s, size_t n) {
     if (n > 0 && s[n - 1] == '\r') n--;
+    if (n > 4 && memcmp(s, "tag ", 4) == 0) {
+        size_t k = n - 4 < sizeof c->tag - 1 ? n - 4 : sizeof c->tag - 1;
+        memcpy(c->tag, s + 4, k);
+        c->tag[k] = 0;
+        queue_out(c, "tagged ", 7);
+        queue_out(c, c->tag, k);
+        queue_out(c, "\r\n", 2);
+        return;
+    }
+    if (n > 10 && memcmp(s, "broadcast ", 10) == 0) {
+        char label[32];
+        size_t k = n - 10 < sizeof label - 1 ? n - 10 : sizeof label - 1;
+        memcpy(label, s + 10, k);
+        label[k] = 0;
+        broadcast(c, label);
+        return;
+    }
     if (n > 6 && memcmp(s, "flood ", 6) == 0) {
         char tmp[32];
         size_t k = n - 6 < sizeof tmp - 1 ? n - 6 : sizeof tmp - 1;

@@ -192,16 +192,7 @@ public final class ProxyAPI: HTTPHandler {
         case nil: break
         }
         let offset = since ?? session.delivered
-        switch session.ring.check(offset) {
-        case .beyondEnd:
-            return error(connection, .badRequest, "since \(offset) is beyond the end of the stream (\(session.ring.end))")
-        case .evicted:
-            connection.begin(.conflict)
-            connection.header("X-Offset-Base", session.ring.base)
-            return connection.finishError("bytes before offset \(session.ring.base) were evicted")
-        case .ok:
-            break
-        }
+        guard isReadable(offset, session, connection) else { return }
         let now = clock()
         session.lastTouched = now
         session.acknowledge(upTo: offset)
@@ -218,12 +209,8 @@ public final class ProxyAPI: HTTPHandler {
     }
 
     func respondRead(_ connection: HTTPConnection, session: Session, from offset: UInt64, max: Int, compat: Bool) {
-        guard session.ring.check(offset) == .ok else {
-            // Only possible if history was evicted while the read waited.
-            connection.begin(.conflict)
-            connection.header("X-Offset-Base", session.ring.base)
-            return connection.finishError("bytes before offset \(session.ring.base) were evicted")
-        }
+        // Evicted is only possible if history was evicted while the read waited.
+        guard isReadable(offset, session, connection) else { return }
         let length = Int(min(session.ring.end - offset, UInt64(max)))
         session.delivered = offset + UInt64(length)
         connection.begin(.ok)
@@ -256,16 +243,7 @@ public final class ProxyAPI: HTTPHandler {
             case nil: break
             }
         }
-        switch session.ring.check(start) {
-        case .beyondEnd:
-            return error(connection, .badRequest, "offset \(start) is beyond the end of the stream (\(session.ring.end))")
-        case .evicted:
-            connection.begin(.conflict)
-            connection.header("X-Offset-Base", session.ring.base)
-            return connection.finishError("bytes before offset \(session.ring.base) were evicted")
-        case .ok:
-            break
-        }
+        guard isReadable(start, session, connection) else { return }
         session.lastTouched = clock()
         if !session.isOpen, start == session.ring.end {
             return respondEmpty(connection)  // nothing more will come: 204 stops EventSource
@@ -279,6 +257,22 @@ public final class ProxyAPI: HTTPHandler {
         eventStreams += 1
         connection.hold(until: clock() + settings.keepAliveMs)
         stream.pump()
+    }
+
+    /// Whether a read or stream may start at `offset`; if not, answers 400 (past the end) or
+    /// 409 with `X-Offset-Base` (evicted).
+    private func isReadable(_ offset: UInt64, _ session: Session, _ connection: HTTPConnection) -> Bool {
+        switch session.ring.check(offset) {
+        case .ok:
+            return true
+        case .beyondEnd:
+            error(connection, .badRequest, "offset \(offset) is beyond the end of the stream (\(session.ring.end))")
+        case .evicted:
+            connection.begin(.conflict)
+            connection.header("X-Offset-Base", session.ring.base)
+            connection.finishError("bytes before offset \(session.ring.base) were evicted")
+        }
+        return false
     }
 
     private func pendingRequest(for connection: HTTPConnection) -> PendingRequest {
