@@ -8,7 +8,12 @@ public final class ProxyDaemon: SessionEventSink, HTTPServerObserver {
     public let loop: EventLoop
     /// The config in force (a reload replaces it).
     public private(set) var config: ProxyConfig
-    var logger: Logger
+    var logger: Logger {
+        didSet { logsRequests = logger.logLevel <= .debug }
+    }
+    /// The access line is on (`debug`): a stored flag, since asking the logger goes through
+    /// its handler on every request.
+    private var logsRequests = false
     /// Reads the config again (file, environment, the original flags) on SIGHUP. Synchronous: it
     /// runs on the loop thread.
     public var configLoader: (() throws -> ProxyConfig)?
@@ -32,6 +37,7 @@ public final class ProxyDaemon: SessionEventSink, HTTPServerObserver {
         try config.validate()
         self.config = config
         self.logger = logger
+        logsRequests = logger.logLevel <= .debug
         let listenAddress: SocketAddress
         do { listenAddress = try SocketAddress(parsing: config.listen) } catch { throw ConfigError("listen: \(error)") }
         // Resolve targets before binding anything, so a bad one stops start-up cleanly.
@@ -217,9 +223,9 @@ public final class ProxyDaemon: SessionEventSink, HTTPServerObserver {
 
     public func requestFinished(_ connection: HTTPConnection, status: HTTPStatus, nanoseconds: UInt64) {
         #if !UVPROXYD_NO_REQUEST_METRICS  // scripts/bench-metrics builds without it, to measure its cost
-        metrics.requestDuration.recordNanoseconds(Int64(clamping: nanoseconds))
+        metrics.requestDuration.record(Double(nanoseconds) / 1e9)
         #endif
-        guard logger.logLevel <= .debug else { return }  // nothing is formatted unless it is logged
+        guard logsRequests else { return }  // nothing is formatted unless it is logged
         let request = connection.request
         logger.debug("request", metadata: [
             "client": "\(clientAddress(connection))",

@@ -122,25 +122,11 @@ def main():
             wrk(args, port, ids_file, 1)  # warm-up
             procs[name] = (proc, port, ids_file)
         results = {"with": [], "without": []}
-        for r in range(args.rounds):
-            order = ("with", "without") if r % 2 == 0 else ("without", "with")
-            for name in order:
-                proc, port, ids_file = procs[name]
-                before = cpu_ns(proc.pid)
-                requests, seconds = wrk(args, port, ids_file, args.duration)
-                cpu = (cpu_ns(proc.pid) - before) / 1e3 / requests
-                results[name].append((requests / seconds, cpu))
-                print(f"round {r + 1} {name:8s} {requests / seconds:10.0f} req/s  {cpu:6.2f} µs CPU/request",
-                      flush=True)
-        for proc, _, _ in procs.values():
-            proc.terminate()
-            proc.wait(timeout=10)
-        rps = {k: statistics.median(x[0] for x in v) for k, v in results.items()}
-        cpu = {k: statistics.median(x[1] for x in v) for k, v in results.items()}
-        print(f"\nmedian over {args.rounds} rounds: with {rps['with']:.0f} req/s, without {rps['without']:.0f} req/s"
-              f" -> throughput ratio {rps['with'] / rps['without']:.3f}")
-        print(f"proxy CPU per request: with {cpu['with']:.2f} µs, without {cpu['without']:.2f} µs"
-              f" -> {100 * (cpu['with'] / cpu['without'] - 1):+.1f}%")
+        if args.rounds == 0:  # callgrind only
+            for proc, _, _ in procs.values():
+                proc.terminate()
+        else:
+            run_rounds(args, procs, results)
         if shutil.which("valgrind") and args.callgrind_polls:
             iw = callgrind_per_poll(args, args.with_bin, upstream_port, args.callgrind_polls)
             io = callgrind_per_poll(args, args.without_bin, upstream_port, args.callgrind_polls)
@@ -150,6 +136,29 @@ def main():
             if proc.poll() is None:
                 proc.kill()
         up.terminate()
+
+
+def run_rounds(args, procs, results):
+    """Alternating wrk rounds against both proxies; prints per-round and median figures."""
+    for r in range(args.rounds):
+        order = ("with", "without") if r % 2 == 0 else ("without", "with")
+        for name in order:
+            proc, port, ids_file = procs[name]
+            before = cpu_ns(proc.pid)
+            requests, seconds = wrk(args, port, ids_file, args.duration)
+            cpu = (cpu_ns(proc.pid) - before) / 1e3 / requests
+            results[name].append((requests / seconds, cpu))
+            print(f"round {r + 1} {name:8s} {requests / seconds:10.0f} req/s  {cpu:6.2f} µs CPU/request",
+                  flush=True)
+    for proc, _, _ in procs.values():
+        proc.terminate()
+        proc.wait(timeout=10)
+    rps = {k: statistics.median(x[0] for x in v) for k, v in results.items()}
+    cpu = {k: statistics.median(x[1] for x in v) for k, v in results.items()}
+    print(f"\nmedian over {args.rounds} rounds: with {rps['with']:.0f} req/s, without {rps['without']:.0f} req/s"
+          f" -> throughput ratio {rps['with'] / rps['without']:.3f}")
+    print(f"proxy CPU per request: with {cpu['with']:.2f} µs, without {cpu['without']:.2f} µs"
+          f" -> {100 * (cpu['with'] / cpu['without'] - 1):+.1f}%")
 
 
 if __name__ == "__main__":
