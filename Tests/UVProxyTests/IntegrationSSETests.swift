@@ -19,6 +19,7 @@ final class IntegrationSSETests: XCTestCase {
         try target.send("hello \"world\"\r\n")
         let first = try XCTUnwrap(s.next())
         XCTAssertEqual(first.id, "15")
+        XCTAssertEqual(s.retry, 1000, "a retry field first: EventSource reconnects after 1 s")
         XCTAssertEqual(first.text, "hello \"world\"\r\n")
         try target.send("\u{1b}[31mred\u{1b}[0m")
         let second = try XCTUnwrap(s.next())

@@ -251,7 +251,8 @@ public final class ProxyAPI: HTTPHandler {
         session.acknowledge(upTo: start)
         connection.begin(.ok)
         connection.header("X-Accel-Buffering", "no")  // reverse proxies: do not buffer the stream
-        connection.startStream(contentType: "text/event-stream")
+        // EventSource waits ~3 s before reconnecting by default; a dropped player wants 1 s.
+        connection.startStream(contentType: "text/event-stream", prefix: "retry: 1000\n\n")
         let stream = EventStream(connection: connection, api: self, session: session, cursor: start)
         connection.attachment = stream
         eventStreams += 1

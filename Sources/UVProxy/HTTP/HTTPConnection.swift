@@ -264,11 +264,13 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
 
     /// Ends the head of a response whose body is written piece by piece: no length, so the
     /// connection closes when the stream ends. The request stays held (pipelined requests wait).
-    public func startStream(contentType: StaticString) {
+    /// `prefix` is the body's first bytes, sent with the head.
+    public func startStream(contentType: StaticString, prefix: StaticString = "") {
         guard phase == .open, awaitingResponse, !isStreaming else { return }
         keepAlive = false
         header("Content-Type", contentType)
         endHead()
+        head.append(prefix)
         isStreaming = true
         stream.write(head.bytes)
     }

@@ -20,6 +20,8 @@ final class SSETestClient {
     private var buffer: [UInt8] = []
     private(set) var status = 0
     private(set) var headers: [String: String] = [:]
+    /// The last `retry:` field seen (blocks with nothing else are not returned as events).
+    private(set) var retry: Int?
 
     init(port: Int, path: String, headers extra: [String: String] = [:]) throws {
         socket = try TestSocket.connect(port: port)
@@ -64,10 +66,12 @@ final class SSETestClient {
             case "id": event.id = String(value)
             case "event": event.event = String(value)
             case "data": data.append(String(value))
+            case "retry": retry = Int(value)
             default: break
             }
         }
         event.data = data.joined(separator: "\n")
+        if data.isEmpty, event.id == nil, event.event == nil, event.comment == nil { return try next() }
         return event
     }
 
