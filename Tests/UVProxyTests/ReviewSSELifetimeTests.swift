@@ -1,0 +1,69 @@
+import Foundation
+import XCTest
+@testable import UVProxy
+
+/// Review regressions: an event stream whose client connection fails while the stream writes.
+final class ReviewSSELifetimeTests: XCTestCase {
+
+    private func sessionState(_ d: TestDaemon, _ id: String)
+        throws -> (streams: Int, delivered: UInt64, hasWaiter: Bool) {
+        try d.onLoop { daemon in
+            let s = daemon.table.allSessions.first { "\($0.id)" == id }!
+            return (daemon.api.eventStreams, s.delivered, s.hasObservers)
+        }
+    }
+
+    /// The client resets its connection right after sending the request: the response head's
+    /// write fails and closes the connection inside `startStream`. No stream may be left behind:
+    /// before the fix the gauge stayed at 1 for good, the session's bytes counted as delivered
+    /// and acknowledged although nothing was sent, and the session kept the stream as its
+    /// waiter with a dangling `unowned(unsafe)` connection (use after free on its next waiter).
+    func testStreamWhoseHeadWriteFailsLeavesNoStreamBehind() throws {
+        let (_, d, c, id, target) = try sessionOnTestUpstream()
+        try target.send("hello")
+        XCTAssertEqual(try c.readBytes(id, from: 0, count: 5), Array("hello".utf8))
+        _ = try c.request("GET", "/sessions/\(id)?since=0")  // delivered = 5, then rewind:
+        _ = try c.request("GET", "/sessions/\(id)?since=0&max=1")  // delivered = 1
+        let client = try TestSocket.connect(port: d.listenPort)
+        _ = try c.request("GET", "/healthz")  // the daemon has accepted `client` by now
+        // With the loop blocked, the request and the reset arrive together: the loop reads the
+        // request first, and the head's write then fails (EPIPE/ECONNRESET).
+        try d.onLoop { _ in
+            try client.send("GET /sessions/\(id)/events HTTP/1.1\r\nHost: x\r\n\r\n")
+            client.abort()
+            usleep(50_000)
+        }
+        _ = try c.request("GET", "/healthz")
+        let state = try sessionState(d, id)
+        XCTAssertEqual(state.streams, 0, "uvproxyd_event_streams counts a stream that never was")
+        XCTAssertEqual(state.delivered, 1, "bytes never sent counted as delivered")
+        XCTAssertFalse(state.hasWaiter, "the session keeps a stream whose connection is gone")
+        // The next waiter replaces the leftover stream, which ends its (freed) connection.
+        let poll = try c.request("GET", "/sessions/\(id)?since=5&wait=0.2")
+        XCTAssertEqual(poll.status, 200)
+    }
+
+    /// The client resets while the stream is waiting; then, in the same loop iteration, more
+    /// than one event's worth (32 KiB) arrives from the target before the reset is read. The
+    /// first event's write fails and closes the connection (detach); before the fix `pump`
+    /// went on looping on a detached stream whose `write` returns without moving the cursor:
+    /// the loop spun forever and the daemon stopped answering anyone.
+    func testClientResetDuringAMultiEventPumpDoesNotHangTheLoop() throws {
+        let (_, d, c, id, target) = try sessionOnTestUpstream()
+        let s = try SSETestClient(port: d.listenPort, path: "/sessions/\(id)/events")
+        XCTAssertEqual(s.status, 200)
+        _ = try c.request("GET", "/healthz")
+        try d.onLoop { _ in
+            try target.send(pattern(0..<60_000))  // upstream readable first ...
+            usleep(20_000)
+            s.socket.abort()                       // ... then the client's reset
+            usleep(50_000)
+        }
+        let probe = try HTTPTestClient(port: d.listenPort, timeout: 5)
+        let health = try probe.request("GET", "/healthz")
+        XCTAssertEqual(health.status, 200, "the loop must still answer")
+        let state = try sessionState(d, id)
+        XCTAssertEqual(state.streams, 0)
+        XCTAssertFalse(state.hasWaiter)
+    }
+}
