@@ -29,8 +29,9 @@ final class EventStream: SessionObserver {
 
     /// Writes what is buffered, then waits on the session (or ends, if it closed).
     func pump() {
-        guard let session else { return }
-        while connection.queuedBytes < EventStream.highWater, cursor < session.ring.end {
+        // `self.session`, not a local copy: a failed write closes the connection, which detaches
+        // this stream (session = nil) in the middle of the loop.
+        while let session, connection.queuedBytes < EventStream.highWater, cursor < session.ring.end {
             guard session.ring.check(cursor) == .ok else {
                 // Another client acknowledged past this stream and the history was evicted:
                 // end, so the client reconnects and learns it with a 409.
@@ -43,6 +44,7 @@ final class EventStream: SessionObserver {
             guard to > cursor else { break }  // only part of a character so far
             write(from: cursor, to: to)
         }
+        guard let session else { return }  // a write failed and closed the connection
         if !session.isOpen, cursor == session.ring.end {
             if connection.queuedBytes < EventStream.highWater {
                 end(event: session.closeReason)
@@ -68,6 +70,9 @@ final class EventStream: SessionObserver {
         out.append("\"\n\n")
         out.withUnsafeBytes { connection.writeStream($0) }
         api.scratch = out
+        // The write failed and closed the connection (which detached this stream): nothing was
+        // delivered.
+        guard self.session != nil else { return }
         cursor = to
         session.delivered = to
         session.acknowledge(upTo: to)

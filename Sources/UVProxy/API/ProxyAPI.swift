@@ -253,6 +253,9 @@ public final class ProxyAPI: HTTPHandler {
         connection.header("X-Accel-Buffering", "no")  // reverse proxies: do not buffer the stream
         // EventSource waits ~3 s before reconnecting by default; a dropped player wants 1 s.
         connection.startStream(contentType: "text/event-stream", prefix: "retry: 1000\n\n")
+        // The head's write can fail (the client reset) and close the connection at once, and
+        // `connectionWillClose` has then run already: no stream may be attached after it.
+        guard connection.isStreaming else { return }
         let stream = EventStream(connection: connection, api: self, session: session, cursor: start)
         connection.attachment = stream
         eventStreams += 1
