@@ -227,7 +227,9 @@ public final class SessionTable {
             if session.link != nil {
                 finishDrain(session, now: now, delivered: false)  // drain time is over
             } else if !session.isRemoved {
-                remove(session)  // linger is over
+                // A reload may have lengthened linger since this deadline was set.
+                let due = session.closedAt + settings.lingerMs
+                if now >= due { remove(session) } else { deadlines.schedule(session, at: due) }  // linger is over
             }
         }
     }
