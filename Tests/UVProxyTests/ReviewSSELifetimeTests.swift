@@ -66,4 +66,26 @@ final class ReviewSSELifetimeTests: XCTestCase {
         XCTAssertEqual(state.streams, 0)
         XCTAssertFalse(state.hasWaiter)
     }
+
+    /// Re-entrancy: a new stream replaces a held long-poll; answering it runs that client's
+    /// pipelined DELETE of the same session, which closes the session and wakes the new stream
+    /// again while it is still inside `setWaiter`. The stream must end once, with its close event.
+    func testStreamReplacingALongPollWhosePipelinedDeleteClosesTheSession() throws {
+        let (_, d, c, id, _) = try sessionOnTestUpstream()
+        let poller = try d.client()
+        try poller.send("GET", "/sessions/\(id)?since=0&wait=10")
+        try poller.send("DELETE", "/sessions/\(id)")
+        _ = try c.request("GET", "/healthz")
+        XCTAssertEqual(try d.onLoop { $0.api.longPolls }, 1)
+        let s = try SSETestClient(port: d.listenPort, path: "/sessions/\(id)/events")
+        XCTAssertEqual(s.status, 200)
+        XCTAssertEqual(try poller.readResponse().status, 200, "the long-poll is answered (replaced)")
+        XCTAssertEqual(try poller.readResponse().status, 204, "then its pipelined DELETE runs")
+        let close = try XCTUnwrap(s.next())
+        XCTAssertEqual(close.event, "close")
+        XCTAssertTrue(close.data.contains("deleted"), close.data)
+        XCTAssertNil(try s.next())
+        XCTAssertEqual(try d.onLoop { $0.api.eventStreams }, 0)
+        XCTAssertEqual(try d.onLoop { $0.api.longPolls }, 0)
+    }
 }
