@@ -179,3 +179,29 @@ final class IntegrationSSETests: XCTestCase {
         for s in streams { s.socket.close() }
     }
 }
+
+extension IntegrationSSETests {
+    /// A stream client that reads nothing while its queue is full is cut off after five
+    /// keep-alive periods: it cannot pin its session's buffer for as long as TCP lives.
+    func testStreamThatNeverReadsIsCutOff() throws {
+        let up = try startUpstream()
+        let d = try startDaemon {
+            $0.bufferSize = 1 << 20
+            $0.sseKeepAlive = 0.05
+            $0.targets["bin"] = TargetConfig(address: "127.0.0.1:\(up.port)", charset: .latin1)
+        }
+        let c = try d.client()
+        let id = try c.createSession(target: "bin")
+        let target = try up.connection(0)
+        let s = try stream(d, id)
+        XCTAssertEqual(try c.metric("uvproxyd_event_streams"), 1)
+        // More than the kernel's socket buffers and the session's buffer can hold, never read.
+        Thread { try? target.send(pattern(0..<(24 << 20))) }.start()
+        let deadline = Date().addingTimeInterval(20)
+        while try c.metric("uvproxyd_event_streams") != 0, Date() < deadline {
+            Thread.sleep(forTimeInterval: 0.05)  // polling a gauge: there is no event to wait on
+        }
+        XCTAssertEqual(try c.metric("uvproxyd_event_streams"), 0, "the stalled stream was closed")
+        _ = s
+    }
+}

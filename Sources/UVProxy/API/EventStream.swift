@@ -11,6 +11,9 @@ final class EventStream: SessionObserver {
     /// The offset the next event starts at.
     private(set) var cursor: UInt64
     private var decoder: TextDecoder
+    /// Keep-alive periods in a row that found the client's queue full.
+    private var stalledPeriods = 0
+    static let stalledPeriodsAllowed = 5
 
     /// Write more only while the client has less than this queued: a slow client holds its
     /// session back (and, once the buffer fills, the target) instead of growing our memory.
@@ -91,11 +94,26 @@ final class EventStream: SessionObserver {
         connection.endStream()
     }
 
-    /// A comment line, so that proxies and browsers keep an idle stream open.
+    /// A comment line, so that proxies and browsers keep an idle stream open. A client that
+    /// has read nothing of a full queue for five keep-alive periods (75 s, the keep-alive
+    /// timeout of idle connections) is cut off: it would otherwise pin its session's buffer,
+    /// even after a DELETE, for as long as TCP keeps the connection up.
     func keepAlive() {
         guard session != nil else { return }
-        EventStream.keepAliveComment.withUnsafeBytes { connection.writeStream($0) }
+        if connection.queuedBytes >= EventStream.highWater {
+            stalledPeriods += 1
+            if stalledPeriods >= EventStream.stalledPeriodsAllowed { return connection.close() }
+        } else {
+            stalledPeriods = 0
+            EventStream.keepAliveComment.withUnsafeBytes { connection.writeStream($0) }
+        }
         connection.hold(until: api.now + api.settings.keepAliveMs)
+    }
+
+    /// The client took everything queued: it is reading; write more.
+    func connectionDrained() {
+        stalledPeriods = 0
+        pump()
     }
 
     /// Stops watching the session (the connection is closing, or the stream ended).

@@ -118,7 +118,7 @@ public final class ProxyAPI: HTTPHandler {
     }
 
     public func connectionDidDrain(_ connection: HTTPConnection) {
-        (connection.attachment as? EventStream)?.pump()
+        (connection.attachment as? EventStream)?.connectionDrained()
     }
 
     // MARK: Create

@@ -74,4 +74,11 @@ extension Array where Element == UInt8 {
     @inline(__always) mutating func clear() {
         if !isEmpty { removeAll(keepingCapacity: true) }
     }
+
+    /// Becomes a copy of `other` in its own storage (assigning would share `other`'s buffer, and
+    /// the parser's next `clear()` of it would then allocate a new one: a malloc per request).
+    @inline(__always) mutating func keep(_ other: [UInt8]) {
+        clear()
+        append(contentsOf: other)
+    }
 }

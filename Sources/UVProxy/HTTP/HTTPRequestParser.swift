@@ -154,15 +154,15 @@ final class HTTPRequestParser {
         case 6 where field[...].equalsIgnoringCase("expect"):
             request.expectContinue = value[...].equalsIgnoringCase("100-continue")
         case 12 where field[...].equalsIgnoringCase("content-type"):
-            request.contentType = value
+            request.contentType.keep(value)
         case 13 where field[...].equalsIgnoringCase("authorization"):
-            request.authorization = value
+            request.authorization.keep(value)
         case 13 where field[...].equalsIgnoringCase("last-event-id"):
-            request.lastEventID = value
+            request.lastEventID.keep(value)
         case 14 where field[...].equalsIgnoringCase("content-length"):
             request.contentLengthCount += 1
         case 15 where field[...].equalsIgnoringCase("x-forwarded-for"):
-            request.forwardedFor = value
+            request.forwardedFor.keep(value)
         case 17 where field[...].equalsIgnoringCase("transfer-encoding"):
             request.transferEncodingCount += 1
         default:
