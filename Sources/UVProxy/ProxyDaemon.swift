@@ -221,9 +221,10 @@ public final class ProxyDaemon: SessionEventSink, HTTPServerObserver {
 
     // MARK: Requests: latency histogram, access log
 
-    public func requestFinished(_ connection: HTTPConnection, status: HTTPStatus, nanoseconds: UInt64) {
+    public func requestFinished(_ connection: HTTPConnection, status: HTTPStatus, nanoseconds: UInt64, streamed: Bool) {
         #if !UVPROXYD_NO_REQUEST_METRICS  // scripts/bench-metrics builds without it, to measure its cost
-        metrics.requestDuration.record(Double(nanoseconds) / 1e9)
+        // A stream's duration is how long a player stayed, not how fast we answered.
+        if !streamed { metrics.requestDuration.record(Double(nanoseconds) / 1e9) }
         #endif
         guard logsRequests else { return }  // nothing is formatted unless it is logged
         let request = connection.request
@@ -233,6 +234,7 @@ public final class ProxyDaemon: SessionEventSink, HTTPServerObserver {
             "path": "\(ProxyDaemon.loggablePath(request.target))",
             "status": "\(status.rawValue)",
             "duration_us": "\(nanoseconds / 1000)",
+            "stream": "\(streamed)",
         ])
     }
 

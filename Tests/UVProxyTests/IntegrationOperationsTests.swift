@@ -123,3 +123,24 @@ final class IntegrationOperationsTests: XCTestCase {
         XCTAssertEqual(ProxyDaemon.loggablePath(Array("/sessions".utf8)), "/sessions")
     }
 }
+
+extension IntegrationOperationsTests {
+    /// A stream the client ends still gets its access line (with `stream`), and stays out of the
+    /// latency histogram (its duration is how long the player stayed).
+    func testEndedStreamIsLoggedButNotInTheLatencyHistogram() throws {
+        let log = LogCapture()
+        let up = try startUpstream()
+        let d = try startDaemon(log: log) { $0.upstream = "127.0.0.1:\(up.port)" }
+        let c = try d.client()
+        let id = try c.createSession()
+        let before = try XCTUnwrap(c.metric("uvproxyd_http_request_duration_seconds_count"))
+        let s = try SSETestClient(port: d.listenPort, path: "/sessions/\(id)/events")
+        XCTAssertEqual(s.status, 200)
+        s.socket.close()
+        let line = log.wait(for: "request") { $0["path"] as? String == "/sessions/\(id.prefix(8))…/events" }
+        XCTAssertEqual(line?["stream"] as? String, "true")
+        XCTAssertEqual(line?["status"] as? String, "200")
+        // The two /metrics requests count; the stream does not.
+        XCTAssertEqual(try c.metric("uvproxyd_http_request_duration_seconds_count"), before + 1)
+    }
+}

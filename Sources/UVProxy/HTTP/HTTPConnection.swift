@@ -287,7 +287,7 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
     public func endStream() {
         guard isStreaming else { return }
         isStreaming = false
-        responseDone()
+        responseDone(streamed: true)
     }
 
     /// A JSON error: `{"error": "…"}`.
@@ -305,9 +305,10 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
         finish(contentType: "application/json", body: body)
     }
 
-    private func responseDone() {
+    private func responseDone(streamed: Bool = false) {
         awaitingResponse = false
-        server.observer?.requestFinished(self, status: responseStatus, nanoseconds: EventLoop.hrtime &- requestStart)
+        server.observer?.requestFinished(self, status: responseStatus, nanoseconds: EventLoop.hrtime &- requestStart,
+                                         streamed: streamed)
         guard phase == .open else { return }  // the write failed and closed the connection
         if !keepAlive {
             startLingeringClose()
@@ -347,9 +348,13 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
     public func close() {
         guard phase != .closed else { return }
         if phase == .open { server.handler?.connectionWillClose(self) }
+        if isStreaming {  // the client ended the stream: it is still a request that was answered
+            isStreaming = false
+            server.observer?.requestFinished(self, status: responseStatus, nanoseconds: EventLoop.hrtime &- requestStart,
+                                             streamed: true)
+        }
         phase = .closed
         awaitingResponse = false
-        isStreaming = false
         cancelTimer()
         stream.close()
         server.connectionClosed(self)

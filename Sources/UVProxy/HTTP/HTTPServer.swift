@@ -8,8 +8,8 @@ public struct HTTPMetrics {
 /// Told of every response (metrics, access log).
 public protocol HTTPServerObserver: AnyObject {
     /// `nanoseconds` from the request's dispatch to its response's end (a long-poll's wait
-    /// included).
-    func requestFinished(_ connection: HTTPConnection, status: HTTPStatus, nanoseconds: UInt64)
+    /// included). `streamed`: the response was a stream (SSE), ended by either side.
+    func requestFinished(_ connection: HTTPConnection, status: HTTPStatus, nanoseconds: UInt64, streamed: Bool)
 }
 
 /// Accepts client connections and gives each an `HTTPConnection`.
