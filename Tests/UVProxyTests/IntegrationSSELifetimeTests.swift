@@ -2,8 +2,8 @@ import Foundation
 import XCTest
 @testable import UVProxy
 
-/// Review regressions: an event stream whose client connection fails while the stream writes.
-final class ReviewSSELifetimeTests: XCTestCase {
+/// Lifetimes (regressions found in review): an event stream whose client connection fails while the stream writes.
+final class IntegrationSSELifetimeTests: XCTestCase {
 
     private func sessionState(_ d: TestDaemon, _ id: String)
         throws -> (streams: Int, delivered: UInt64, hasWaiter: Bool) {

@@ -2,8 +2,8 @@ import Foundation
 import XCTest
 @testable import UVProxy
 
-/// Review regressions: what a reload (`ProxyDaemon.apply`) changes for sessions already there.
-final class ReviewReloadTests: XCTestCase {
+/// Reload (regressions found in review): what a reload (`ProxyDaemon.apply`) changes for sessions already there.
+final class IntegrationReloadTests: XCTestCase {
 
     /// DESIGN: linger applies "to every session at its next deadline". A session that closed
     /// before a reload that lengthens linger must stay readable for the new linger; before the
