@@ -29,6 +29,9 @@ public final class ProxyDaemon: SessionEventSink, HTTPServerObserver {
     private var waker: LoopWaker?
     private let startedAt: UInt64
     let metrics = ProxyMetrics()
+    /// A reload is waiting for its host name lookups.
+    private var reloading = false
+    public var isReloading: Bool { reloading }
     /// The hard open-file limit, once `run()` has raised the soft one to it.
     private var fileLimit: UInt64 = 0
 
@@ -117,13 +120,27 @@ public final class ProxyDaemon: SessionEventSink, HTTPServerObserver {
 
     // MARK: Reload
 
-    /// SIGHUP: reads the config again and puts it in force; on any error the running config stays.
+    /// SIGHUP: reads the config again, looks its target host names up off the loop, then puts
+    /// it in force; on any error the running config stays.
     public func reload() {
         guard shutdownTimer == nil, let configLoader else { return }
+        guard !reloading else { return logger.warning("config reload already in progress: this SIGHUP is ignored") }
+        let new: ProxyConfig
         do {
-            try apply(try configLoader())
+            new = try configLoader()
+            try new.validate()
         } catch {
-            logger.warning("config reload failed, the running config stays in force: \(error)")
+            return logger.warning("config reload failed, the running config stays in force: \(error)")
+        }
+        reloading = true
+        AddressResolver.resolve(new.targetAddresses, loop: loop) { [unowned self] resolved in
+            self.reloading = false
+            guard self.shutdownTimer == nil else { return }
+            do {
+                try self.apply(new, resolved: resolved)
+            } catch {
+                self.logger.warning("config reload failed, the running config stays in force: \(error)")
+            }
         }
     }
 
@@ -132,7 +149,7 @@ public final class ProxyDaemon: SessionEventSink, HTTPServerObserver {
     /// session at its next deadline. Open sessions keep their connection, bytes and buffer size.
     /// `listen`, `demo` and `log-format` need a restart. Throws, changing nothing, if `new` is
     /// invalid or a target does not resolve.
-    public func apply(_ new: ProxyConfig) throws {
+    public func apply(_ new: ProxyConfig, resolved: [String: Result<SocketAddress, AddressError>] = [:]) throws {
         try new.validate()
         var next = new
         let restartOnly = new.changedKeys(from: config).filter { ["listen", "demo", "log-format"].contains($0) }
@@ -140,7 +157,7 @@ public final class ProxyDaemon: SessionEventSink, HTTPServerObserver {
         next.demo = config.demo
         next.logFormat = config.logFormat
         // Resolve every target before changing anything, so a bad one leaves the old config in force.
-        let apiSettings = try next.apiSettings(defaultAddress: demoAddress)
+        let apiSettings = try next.apiSettings(defaultAddress: demoAddress, resolved: resolved)
         let changed = next.changedKeys(from: config)
         let maxSessionsChanged = next.maxSessions != config.maxSessions
         config = next

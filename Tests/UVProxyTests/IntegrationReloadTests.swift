@@ -22,3 +22,33 @@ final class IntegrationReloadTests: XCTestCase {
         XCTAssertEqual(r.text, "bye")
     }
 }
+
+extension IntegrationReloadTests {
+    /// A reload looks host names up on libuv's thread pool: the loop keeps answering meanwhile,
+    /// a name that resolves becomes a target, and one that does not leaves the config as it was.
+    func testReloadLooksNamesUpOffTheLoop() throws {
+        let (up, d, c, _, _) = try sessionOnTestUpstream()
+        var new = try d.onLoop { $0.config }
+        new.targets["byname"] = TargetConfig(address: "localhost:\(up.port)")
+        try d.onLoop { daemon in daemon.configLoader = { new } }
+        try d.onLoop { $0.reload() }
+        XCTAssertEqual(try c.request("GET", "/healthz").status, 200)
+        let deadline = Date().addingTimeInterval(10)
+        var status = 0
+        while status != 201, Date() < deadline {  // the lookup's completion comes on a later loop turn
+            status = try c.request("POST", "/sessions?target=byname").status
+            if status != 201 { usleep(5_000) }
+        }
+        XCTAssertEqual(status, 201, "the target named by a host name works after the reload")
+
+        var bad = new
+        bad.targets["nowhere"] = TargetConfig(address: "no-such-host.invalid:1")
+        bad.maxWait = 7
+        try d.onLoop { daemon in daemon.configLoader = { bad } }
+        try d.onLoop { $0.reload() }
+        let stays = Date().addingTimeInterval(10)
+        while try d.onLoop({ $0.isReloading }), Date() < stays { usleep(5_000) }
+        XCTAssertEqual(try d.onLoop { $0.config.maxWait }, new.maxWait, "a name that does not resolve changes nothing")
+        XCTAssertEqual(try c.request("POST", "/sessions?target=nowhere").status, 400)
+    }
+}

@@ -32,6 +32,11 @@ public struct ProxyConfig: Sendable, Equatable {
     public init() {}
 
     /// Rejects values no daemon could run with; the message names the setting.
+    /// Every `HOST:PORT` text the targets use (what a reload looks up).
+    var targetAddresses: Set<String> {
+        Set(targets.values.map(\.address) + (demo ? [] : [upstream]))
+    }
+
     public func validate() throws {
         // Durations are capped at a year so that deadline arithmetic can never overflow.
         let year = 31_536_000.0
@@ -127,17 +132,23 @@ public struct ProxyConfig: Sendable, Equatable {
     }
 
     /// Resolves every target address (names are resolved here, at start-up or reload).
-    func apiSettings(defaultAddress: SocketAddress? = nil) throws -> APISettings {
+    /// `resolved` holds lookups already made for `HOST:PORT` texts (a reload makes them off
+    /// the loop); other texts are resolved here, blocking.
+    func apiSettings(defaultAddress: SocketAddress? = nil,
+                     resolved: [String: Result<SocketAddress, AddressError>] = [:]) throws -> APISettings {
         let timeout = ProxyConfig.ms(connectTimeout)
+        func resolve(_ text: String) throws -> SocketAddress {
+            try resolved[text]?.get() ?? SocketAddress(parsing: text)
+        }
         let address: SocketAddress
-        do { address = try defaultAddress ?? SocketAddress(parsing: upstream) } catch {
+        do { address = try defaultAddress ?? resolve(upstream) } catch {
             throw ConfigError("upstream: \(error)")
         }
         var settings = APISettings(defaultTarget: Target(name: "default", address: address, telnet: telnet,
                                                          charset: charset, connectTimeoutMs: timeout))
         for (name, t) in targets {
             do {
-                settings.targets[name] = Target(name: name, address: try SocketAddress(parsing: t.address),
+                settings.targets[name] = Target(name: name, address: try resolve(t.address),
                                                 telnet: t.telnet ?? telnet, charset: t.charset ?? charset,
                                                 connectTimeoutMs: t.connectTimeout.map(ProxyConfig.ms) ?? timeout)
             } catch {

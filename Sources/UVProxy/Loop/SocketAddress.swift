@@ -9,41 +9,66 @@ public struct SocketAddress: Sendable, CustomStringConvertible {
     public let host: String
     public let port: Int
 
-    /// Resolves `host` (a literal address or a name) for TCP.
+    /// Resolves `host` (a literal address or a name) for TCP. A name blocks on the resolver:
+    /// start-up only (`AddressResolver` looks names up without blocking the loop).
     public init(host: String, port: Int) throws {
-        self.host = host
-        self.port = port
         guard (0...65535).contains(port) else { throw AddressError("port \(port) is out of range") }
-        let unbracketed = host.hasPrefix("[") && host.hasSuffix("]") ? String(host.dropFirst().dropLast()) : host
-        var rc = withUnsafeMutablePointer(to: &storage) {
-            $0.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { uv_ip4_addr(unbracketed, Int32(port), $0) }
+        if let literal = SocketAddress(literal: host, port: port) {
+            self = literal
+            return
         }
-        if rc == 0 { return }
-        rc = withUnsafeMutablePointer(to: &storage) {
-            $0.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { uv_ip6_addr(unbracketed, Int32(port), $0) }
-        }
-        if rc == 0 { return }
         var hints = addrinfo()
         hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
         var result: UnsafeMutablePointer<addrinfo>?
-        let gai = getaddrinfo(unbracketed, String(port), &hints, &result)
+        let gai = getaddrinfo(SocketAddress.unbracketed(host), String(port), &hints, &result)
         guard gai == 0, let first = result, let addr = first.pointee.ai_addr else {
             throw AddressError("cannot resolve host '\(host)'")
         }
         defer { freeaddrinfo(result) }
-        withUnsafeMutableBytes(of: &storage) { dst in
-            dst.copyMemory(from: UnsafeRawBufferPointer(start: addr, count: Int(first.pointee.ai_addrlen)))
+        self.init(host: host, port: port, raw: addr, length: Int(first.pointee.ai_addrlen))
+    }
+
+    /// A literal IPv4 or IPv6 address (`[v6]` too); nil for a name or a bad port.
+    init?(literal host: String, port: Int) {
+        guard (0...65535).contains(port) else { return nil }
+        self.host = host
+        self.port = port
+        let bare = SocketAddress.unbracketed(host)
+        var rc = withUnsafeMutablePointer(to: &storage) {
+            $0.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { uv_ip4_addr(bare, Int32(port), $0) }
         }
+        if rc == 0 { return }
+        rc = withUnsafeMutablePointer(to: &storage) {
+            $0.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { uv_ip6_addr(bare, Int32(port), $0) }
+        }
+        if rc != 0 { return nil }
+    }
+
+    /// A resolver's answer for `host`.
+    init(host: String, port: Int, raw: UnsafePointer<sockaddr>, length: Int) {
+        self.host = host
+        self.port = port
+        withUnsafeMutableBytes(of: &storage) { dst in
+            dst.copyMemory(from: UnsafeRawBufferPointer(start: raw, count: min(length, dst.count)))
+        }
+    }
+
+    private static func unbracketed(_ host: String) -> String {
+        host.hasPrefix("[") && host.hasSuffix("]") ? String(host.dropFirst().dropLast()) : host
+    }
+
+    /// `HOST:PORT` (`[v6]:PORT` for IPv6) as its parts; nil if it is not that shape.
+    static func split(_ text: String) -> (host: String, port: Int)? {
+        guard let colon = text.lastIndex(of: ":"), colon != text.startIndex,
+              let port = Int(text[text.index(after: colon)...]) else { return nil }
+        return (String(text[..<colon]), port)
     }
 
     /// Parses `HOST:PORT` (`[v6]:PORT` for IPv6).
     public init(parsing text: String) throws {
-        guard let colon = text.lastIndex(of: ":"), colon != text.startIndex else {
-            throw AddressError("'\(text)' is not HOST:PORT")
-        }
-        let host = String(text[..<colon])
-        guard let port = Int(text[text.index(after: colon)...]) else {
-            throw AddressError("'\(text)' has no valid port")
+        guard let (host, port) = SocketAddress.split(text) else {
+            let hasHost = text.lastIndex(of: ":").map { $0 != text.startIndex } ?? false
+            throw AddressError(hasHost ? "'\(text)' has no valid port" : "'\(text)' is not HOST:PORT")
         }
         try self.init(host: host, port: port)
     }
