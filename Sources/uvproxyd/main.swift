@@ -72,6 +72,9 @@ func fail(_ message: String) -> Never {
     exit(2)
 }
 
+// A SIGHUP (systemctl reload) before the daemon's handler is in place must not kill it.
+signal(SIGHUP, SIG_IGN)
+
 let command: UVProxyCommand
 do {
     // parse(), not parseAsRoot(): --help must arrive as an error to print, not as a HelpCommand.
