@@ -104,7 +104,7 @@ input:focus-visible, button:focus-visible { outline: 2px solid var(--accent); ou
 (() => {
 const SCROLLBACK_LINES = 5000;  // oldest lines are dropped past this
 const POLL_WAIT = 25;           // seconds a long-poll read may be held by the proxy
-const SSE_MAX_FAILURES = 3;     // EventSource failures in a row before staying on long-poll
+const SSE_MAX_FAILURES = 3;     // stream failures in a row before a plain read, and before staying on long-poll
 const SEND_ATTEMPTS = 8;        // tries of one command on network errors and 503
 const HISTORY_SIZE = 200;
 
@@ -327,6 +327,44 @@ function completeUtf8Length(bytes) {
   return n;
 }
 
+/**
+ * Reads a text/event-stream body to its end, parsed as EventSource parses it: fields `data`,
+ * `event`, `id` and `retry`, comments, an event dispatched by a blank line (one without data is
+ * not), lines ended by \r\n, \n or \r. Calls onEvent(type, data, lastId) and onRetry(ms).
+ * A chunk may end anywhere: inside a line, between \r and \n, inside a UTF-8 character.
+ * Throws when the body is cut (network error, abort); an unfinished last event is dropped.
+ */
+async function readEventStream(body, onEvent, onRetry) {
+  const reader = body.getReader();
+  const decoder = new TextDecoder();  // with stream: true it holds a split character back
+  let partial = "", afterCR = false, type = "", data = [], lastId = "";
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) return;
+    const text = decoder.decode(value, { stream: true });
+    if (!text) continue;
+    const skip = afterCR && text[0] === "\n" ? 1 : 0;  // the \n of a \r\n split between chunks
+    afterCR = text.endsWith("\r");
+    const lines = (partial + text.slice(skip)).split(/\r\n|\r|\n/);
+    partial = lines.pop();
+    for (const line of lines) {
+      if (line === "") {
+        if (data.length) onEvent(type || "message", data.join("\n"), lastId);
+        type = "";
+        data = [];
+      } else if (line[0] !== ":") {  // ":" starts a comment (the keep-alive)
+        const colon = line.indexOf(":");
+        const name = colon < 0 ? line : line.slice(0, colon);
+        const value = colon < 0 ? "" : line.slice(colon + (line[colon + 1] === " " ? 2 : 1));
+        if (name === "data") data.push(value);
+        else if (name === "event") type = value;
+        else if (name === "id" && !value.includes("\0")) lastId = value;
+        else if (name === "retry" && /^[0-9]+$/.test(value)) onRetry(Number(value));
+      }
+    }
+  }
+}
+
 // ---------------------------------------------------------------- page parts
 
 const output = $("output"), lineInput = $("line"), statusBox = $("status");
@@ -373,12 +411,12 @@ function askToken(message) {
 }
 
 /** fetch() on the proxy with the token; on 401 asks for a token and tries again. */
-async function api(method, path, { body, timeout } = {}) {
+async function api(method, path, { body, timeout, signal, headers: extra } = {}) {
   for (;;) {
-    const headers = {};
+    const headers = { ...extra };
     if (token) headers.Authorization = "Bearer " + token;
     if (body !== undefined) headers["Content-Type"] = "application/x-www-form-urlencoded";
-    const signal = timeout ? AbortSignal.timeout(timeout) : undefined;
+    if (timeout) signal = AbortSignal.timeout(timeout);
     const response = await fetch(path, { method, headers, body, signal, cache: "no-store" });
     if (response.status !== 401) return response;
     await askToken(token ? "Token refused; access token" : "Access token");
@@ -392,14 +430,14 @@ async function errorText(response) {
 // ---------------------------------------------------------------- the session
 
 /**
- * One game session: creates or resumes it, keeps one output stream open (EventSource, else
- * long-poll), and sends commands in order with `seq`. `offset` is the offset of the first byte
+ * One game session: creates or resumes it, keeps one output stream open (SSE read with fetch(),
+ * else long-poll), and sends commands in order with `seq`. `offset` is the offset of the first byte
  * not yet shown: every (re)connection starts there, so nothing is lost or shown twice.
  */
 class Client {
   constructor() {
     this.generation = 0;   // bumped for each new session: stale loops and callbacks stop
-    this.wakeUp = null;    // ends a backoff pause early (the browser came back online)
+    this.wakers = new Set();  // each ends a backoff pause early (the browser came back online)
     this.queue = [];       // commands waiting to be sent, in order
     this.sending = false;
   }
@@ -414,8 +452,7 @@ class Client {
 
   reset() {
     this.generation++;
-    this.es?.close();
-    this.es = null;
+    this.stopStream?.();
     this.id = null;
     this.closed = false;
     this.queue = [];
@@ -454,53 +491,64 @@ class Client {
 
   save() { store.set(SESSION_KEY, JSON.stringify({ id: this.id, seq: this.seq })); }
 
-  useEventSource() {
-    // EventSource cannot send an Authorization header: with a token, long-poll it is.
-    return "EventSource" in window && !token && !forceLongPoll && this.sseFailures < SSE_MAX_FAILURES;
-  }
-
   connect() {
     if (this.closed) return;
-    if (this.useEventSource()) this.openEventSource();
+    if (!forceLongPoll && this.sseFailures < SSE_MAX_FAILURES) this.stream();
     else this.poll(false);
   }
 
-  openEventSource() {
+  /**
+   * Server-Sent Events, read with fetch() rather than EventSource so that the token can be sent
+   * (and so the target's charset applies: the proxy decodes SSE text). As EventSource does, it
+   * reconnects after a drop once `retry` ms have passed (doubling while it keeps failing), with
+   * the last event's id as Last-Event-ID. An answer that is not a stream (204, 404, 409, …), or
+   * SSE_MAX_FAILURES failures running, is followed by a plain read that says why.
+   */
+  async stream() {
     const generation = this.generation;
     showTransport("SSE");
     this.pollOffset = this.offset;  // an SSE chunk never ends inside a character
     this.held = new Uint8Array(0);
-    const es = new EventSource(`${this.streamPath}/events?since=${this.offset}`);
-    this.es = es;
-    let errors = 0;
-    es.onopen = () => {
-      errors = 0;
-      this.sseFailures = 0;
-      showState("open");
-    };
-    es.onmessage = (event) => {
-      this.show(JSON.parse(event.data));
-      this.offset = this.pollOffset = Number(event.lastEventId);
-    };
-    es.addEventListener("close", (event) => {
-      es.close();
-      let reason = "";
-      try { reason = JSON.parse(event.data).reason; } catch {}
-      this.ended(reason);
-    });
-    es.onerror = () => {
-      if (generation !== this.generation || this.es !== es) return;
-      // While CONNECTING the browser retries by itself and sends Last-Event-ID: we resume exactly.
-      if (es.readyState === EventSource.CONNECTING && ++errors < SSE_MAX_FAILURES) {
-        return showState("reconnecting");
+    let retry = 1000, delay = 0, errors = 0;
+    for (let resuming = false; ; resuming = true) {
+      const abort = new AbortController();
+      this.stopStream = () => abort.abort();
+      const headers = { Accept: "text/event-stream" };
+      if (resuming) headers["Last-Event-ID"] = String(this.offset);
+      try {
+        const response = await api("GET", `${this.streamPath}/events?since=${this.offset}`,
+                                   { headers, signal: abort.signal });
+        if (response.status !== 200 || !response.headers.get("Content-Type")?.startsWith("text/event-stream")) {
+          abort.abort();
+          if (generation !== this.generation) return;
+          this.sseFailures++;
+          return this.poll(true);
+        }
+        errors = delay = 0;
+        this.sseFailures = 0;
+        showState("open");
+        await readEventStream(response.body, (type, data, id) => {
+          if (type === "message") {
+            this.show(JSON.parse(data));
+            this.offset = this.pollOffset = Number(id);
+          } else if (type === "close") {
+            let reason = "";
+            try { reason = JSON.parse(data).reason; } catch {}
+            this.ended(reason);
+          }
+        }, (ms) => { retry = ms; });
+      } catch {}  // a network error, or the stream was cut
+      // The stream ended or failed: reconnect, unless the session closed or was left.
+      if (generation !== this.generation || this.closed) return;
+      if (++errors >= SSE_MAX_FAILURES) {
+        this.sseFailures++;
+        return this.poll(true);
       }
-      // The browser gave up (an answer that is not a stream: 204, 404, 409, …) or retries keep
-      // failing: a plain read says why (closed, evicted, gone) and the session goes on from there.
-      es.close();
-      this.es = null;
-      this.sseFailures++;
-      this.poll(true);
-    };
+      delay = delay ? backoff(delay) : retry;
+      showState("reconnecting", `retry in ${(delay / 1000).toFixed(1)} s`);
+      await this.pause(delay);
+      if (generation !== this.generation) return;
+    }
   }
 
   /** Long-poll reads from pollOffset. With `probe`, reads once without waiting, then reconnects. */
@@ -567,8 +615,7 @@ class Client {
   ended(reason, gone = false) {
     if (this.closed) return;
     this.closed = true;
-    this.es?.close();
-    this.es = null;
+    this.stopStream?.();
     if (gone) store.set(SESSION_KEY, null);  // a reload then starts a new session
     terminal.notice(gone ? `[${reason}]` : `[connection closed${reason ? ": " + reason : ""}]`);
     showState("closed", reason);
@@ -577,18 +624,15 @@ class Client {
 
   pause(ms) {
     return new Promise((resolve) => {
-      const timer = setTimeout(resolve, ms);
-      this.wakeUp = () => { clearTimeout(timer); resolve(); };
+      const done = () => { clearTimeout(timer); this.wakers.delete(done); resolve(); };
+      const timer = setTimeout(done, ms);
+      this.wakers.add(done);
     });
   }
 
-  /** The browser is back online: retry now rather than when the backoff or EventSource's timer says. */
+  /** The browser is back online: retry now rather than when the backoff says. */
   wake() {
-    this.wakeUp?.();
-    if (this.es?.readyState === EventSource.CONNECTING) {
-      this.es.close();
-      this.openEventSource();
-    }
+    for (const done of [...this.wakers]) done();
   }
 
   // -- input
@@ -722,6 +766,7 @@ window.uvproxy = Object.freeze({
   get transport() { return $("transport").textContent.replace(/^via /, ""); },
   get offset() { return client.offset; },
   Terminal,
+  readEventStream,
 });
 
 client.start();
