@@ -493,13 +493,56 @@ class Client {
 
   connect() {
     if (this.closed) return;
-    if (!forceLongPoll && this.sseFailures < SSE_MAX_FAILURES) this.stream();
-    else this.poll(false);
+    if (forceLongPoll || this.sseFailures >= SSE_MAX_FAILURES) return this.poll(false);
+    // EventSource where it can; it cannot send an Authorization header, so with a token the
+    // same stream is read with fetch().
+    if ("EventSource" in window && !token) this.openEventSource();
+    else this.stream();
+  }
+
+  /** Server-Sent Events with EventSource, which resumes by itself with Last-Event-ID. */
+  openEventSource() {
+    const generation = this.generation;
+    showTransport("SSE");
+    this.pollOffset = this.offset;  // an SSE chunk never ends inside a character
+    this.held = new Uint8Array(0);
+    const es = new EventSource(`${this.streamPath}/events?since=${this.offset}`);
+    this.es = es;
+    this.stopStream = () => { es.close(); if (this.es === es) this.es = null; };
+    let errors = 0;
+    es.onopen = () => {
+      errors = 0;
+      this.sseFailures = 0;
+      showState("open");
+    };
+    es.onmessage = (event) => {
+      this.show(JSON.parse(event.data));
+      this.offset = this.pollOffset = Number(event.lastEventId);
+    };
+    es.addEventListener("close", (event) => {
+      es.close();
+      let reason = "";
+      try { reason = JSON.parse(event.data).reason; } catch {}
+      this.ended(reason);
+    });
+    es.onerror = () => {
+      if (generation !== this.generation || this.es !== es) return;
+      // While CONNECTING the browser retries by itself and sends Last-Event-ID: we resume exactly.
+      if (es.readyState === EventSource.CONNECTING && ++errors < SSE_MAX_FAILURES) {
+        return showState("reconnecting");
+      }
+      // The browser gave up (an answer that is not a stream: 204, 404, 409, …) or retries keep
+      // failing: a plain read says why (closed, evicted, gone) and the session goes on from there.
+      es.close();
+      this.es = null;
+      this.sseFailures++;
+      this.poll(true);
+    };
   }
 
   /**
-   * Server-Sent Events, read with fetch() rather than EventSource so that the token can be sent
-   * (and so the target's charset applies: the proxy decodes SSE text). As EventSource does, it
+   * Server-Sent Events read with fetch(), when a token must be sent (so that the target's
+   * charset still applies: the proxy decodes SSE text, long-poll bytes are UTF-8 here). As EventSource does, it
    * reconnects after a drop once `retry` ms have passed (doubling while it keeps failing), with
    * the last event's id as Last-Event-ID. An answer that is not a stream (204, 404, 409, …), or
    * SSE_MAX_FAILURES failures running, is followed by a plain read that says why.
@@ -633,6 +676,10 @@ class Client {
   /** The browser is back online: retry now rather than when the backoff says. */
   wake() {
     for (const done of [...this.wakers]) done();
+    if (this.es?.readyState === EventSource.CONNECTING) {  // waiting out its own retry delay
+      this.es.close();
+      this.openEventSource();
+    }
   }
 
   // -- input
