@@ -10,6 +10,20 @@ final class IntegrationSSETests: XCTestCase {
         try SSETestClient(port: d.listenPort, path: "/sessions/\(id)/events\(query)", headers: headers)
     }
 
+    /// A session on a Latin-1 target (each byte one character, so binary patterns survive as
+    /// text), with the target's end of its connection.
+    private func latin1Session(_ configure: @escaping (inout ProxyConfig) -> Void)
+        throws -> (TestDaemon, HTTPTestClient, String, TestSocket) {
+        let up = try startUpstream()
+        let d = try startDaemon {
+            configure(&$0)
+            $0.targets["bin"] = TargetConfig(address: "127.0.0.1:\(up.port)", charset: .latin1)
+        }
+        let c = try d.client()
+        let id = try c.createSession(target: "bin")
+        return (d, c, id, try up.connection(0))
+    }
+
     func testEventsCarryOffsetsAndJSONTextThenACloseEvent() throws {
         let (_, d, _, id, target) = try sessionOnTestUpstream()
         let s = try stream(d, id)
@@ -99,14 +113,7 @@ final class IntegrationSSETests: XCTestCase {
     /// Streamed bytes count as acknowledged: 20 buffers' worth pass a 1 KiB buffer, byte-exact,
     /// and a cursorless read afterwards starts where the stream stopped (delivered).
     func testStreamedBytesAreAcknowledgedAndDelivered() throws {
-        let up = try startUpstream()
-        let d = try startDaemon {
-            $0.bufferSize = 1024
-            $0.targets["bin"] = TargetConfig(address: "127.0.0.1:\(up.port)", charset: .latin1)
-        }
-        let c = try d.client()
-        let id = try c.createSession(target: "bin")
-        let target = try up.connection(0)
+        let (d, c, id, target) = try latin1Session { $0.bufferSize = 1024 }
         let s = try stream(d, id)
         let total = 20 * 1024
         let sender = Thread { try? target.send(pattern(0..<total)) }
@@ -184,15 +191,10 @@ extension IntegrationSSETests {
     /// A stream client that reads nothing while its queue is full is cut off after five
     /// keep-alive periods: it cannot pin its session's buffer for as long as TCP lives.
     func testStreamThatNeverReadsIsCutOff() throws {
-        let up = try startUpstream()
-        let d = try startDaemon {
+        let (d, c, id, target) = try latin1Session {
             $0.bufferSize = 1 << 20
             $0.sseKeepAlive = 0.05
-            $0.targets["bin"] = TargetConfig(address: "127.0.0.1:\(up.port)", charset: .latin1)
         }
-        let c = try d.client()
-        let id = try c.createSession(target: "bin")
-        let target = try up.connection(0)
         let s = try stream(d, id)
         XCTAssertEqual(try c.metric("uvproxyd_event_streams"), 1)
         // More than the kernel's socket buffers and the session's buffer can hold, never read.

@@ -139,12 +139,18 @@ static void broadcast(struct conn *self, const char *label) {
     }
 }
 
+/* Copies the argument of a command (n bytes at s) into out as a C string, cut to fit; its length. */
+static size_t argument(const char *s, size_t n, char *out, size_t cap) {
+    size_t k = n < cap - 1 ? n : cap - 1;
+    memcpy(out, s, k);
+    out[k] = 0;
+    return k;
+}
+
 static void handle_line(struct conn *c, char *s, size_t n) {
     if (n > 0 && s[n - 1] == '\r') n--;
     if (n > 4 && memcmp(s, "tag ", 4) == 0) {
-        size_t k = n - 4 < sizeof c->tag - 1 ? n - 4 : sizeof c->tag - 1;
-        memcpy(c->tag, s + 4, k);
-        c->tag[k] = 0;
+        size_t k = argument(s + 4, n - 4, c->tag, sizeof c->tag);
         queue_out(c, "tagged ", 7);
         queue_out(c, c->tag, k);
         queue_out(c, "\r\n", 2);
@@ -152,17 +158,13 @@ static void handle_line(struct conn *c, char *s, size_t n) {
     }
     if (n > 10 && memcmp(s, "broadcast ", 10) == 0) {
         char label[32];
-        size_t k = n - 10 < sizeof label - 1 ? n - 10 : sizeof label - 1;
-        memcpy(label, s + 10, k);
-        label[k] = 0;
+        argument(s + 10, n - 10, label, sizeof label);
         broadcast(c, label);
         return;
     }
     if (n > 6 && memcmp(s, "flood ", 6) == 0) {
         char tmp[32];
-        size_t k = n - 6 < sizeof tmp - 1 ? n - 6 : sizeof tmp - 1;
-        memcpy(tmp, s + 6, k);
-        tmp[k] = 0;
+        argument(s + 6, n - 6, tmp, sizeof tmp);
         unsigned long long v = strtoull(tmp, NULL, 10);
         if (c->flood_left == 0) c->flood_pos = 0;
         c->flood_left += v;

@@ -305,10 +305,15 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
         finish(contentType: "application/json", body: body)
     }
 
-    private func responseDone(streamed: Bool = false) {
-        awaitingResponse = false
+    /// Tells the observer (metrics, access log) that the request's response has ended.
+    private func reportFinished(streamed: Bool) {
         server.observer?.requestFinished(self, status: responseStatus, nanoseconds: EventLoop.hrtime &- requestStart,
                                          streamed: streamed)
+    }
+
+    private func responseDone(streamed: Bool = false) {
+        awaitingResponse = false
+        reportFinished(streamed: streamed)
         guard phase == .open else { return }  // the write failed and closed the connection
         if !keepAlive {
             startLingeringClose()
@@ -350,8 +355,7 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
         if phase == .open { server.handler?.connectionWillClose(self) }
         if isStreaming {  // the client ended the stream: it is still a request that was answered
             isStreaming = false
-            server.observer?.requestFinished(self, status: responseStatus, nanoseconds: EventLoop.hrtime &- requestStart,
-                                             streamed: true)
+            reportFinished(streamed: true)
         }
         phase = .closed
         awaitingResponse = false

@@ -18,7 +18,9 @@ public final class HTTPServer {
     public let limits: HTTPLimits
     /// Strong: the handler does not reference the server, and a weak load costs on every request.
     public var handler: HTTPHandler?
-    public weak var observer: HTTPServerObserver?
+    /// Unowned: the daemon, which owns this server, observes it (strong would be a cycle, and a
+    /// weak load costs on every response).
+    public unowned(unsafe) var observer: HTTPServerObserver?
     private var listener: TCPListener?
     private var connections: [ObjectIdentifier: HTTPConnection] = [:]
     public internal(set) var metrics = HTTPMetrics()
