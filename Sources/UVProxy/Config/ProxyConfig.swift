@@ -28,6 +28,15 @@ public struct ProxyConfig: Sendable, Equatable {
     public var shutdownTimeout: Double = 10
     /// Seconds between keep-alive comments on idle SSE streams (SPEC: 15; tests shorten it).
     public var sseKeepAlive: Double = 15
+    /// SPEC §5: most client connections held at once (beyond: 503 and close).
+    public var maxConnections = 10_000
+    /// SPEC §5: most open sessions per client address (0: no limit); beyond: 429.
+    public var maxSessionsPerClient = 0
+    /// SPEC §5: seconds a connection may go without any byte of its queued responses taken.
+    public var sendTimeout: Double = 60
+    /// SPEC §5: `Host` names accepted besides localhost and loopback addresses when there is no
+    /// token and the listen address is loopback (DNS rebinding).
+    public var allowedHosts: [String] = []
 
     public init() {}
 
@@ -61,6 +70,13 @@ public struct ProxyConfig: Sendable, Equatable {
         try positive("connect-timeout", connectTimeout)
         try positive("shutdown-timeout", shutdownTimeout)
         try positive("sse-keep-alive", sseKeepAlive)
+        try positive("send-timeout", sendTimeout)
+        guard (1...10_000_000).contains(maxConnections) else {
+            throw ConfigError("max-connections: must be 1 to 10000000, got \(maxConnections)")
+        }
+        guard (0...10_000_000).contains(maxSessionsPerClient) else {
+            throw ConfigError("max-sessions-per-client: must be 0 to 10000000, got \(maxSessionsPerClient)")
+        }
         if let token, token.isEmpty { throw ConfigError("token: must not be empty") }
         let levels = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
         guard levels.contains(logLevel.lowercased()) else {
@@ -102,6 +118,10 @@ public struct ProxyConfig: Sendable, Equatable {
         check("demo", \.demo)
         check("web", \.web)
         check("shutdown-timeout", \.shutdownTimeout)
+        check("max-connections", \.maxConnections)
+        check("max-sessions-per-client", \.maxSessionsPerClient)
+        check("send-timeout", \.sendTimeout)
+        check("allowed-host", \.allowedHosts)
         return keys
     }
 

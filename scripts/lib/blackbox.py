@@ -1,0 +1,210 @@
+"""Shared helpers of the black-box test scripts (Python 3 standard library only).
+
+    import sys, os; sys.path.insert(0, os.path.join(os.path.dirname(__file__), "lib"))
+    from blackbox import Checks, Daemon, binary, http, spawn, wait_for_port
+
+- `Checks`: `check(ok, what)` prints `ok    …` / `FAIL  …`; `finish()` prints the closing
+  `N passed, N failed` line, stops everything `spawn` started and exits (1 if anything failed).
+  `skip_or_fail(why)`: a suite that cannot run skips, except under CI (`CI` set), where a
+  required suite that skips is a failure.
+- `spawn(args, ...)`: a child process that dies with this script (PR_SET_PDEATHSIG) and is
+  stopped by `stop_all()` (called by `Checks.finish`, on exit and on SIGINT/SIGTERM).
+- `Daemon(args)`: uvproxyd on `--listen 127.0.0.1:0`; waits for its ready line, keeps its log
+  (`daemon.log`, `wait_for_log(pattern)`), `request(...)`, `metric(name)`.
+- `http(port, method, path, ...)`: one request on a new connection → `Response`.
+- `wait_for_port(port)`: until something accepts on 127.0.0.1:port.
+"""
+
+import atexit
+import ctypes
+import http.client as httpclient
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_children = []
+
+
+def binary():
+    """The uvproxyd to test: $UVPROXYD, else the release build (what ships)."""
+    return os.environ.get("UVPROXYD", os.path.join(ROOT, ".build/release/uvproxyd"))
+
+
+def _pdeathsig():
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def spawn(args, **kw):
+    """Starts a child that is killed if this script dies, and stopped by `stop_all`."""
+    kw.setdefault("preexec_fn", _pdeathsig)
+    p = subprocess.Popen(args, **kw)
+    _children.append(p)
+    return p
+
+
+def stop_all():
+    for p in _children:
+        if p.poll() is None:
+            p.terminate()
+    for p in _children:
+        try:
+            p.wait(20)
+        except subprocess.TimeoutExpired:
+            p.kill()
+    _children.clear()
+
+
+atexit.register(stop_all)
+
+
+def _on_signal(signum, _frame):
+    stop_all()
+    sys.exit(128 + signum)
+
+
+signal.signal(signal.SIGTERM, _on_signal)
+
+
+class Checks:
+    def __init__(self):
+        self.passed = 0
+        self.failed = 0
+        self.skipped = 0
+
+    def check(self, ok, what, detail=""):
+        if ok:
+            self.passed += 1
+        else:
+            self.failed += 1
+        print(("ok    " if ok else "FAIL  ") + what + (f" ({detail})" if detail and not ok else ""), flush=True)
+        return bool(ok)
+
+    def skip_or_fail(self, why):
+        """A suite that cannot run here: a failure under CI, else one skip. Ends the script."""
+        if os.environ.get("CI"):
+            self.check(False, f"required suite cannot run under CI: {why}")
+        else:
+            print(f"SKIP: {why}", flush=True)
+            self.skipped += 1
+        self.finish()
+
+    def finish(self):
+        stop_all()
+        line = f"{self.passed} passed, {self.failed} failed"
+        if self.skipped:
+            line += f", {self.skipped} skipped"
+        print(line, flush=True)
+        sys.exit(1 if self.failed else 0)
+
+
+class Response:
+    def __init__(self, status, headers, body):
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+    def header(self, name, default=None):
+        for k, v in self.headers:
+            if k.lower() == name.lower():
+                return v
+        return default
+
+    def __repr__(self):
+        return f"<{self.status} {self.body[:80]!r}>"
+
+
+def http(port, method, path, body=None, headers=None, timeout=10, host="127.0.0.1"):
+    """One request on a new connection."""
+    c = httpclient.HTTPConnection(host, port, timeout=timeout)
+    try:
+        c.request(method, path, body=body, headers=headers or {})
+        r = c.getresponse()
+        return Response(r.status, r.getheaders(), r.read())
+    finally:
+        c.close()
+
+
+def wait_for_port(port, host="127.0.0.1", timeout=30):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection((host, port), timeout=1).close()
+            return True
+        except OSError:
+            time.sleep(0.02)
+    return False
+
+
+class Daemon:
+    """uvproxyd listening on a free loopback port; its log lines are kept in `log`."""
+
+    def __init__(self, args, bin_path=None, env=None, ready_timeout=60):
+        self.log = []
+        self._cond = threading.Condition()
+        cmd = [bin_path or binary(), "--listen", "127.0.0.1:0"] + list(args)
+        self.proc = spawn(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                          env=env or os.environ.copy())
+        threading.Thread(target=self._drain, daemon=True).start()
+        m = self.wait_for_log(r"listening on [0-9.\[\]:a-f]*:(\d+)", timeout=ready_timeout)
+        if not m:
+            raise RuntimeError("uvproxyd did not start: " + "".join(self.log[-10:]))
+        self.port = int(m.group(1))
+
+    def _drain(self):
+        for line in self.proc.stderr:
+            with self._cond:
+                self.log.append(line)
+                self._cond.notify_all()
+
+    def mark(self):
+        with self._cond:
+            return len(self.log)
+
+    def wait_for_log(self, pattern, start=0, timeout=10):
+        """The first log line from `start` on that matches `pattern` (a regex match), or None."""
+        rx = re.compile(pattern)
+        deadline = time.time() + timeout
+        i = start
+        with self._cond:
+            while True:
+                while i < len(self.log):
+                    m = rx.search(self.log[i])
+                    if m:
+                        return m
+                    i += 1
+                left = deadline - time.time()
+                if left <= 0 or self.proc.poll() is not None and i >= len(self.log):
+                    return None
+                self._cond.wait(min(left, 0.2))
+
+    def request(self, method, path, body=None, headers=None, timeout=10):
+        return http(self.port, method, path, body=body, headers=headers, timeout=timeout)
+
+    def create(self, target=None):
+        r = self.request("POST", "/sessions" + (f"?target={target}" if target else ""))
+        m = re.search(rb'"id": "([^"]+)"', r.body)
+        return m.group(1).decode() if r.status == 201 and m else None
+
+    def metric(self, name, labels=""):
+        """A sample's value from /metrics (`labels` as written: `{state="open"}`), or None."""
+        text = self.request("GET", "/metrics").body.decode()
+        m = re.search(r"^" + re.escape(name + labels) + r" ([0-9.e+-]+)$", text, re.M)
+        return float(m.group(1)) if m else None
+
+    def stop(self, sig=signal.SIGTERM, timeout=30):
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return None
