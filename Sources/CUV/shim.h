@@ -4,4 +4,10 @@
 #include <http_parser.h>
 #include <signal.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
+
+/* accept4 is a GNU extension that the Glibc module does not declare. Used by TCPListener:
+ * the accepted socket is non-blocking and close-on-exec from the start. */
+extern int accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags);
+static inline int cuv_accept(int fd) { return accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC); }
 #endif

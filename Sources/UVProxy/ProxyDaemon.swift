@@ -34,6 +34,9 @@ public final class ProxyDaemon: SessionEventSink, HTTPServerObserver {
     public var isReloading: Bool { reloading }
     /// The hard open-file limit, once `run()` has raised the soft one to it.
     private var fileLimit: UInt64 = 0
+    /// Creates that failed for lack of descriptors since the last warning about it.
+    private var descriptorFailures: UInt64 = 0
+    private var lastDescriptorWarning: UInt64?
 
     /// Builds everything and binds. Throws `ConfigError`/`UVError` with a one-line message.
     public init(config: ProxyConfig, logger: Logger) throws {
@@ -233,7 +236,26 @@ public final class ProxyDaemon: SessionEventSink, HTTPServerObserver {
     }
 
     public func sessionConnectFailed(target: Target, error: CreateError) {
+        if error == .noDescriptors {
+            // Out of descriptors, every create fails: one line per 10 s, with the count.
+            descriptorFailures += 1
+            let now = loop.now
+            if let last = lastDescriptorWarning, now - last < HTTPServer.acceptWarningIntervalMs { return }
+            lastDescriptorWarning = now
+            logger.warning("creates failed: out of file descriptors", metadata: [
+                "count": "\(descriptorFailures)", "error": "EMFILE", "target": "\(target.name)",
+            ])
+            descriptorFailures = 0
+            return
+        }
         logger.warning("connect to target failed", metadata: ["target": "\(target.name)", "error": "\(error)"])
+    }
+
+    /// Accepts failed (out of descriptors, mostly): the server calls this at most once per 10 s.
+    public func acceptsFailed(count: UInt64, error: Int32) {
+        logger.warning("accepts failed: \(count) client connection\(count == 1 ? "" : "s") closed unserved since the last warning", metadata: [
+            "count": "\(count)", "error": "\(UVError.name(error))", "reason": "\(UVError(error, "accept").message)",
+        ])
     }
 
     // MARK: Requests: latency histogram, access log
@@ -290,6 +312,7 @@ public final class ProxyDaemon: SessionEventSink, HTTPServerObserver {
         metrics.gauge("uvproxyd_sessions", [("state", "closed")], table.closedCount)
         metrics.count("uvproxyd_sessions_created_total", total: c.created)
         metrics.count("uvproxyd_upstream_connect_failures_total", total: c.connectFailures)
+        metrics.count("uvproxyd_accept_errors_total", total: server.metrics.acceptErrors)
         metrics.count("uvproxyd_upstream_received_bytes_total", total: c.upstreamReceivedBytes)
         metrics.count("uvproxyd_upstream_sent_bytes_total", total: c.upstreamSentBytes)
         for (code, n) in server.metrics.statusCounts.enumerated() where n > 0 {

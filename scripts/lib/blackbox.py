@@ -20,6 +20,7 @@ import ctypes
 import http.client as httpclient
 import os
 import re
+import resource
 import signal
 import socket
 import subprocess
@@ -43,9 +44,14 @@ def _pdeathsig():
         pass
 
 
-def spawn(args, **kw):
-    """Starts a child that is killed if this script dies, and stopped by `stop_all`."""
-    kw.setdefault("preexec_fn", _pdeathsig)
+def spawn(args, nofile=None, **kw):
+    """Starts a child that is killed if this script dies, and stopped by `stop_all`.
+    `nofile`: its open-file limit, soft and hard (uvproxyd raises its soft limit to the hard one)."""
+    def preexec():
+        _pdeathsig()
+        if nofile is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+    kw.setdefault("preexec_fn", preexec)
     p = subprocess.Popen(args, **kw)
     _children.append(p)
     return p
@@ -144,14 +150,32 @@ def wait_for_port(port, host="127.0.0.1", timeout=30):
     return False
 
 
+def cpu_seconds(pid):
+    """User + system CPU seconds of process `pid` so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_until(predicate, timeout=10, interval=0.02):
+    """Polls `predicate` until it is true (returns its value) or `timeout` passes (returns it once more)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    return predicate()
+
+
 class Daemon:
     """uvproxyd listening on a free loopback port; its log lines are kept in `log`."""
 
-    def __init__(self, args, bin_path=None, env=None, ready_timeout=60):
+    def __init__(self, args, bin_path=None, env=None, ready_timeout=60, nofile=None):
         self.log = []
         self._cond = threading.Condition()
         cmd = [bin_path or binary(), "--listen", "127.0.0.1:0"] + list(args)
-        self.proc = spawn(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        self.proc = spawn(cmd, nofile=nofile, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                           env=env or os.environ.copy())
         threading.Thread(target=self._drain, daemon=True).start()
         m = self.wait_for_log(r"listening on [0-9.\[\]:a-f]*:(\d+)", timeout=ready_timeout)
@@ -199,6 +223,14 @@ class Daemon:
         text = self.request("GET", "/metrics").body.decode()
         m = re.search(r"^" + re.escape(name + labels) + r" ([0-9.e+-]+)$", text, re.M)
         return float(m.group(1)) if m else None
+
+    def cpu_seconds(self):
+        """User + system CPU time the daemon has used so far (/proc/PID/stat)."""
+        return cpu_seconds(self.proc.pid)
+
+    def open_fds(self):
+        """How many descriptors the daemon has open (/proc/PID/fd)."""
+        return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
 
     def stop(self, sig=signal.SIGTERM, timeout=30):
         if self.proc.poll() is None:

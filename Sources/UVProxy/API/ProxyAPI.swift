@@ -161,6 +161,8 @@ public final class ProxyAPI: HTTPHandler {
                 error(connection, .badGateway, "cannot connect to target '\(target.name)': \(why)")
             case .failure(.shuttingDown):
                 error(connection, .serviceUnavailable, "the proxy is shutting down", retryAfter: true)
+            case .failure(.noDescriptors):
+                error(connection, .serviceUnavailable, "the proxy is out of file descriptors", retryAfter: true)
             case .failure(.timedOut):
                 error(connection, .gatewayTimeout,
                       "no connection to target '\(target.name)' within \(target.connectTimeoutMs / 1000) s")

@@ -3,6 +3,8 @@ public struct HTTPMetrics {
     public var connections = 0
     /// Responses by status code (index = code).
     public var statusCounts = [UInt64](repeating: 0, count: 600)
+    /// Client connections that could not be accepted (out of descriptors, mostly).
+    public var acceptErrors: UInt64 = 0
 }
 
 /// Told of every response (metrics, access log).
@@ -10,6 +12,13 @@ public protocol HTTPServerObserver: AnyObject {
     /// `nanoseconds` from the request's dispatch to its response's end (a long-poll's wait
     /// included). `streamed`: the response was a stream (SSE), ended by either side.
     func requestFinished(_ connection: HTTPConnection, status: HTTPStatus, nanoseconds: UInt64, streamed: Bool)
+    /// Accepts failed: `count` since the last call, the last with libuv error `error`. Called at
+    /// most once per `HTTPServer.acceptWarningIntervalMs` (a warning line, not one per failure).
+    func acceptsFailed(count: UInt64, error: Int32)
+}
+
+extension HTTPServerObserver {
+    public func acceptsFailed(count: UInt64, error: Int32) {}
 }
 
 /// Accepts client connections and gives each an `HTTPConnection`.
@@ -27,6 +36,10 @@ public final class HTTPServer {
     /// Extra header lines (CORS) written into every response.
     var corsHeaders: [UInt8]?
     public private(set) var isAccepting = false
+    /// Failed accepts not yet reported to the observer, and when it was last told.
+    private var unreportedAcceptErrors: UInt64 = 0
+    private var lastAcceptWarning: UInt64?
+    public static let acceptWarningIntervalMs: UInt64 = 10_000
 
     public init(loop: EventLoop, limits: HTTPLimits, corsHeaders: [UInt8]? = nil) {
         self.loop = loop
@@ -43,9 +56,23 @@ public final class HTTPServer {
             self.connections[ObjectIdentifier(connection)] = connection
             self.metrics.connections = self.connections.count
         }
+        listener.onAcceptError = { [unowned self] error, count in self.acceptFailed(error: error, count: count) }
         self.listener = listener
         isAccepting = true
         return listener.localAddress
+    }
+
+    /// Counts failed accepts; tells the observer at most once per `acceptWarningIntervalMs`
+    /// (the first failure at once, later ones summed until the interval has passed).
+    private func acceptFailed(error: Int32, count: Int) {
+        metrics.acceptErrors += UInt64(count)
+        unreportedAcceptErrors += UInt64(count)
+        let now = loop.now
+        if let last = lastAcceptWarning, now - last < HTTPServer.acceptWarningIntervalMs { return }
+        lastAcceptWarning = now
+        let n = unreportedAcceptErrors
+        unreportedAcceptErrors = 0
+        observer?.acceptsFailed(count: n, error: error)
     }
 
     /// Stops accepting; open connections answer what they have and close after it.

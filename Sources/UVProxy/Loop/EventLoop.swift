@@ -79,4 +79,8 @@ public struct UVError: Error, CustomStringConvertible {
     public static let timedOut = Int32(UV_ETIMEDOUT.rawValue)
     public static let cancelled = Int32(UV_ECANCELED.rawValue)
     public static let again = Int32(UV_EAGAIN.rawValue)
+    /// Out of file descriptors: the process's limit (`EMFILE`) or the system's (`ENFILE`).
+    public static let processFileLimit = Int32(UV_EMFILE.rawValue)
+    public static let systemFileLimit = Int32(UV_ENFILE.rawValue)
+    public var isOutOfDescriptors: Bool { code == UVError.processFileLimit || code == UVError.systemFileLimit }
 }

@@ -27,6 +27,12 @@ public enum CreateError: Error, Equatable {
     case failed(String)    // 502, with the libuv error name
     case timedOut          // 504
     case shuttingDown      // 503: the daemon is stopping
+    case noDescriptors     // 503 + Retry-After: the process is out of file descriptors (EMFILE/ENFILE)
+
+    /// What a failed connect means: out of descriptors is ours, not the target's.
+    static func connect(_ code: Int32) -> CreateError {
+        UVError(code, "connect").isOutOfDescriptors ? .noDescriptors : .failed(UVError.name(code))
+    }
 }
 
 /// Events worth a log line; the daemon turns them into log records.
@@ -98,6 +104,11 @@ public final class SessionTable {
         do {
             link = try makeLink(session)
         } catch {
+            if let uv = error as? UVError, uv.isOutOfDescriptors {
+                events?.sessionConnectFailed(target: target, error: .noDescriptors)
+                completion(.failure(.noDescriptors))
+                return
+            }
             counters.connectFailures += 1
             completion(.failure(.failed("\(error)")))
             return
@@ -114,7 +125,7 @@ public final class SessionTable {
               let completion = pendingCreates.removeValue(forKey: ObjectIdentifier(session))?.completion else { return }
         deadlines.cancel(session)
         guard status == 0 else {
-            failCreate(session, .failed(UVError.name(status)), completion)
+            failCreate(session, .connect(status), completion)
             return
         }
         session.connected()
@@ -131,7 +142,7 @@ public final class SessionTable {
     private func failCreate(_ session: Session, _ error: CreateError,
                             _ completion: (Result<Session, CreateError>) -> Void) {
         openCount -= 1
-        if error != .shuttingDown { counters.connectFailures += 1 }
+        if error != .shuttingDown && error != .noDescriptors { counters.connectFailures += 1 }
         session.link?.close()
         session.link = nil
         if error != .shuttingDown { events?.sessionConnectFailed(target: session.target, error: error) }
