@@ -26,7 +26,6 @@ public final class ProxyDaemon: SessionEventSink, HTTPServerObserver {
     private var shutdownStarted: UInt64 = 0
     public private(set) var listenAddress: SocketAddress?
     public private(set) var demoAddress: SocketAddress?
-    private var waker: LoopWaker?
     private let startedAt: UInt64
     let metrics = ProxyMetrics()
     /// A reload is waiting for its host name lookups.
@@ -180,13 +179,6 @@ public final class ProxyDaemon: SessionEventSink, HTTPServerObserver {
         if maxSessionsChanged { warnAboutLimits() }
     }
 
-    /// A thread-safe way to ask for shutdown (tests, embedding). Create before `run()`.
-    public func makeStopHandle() throws -> LoopWaker {
-        let waker = try LoopWaker(loop: loop) { [unowned self] in self.shutdown() }
-        self.waker = waker
-        return waker
-    }
-
     /// Graceful shutdown: stop accepting, close sessions with reason `shutdown` (answering waiting
     /// reads), let queued input reach targets, then stop within `shutdown-timeout`.
     public func shutdown() {
@@ -213,7 +205,6 @@ public final class ProxyDaemon: SessionEventSink, HTTPServerObserver {
         server.closeAll()
         for w in signals { w.close() }
         signals.removeAll()
-        waker?.close()
         loop.stop()
     }
 

@@ -12,6 +12,8 @@ public final class EventLoop {
     static let readSlabSize = 64 * 1024
     /// All timeouts of sessions and connections, driven by one uv timer.
     public private(set) var deadlines: DeadlineQueue!
+    /// Run first by `close()`: how handles owned outside UVProxy (`LoopWaker`) close themselves.
+    private var closeHooks: [() -> Void] = []
 
     public init() throws {
         raw = .allocate(capacity: 1)
@@ -31,6 +33,14 @@ public final class EventLoop {
         uv_stop(raw)
     }
 
+    /// The libuv loop, for the loop code outside this module built for one thread
+    /// (UVProxyWaker's `LoopWaker`); nothing else uses it.
+    package var uvLoop: UnsafeMutablePointer<uv_loop_t> { raw }
+
+    /// `body` runs on the loop thread when the loop closes, before its handles are walked: a
+    /// handle not owned by a `LoopHandle` (LoopWaker's async handle) must be closed there.
+    package func onClose(_ body: @escaping () -> Void) { closeHooks.append(body) }
+
     /// Milliseconds of the loop's clock, cached at the start of each iteration.
     public var now: UInt64 { uv_now(raw) }
     /// Monotonic nanoseconds (request latency).
@@ -38,10 +48,14 @@ public final class EventLoop {
 
     /// Closes what is left (handles closed by their owners first) and frees the loop.
     public func close() {
+        let hooks = closeHooks
+        closeHooks.removeAll()
+        for hook in hooks { hook() }
         deadlines.shutdown()
         // Give pending close callbacks their turn, then close stragglers.
         uv_run(raw, UV_RUN_NOWAIT)
         uv_walk(raw, { handle, _ in
+            // Every open handle here is a LoopHandle's: the close hooks closed the others.
             guard let handle, uv_is_closing(handle) == 0, let data = handle.pointee.data else { return }
             Unmanaged<LoopHandle>.fromOpaque(data).takeUnretainedValue().close()
         }, nil)

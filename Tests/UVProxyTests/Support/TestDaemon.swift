@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import XCTest
 @testable import UVProxy
+import UVProxyWaker
 
 /// Log lines a test daemon wrote (JSON), collected across threads.
 final class LogCapture: @unchecked Sendable {
