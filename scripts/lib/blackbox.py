@@ -1,7 +1,7 @@
 """Shared helpers of the black-box test scripts (Python 3 standard library only).
 
     import sys, os; sys.path.insert(0, os.path.join(os.path.dirname(__file__), "lib"))
-    from blackbox import Checks, Daemon, binary, http, spawn, wait_for_port
+    from blackbox import Checks, Daemon, Target, binary, http, spawn, wait_for_port
 
 - `Checks`: `check(ok, what)` prints `ok    …` / `FAIL  …`; `finish()` prints the closing
   `N passed, N failed` line, stops everything `spawn` started and exits (1 if anything failed).
@@ -10,7 +10,10 @@
 - `spawn(args, ...)`: a child process that dies with this script (PR_SET_PDEATHSIG) and is
   stopped by `stop_all()` (called by `Checks.finish`, on exit and on SIGINT/SIGTERM).
 - `Daemon(args)`: uvproxyd on `--listen 127.0.0.1:0`; waits for its ready line, keeps its log
-  (`daemon.log`, `wait_for_log(pattern)`), `request(...)`, `metric(name)`.
+  (`daemon.log`, `wait_for_log(pattern)`, `expect_log(pattern)`), `request(...)`, `metric(name)`,
+  `cpu_seconds()`, `open_fds()`; `nofile=N` starts it under an open-file limit of N.
+- `Target(greeting)`: a target server that holds the connections it accepts (`next_connection()`).
+- `wait_until(predicate)`, `cpu_seconds(pid)`; `TestError` for a step that cannot go on.
 - `http(port, method, path, ...)`: one request on a new connection → `Response`.
 - `wait_for_port(port)`: until something accepts on 127.0.0.1:port.
 """
@@ -19,6 +22,7 @@ import atexit
 import ctypes
 import http.client as httpclient
 import os
+import queue
 import re
 import resource
 import signal
@@ -78,6 +82,10 @@ def _on_signal(signum, _frame):
 
 
 signal.signal(signal.SIGTERM, _on_signal)
+
+
+class TestError(Exception):
+    """A step of a test could not go on (a missing log line, a server that never connected)."""
 
 
 class Checks:
@@ -168,15 +176,50 @@ def wait_until(predicate, timeout=10, interval=0.02):
     return predicate()
 
 
-class Daemon:
-    """uvproxyd listening on a free loopback port; its log lines are kept in `log`."""
+class Target:
+    """A target server on a free loopback port: each connection it accepts gets `greeting` and
+    waits in a queue for the test (`next_connection`)."""
 
-    def __init__(self, args, bin_path=None, env=None, ready_timeout=60, nofile=None):
+    def __init__(self, greeting=b"", timeout=20):
+        self.greeting = greeting
+        self.timeout = timeout
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(256)
+        self.port = self.sock.getsockname()[1]
+        self.conns = queue.Queue()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            conn.settimeout(self.timeout)
+            if self.greeting:
+                conn.sendall(self.greeting)
+            self.conns.put(conn)
+
+    def next_connection(self):
+        try:
+            return self.conns.get(timeout=self.timeout)
+        except queue.Empty:
+            raise TestError("the proxy never connected to the target on port %d" % self.port)
+
+
+class Daemon:
+    """uvproxyd listening on a free loopback port; its log lines are kept in `log`.
+    `listen=None` leaves `--listen` out (a config file gives it); `stdout` as for Popen."""
+
+    def __init__(self, args, bin_path=None, env=None, ready_timeout=60, nofile=None,
+                 listen="127.0.0.1:0", stdout=subprocess.DEVNULL):
         self.log = []
         self._cond = threading.Condition()
-        cmd = [bin_path or binary(), "--listen", "127.0.0.1:0"] + list(args)
-        self.proc = spawn(cmd, nofile=nofile, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                          env=env or os.environ.copy())
+        cmd = [bin_path or binary()] + (["--listen", listen] if listen else []) + list(args)
+        self.proc = spawn(cmd, nofile=nofile, stdin=subprocess.DEVNULL, stdout=stdout, stderr=subprocess.PIPE,
+                          text=True, env=env or os.environ.copy())
         threading.Thread(target=self._drain, daemon=True).start()
         m = self.wait_for_log(r"listening on [0-9.\[\]:a-f]*:(\d+)", timeout=ready_timeout)
         if not m:
@@ -209,6 +252,15 @@ class Daemon:
                 if left <= 0 or self.proc.poll() is not None and i >= len(self.log):
                     return None
                 self._cond.wait(min(left, 0.2))
+
+    def expect_log(self, pattern, start=0, timeout=20):
+        """Like `wait_for_log`, but returns the whole line and raises `TestError` (with the
+        last lines of the log) if none comes."""
+        m = self.wait_for_log(pattern, start, timeout)
+        if not m:
+            raise TestError("no log line /%s/ within %.0f s (status %s); last lines: %s" % (
+                pattern, timeout, self.proc.poll(), " | ".join(l.strip() for l in self.log[-6:])))
+        return m.string.rstrip("\n")
 
     def request(self, method, path, body=None, headers=None, timeout=10):
         return http(self.port, method, path, body=body, headers=headers, timeout=timeout)
