@@ -61,10 +61,11 @@ def spawn(args, nofile=None, **kw):
     return p
 
 
-def stop_all():
+def stop_all(kill=False):
+    """Stops every child `spawn` started: SIGTERM (SIGKILL with `kill`), then waits."""
     for p in _children:
         if p.poll() is None:
-            p.terminate()
+            p.kill() if kill else p.terminate()
     for p in _children:
         try:
             p.wait(20)
