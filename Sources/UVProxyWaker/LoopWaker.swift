@@ -29,10 +29,7 @@ public final class LoopWaker: @unchecked Sendable {
             let waker = Unmanaged<LoopWaker>.fromOpaque(async!.pointee.data).takeUnretainedValue()
             waker.action?()
         }
-        guard rc == 0 else {
-            async.deallocate()
-            throw UVError(rc, "uv_async_init")
-        }
+        guard rc == 0 else { throw UVError(rc, "uv_async_init") }  // deinit frees `async`
         // The handle keeps its owner alive until uv_close's callback.
         async.pointee.data = Unmanaged.passRetained(self).toOpaque()
         async.withMemoryRebound(to: uv_handle_t.self, capacity: 1) { uv_unref($0) }
