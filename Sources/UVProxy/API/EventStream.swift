@@ -4,7 +4,7 @@
 /// arrive writes them as one event: `id: <offset after the chunk>` and `data: <JSON string>`.
 /// Bytes written count as acknowledged and delivered. It holds no buffer of its own (events are
 /// built in the API's scratch buffer), so an idle stream costs what an idle long-poll costs.
-final class EventStream: SessionObserver {
+final class EventStream: SessionObserver, TurnTask {
     unowned(unsafe) let connection: HTTPConnection  // owns this object (attachment)
     unowned(unsafe) let api: ProxyAPI
     private(set) var session: Session?
@@ -14,6 +14,10 @@ final class EventStream: SessionObserver {
     /// Keep-alive periods in a row that found the client's queue full.
     private var stalledPeriods = 0
     static let stalledPeriodsAllowed = 5
+    /// What the session asked for, done at the end of the turn (`TurnQueue`).
+    private enum Wake { case none, pump, replaced }
+    private var wake = Wake.none
+    var isQueuedForTurn = false
 
     /// Write more only while the client has less than this queued: a slow client holds its
     /// session back (and, once the buffer fills, the target) instead of growing our memory.
@@ -126,8 +130,25 @@ final class EventStream: SessionObserver {
 
     // MARK: SessionObserver
 
-    func sessionDidChange(_ session: Session) { pump() }
+    func sessionDidChange(_ session: Session) {
+        if wake == .none { wake = .pump }
+        connection.loop.turns.enqueue(self)
+    }
 
     /// A newer stream (or a long-poll) of the same session took over.
-    func sessionObserverReplaced(_ session: Session) { end(event: nil) }
+    func sessionObserverReplaced(_ session: Session) {
+        wake = .replaced
+        connection.loop.turns.enqueue(self)
+    }
+
+    func runTurnTask() {
+        let what = wake
+        wake = .none
+        guard session != nil else { return }  // detached meanwhile
+        switch what {
+        case .none: break
+        case .pump: pump()
+        case .replaced: end(event: nil)
+        }
+    }
 }

@@ -102,23 +102,23 @@ public final class ProxyAPI: HTTPHandler {
     }
 
     public func heldRequestTimedOut(on connection: HTTPConnection) {
-        if let stream = connection.attachment as? EventStream {
-            stream.keepAlive()
-        } else {
-            (connection.attachment as? PendingRequest)?.answer()
+        switch connection.attachment {
+        case .eventStream(let stream): stream.keepAlive()
+        case .longPoll(let pending): pending.answer()
+        case .none: break
         }
     }
 
     public func connectionWillClose(_ connection: HTTPConnection) {
-        if let stream = connection.attachment as? EventStream {
-            stream.detach()
-        } else {
-            (connection.attachment as? PendingRequest)?.cancel()
+        switch connection.attachment {
+        case .eventStream(let stream): stream.detach()
+        case .longPoll(let pending): pending.cancel()
+        case .none: break
         }
     }
 
     public func connectionDidDrain(_ connection: HTTPConnection) {
-        (connection.attachment as? EventStream)?.connectionDrained()
+        if case .eventStream(let stream) = connection.attachment { stream.connectionDrained() }
     }
 
     // MARK: Create
@@ -257,7 +257,7 @@ public final class ProxyAPI: HTTPHandler {
         // `connectionWillClose` has then run already: no stream may be attached after it.
         guard connection.isStreaming else { return }
         let stream = EventStream(connection: connection, api: self, session: session, cursor: start)
-        connection.attachment = stream
+        connection.attachment = .eventStream(stream)
         eventStreams += 1
         connection.hold(until: clock() + settings.keepAliveMs)
         stream.pump()
@@ -280,9 +280,9 @@ public final class ProxyAPI: HTTPHandler {
     }
 
     private func pendingRequest(for connection: HTTPConnection) -> PendingRequest {
-        if let p = connection.attachment as? PendingRequest { return p }
+        if case .longPoll(let p) = connection.attachment { return p }
         let p = PendingRequest(connection: connection, api: self)
-        connection.attachment = p
+        connection.attachment = .longPoll(p)
         return p
     }
 

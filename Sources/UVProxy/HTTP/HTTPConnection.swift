@@ -28,13 +28,13 @@ public struct HTTPLimits: Sendable {
 
 /// One client connection: bytes in → http_parser → one request at a time to the handler →
 /// responses out, in request order.
-public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate, DeadlineOwner {
+public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate, DeadlineOwner, TurnTask {
     let stream: TCPStream
     private let parser: HTTPRequestParser
     private unowned(unsafe) let server: HTTPServer  // the server outlives its connections
     private let limits: HTTPLimits
-    /// Free for the handler (the API keeps its per-connection state here).
-    public var attachment: AnyObject?
+    /// The API's per-connection state (a long-poll, an event stream).
+    var attachment = ConnectionAttachment.none
     /// Whether the request being answered asked to keep the connection.
     private var keepAlive = true
     private var isHTTP10 = false
@@ -60,6 +60,7 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
     private var timerKind = TimerKind.idle
     public var deadline: UInt64 = 0
     public var deadlineSlot: Int = -1
+    public var isQueuedForTurn = false
 
     init(stream: TCPStream, server: HTTPServer) {
         self.stream = stream
@@ -324,7 +325,14 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
         if timerKind != .idle || deadlineSlot < 0 {
             schedule(.idle, at: lastActivity + limits.keepAliveTimeoutMs)
         }
-        if !inParseLoop { parseUnparsed() }
+        // A held request answered from elsewhere (a target's read, another client's request, a
+        // timer): the next pipelined request runs at the end of the turn, in this connection's
+        // own turn task, never inside the caller (`TurnQueue`).
+        if !inParseLoop, unparsed.count > unparsedStart { loop.turns.enqueue(self) }
+    }
+
+    public func runTurnTask() {
+        if phase == .open, !awaitingResponse { parseUnparsed() }
     }
 
     // MARK: Closing
@@ -362,7 +370,7 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
         cancelTimer()
         stream.close()
         server.connectionClosed(self)
-        attachment = nil
+        attachment = .none
     }
 
     // MARK: Timers

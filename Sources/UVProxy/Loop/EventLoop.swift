@@ -12,6 +12,9 @@ public final class EventLoop {
     static let readSlabSize = 64 * 1024
     /// All timeouts of sessions and connections, driven by one uv timer.
     public private(set) var deadlines: DeadlineQueue!
+    /// Wake-ups and pipelined requests, run once per turn before the loop polls (`TurnQueue`).
+    public let turns = TurnQueue()
+    private var drainer: TurnDrainer?
 
     public init() throws {
         raw = .allocate(capacity: 1)
@@ -20,6 +23,7 @@ public final class EventLoop {
         guard rc == 0 else { throw UVError(rc, "uv_loop_init") }  // deinit frees both
         raw.pointee.data = Unmanaged.passUnretained(self).toOpaque()
         deadlines = DeadlineQueue(timer: try LoopTimer(loop: self), loop: self)
+        drainer = try TurnDrainer(loop: self, queue: turns)
     }
 
     /// Runs until no handle is active, or `stop()` was called.
@@ -39,6 +43,8 @@ public final class EventLoop {
     /// Closes what is left (handles closed by their owners first) and frees the loop.
     public func close() {
         deadlines.shutdown()
+        drainer?.close()
+        drainer = nil
         // Give pending close callbacks their turn, then close stragglers.
         uv_run(raw, UV_RUN_NOWAIT)
         uv_walk(raw, { handle, _ in
