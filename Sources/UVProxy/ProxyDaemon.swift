@@ -51,6 +51,8 @@ public final class ProxyDaemon: SessionEventSink, HTTPServerObserver {
         var limits = HTTPLimits()
         limits.maxBody = 64 * 1024
         limits.maxHeader = 8 * 1024
+        limits.sendTimeoutMs = ProxyConfig.ms(config.sendTimeout)
+        limits.maxConnections = config.maxConnections
         server = HTTPServer(loop: loop, limits: limits, corsHeaders: ProxyDaemon.corsHeaders(config.corsOrigin))
         table = SessionTable(settings: config.sessionSettings, deadlines: loop.deadlines, clock: { loop.now }) { session in
             try Upstream(loop: loop, session: session)
@@ -65,6 +67,7 @@ public final class ProxyDaemon: SessionEventSink, HTTPServerObserver {
         api = ProxyAPI(settings: try config.apiSettings(defaultAddress: demoTarget), table: table, clock: { loop.now })
         startedAt = loop.now
         server.handler = api
+        table.isOverSendBudget = { loop.isOverSendBudget }
         server.observer = self
         table.events = self
         api.sessionCreated = { [unowned self] session, connection in

@@ -11,9 +11,6 @@ final class EventStream: SessionObserver, TurnTask {
     /// The offset the next event starts at.
     private(set) var cursor: UInt64
     private var decoder: TextDecoder
-    /// Keep-alive periods in a row that found the client's queue full.
-    private var stalledPeriods = 0
-    static let stalledPeriodsAllowed = 5
     /// What the session asked for, done at the end of the turn (`TurnQueue`).
     private enum Wake { case none, pump, replaced }
     private var wake = Wake.none
@@ -38,7 +35,7 @@ final class EventStream: SessionObserver, TurnTask {
     func pump() {
         // `self.session`, not a local copy: a failed write closes the connection, which detaches
         // this stream (session = nil) in the middle of the loop.
-        while let session, connection.queuedBytes < EventStream.highWater, cursor < session.ring.end {
+        while let session, connection.mayStreamMore(below: EventStream.highWater), cursor < session.ring.end {
             guard session.ring.check(cursor) == .ok else {
                 // Another client acknowledged past this stream and the history was evicted:
                 // end, so the client reconnects and learns it with a 409.
@@ -53,7 +50,7 @@ final class EventStream: SessionObserver, TurnTask {
         }
         guard let session else { return }  // a write failed and closed the connection
         if !session.isOpen, cursor == session.ring.end {
-            if connection.queuedBytes < EventStream.highWater {
+            if connection.mayStreamMore(below: EventStream.highWater) {
                 end(event: session.closeReason)
             }  // else: connectionDidDrain comes back here
             return
@@ -99,16 +96,13 @@ final class EventStream: SessionObserver, TurnTask {
     }
 
     /// A comment line, so that proxies and browsers keep an idle stream open. A client that
-    /// has read nothing of a full queue for five keep-alive periods (75 s, the keep-alive
-    /// timeout of idle connections) is cut off: it would otherwise pin its session's buffer,
-    /// even after a DELETE, for as long as TCP keeps the connection up.
+    /// has taken no byte of what it is owed for `send-timeout` is cut off (SPEC §5): it would
+    /// otherwise pin its session's buffer, even after a DELETE, for as long as TCP keeps the
+    /// connection up.
     func keepAlive() {
         guard session != nil else { return }
-        if connection.queuedBytes >= EventStream.highWater {
-            stalledPeriods += 1
-            if stalledPeriods >= EventStream.stalledPeriodsAllowed { return connection.close() }
-        } else {
-            stalledPeriods = 0
+        if connection.sendStalled(now: api.now) { return connection.close() }
+        if connection.queuedBytes == 0 {
             EventStream.keepAliveComment.withUnsafeBytes { connection.writeStream($0) }
         }
         connection.hold(until: api.now + api.settings.keepAliveMs)
@@ -116,7 +110,6 @@ final class EventStream: SessionObserver, TurnTask {
 
     /// The client took everything queued: it is reading; write more.
     func connectionDrained() {
-        stalledPeriods = 0
         pump()
     }
 

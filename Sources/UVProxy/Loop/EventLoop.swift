@@ -14,6 +14,13 @@ public final class EventLoop {
     public private(set) var deadlines: DeadlineQueue!
     /// Wake-ups and pipelined requests, run once per turn before the loop polls (`TurnQueue`).
     public let turns = TurnQueue()
+    /// Memory held by every stream's send queue (bytes the kernel refused), for the process-wide
+    /// budget and /metrics.
+    public internal(set) var sendQueueBytes = 0
+    /// Over this, connections that already owe bytes get no more (`HTTPConnection`), event
+    /// streams pause and input to busy targets is refused, until queues drain.
+    public var sendQueueBudget = 256 * 1024 * 1024
+    public var isOverSendBudget: Bool { sendQueueBytes > sendQueueBudget }
     private var drainer: TurnDrainer?
 
     public init() throws {

@@ -146,7 +146,8 @@ public final class Session: DeadlineOwner {
     public func sendInput(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer, seq: UInt64?) -> InputResult {
         if let seq, seq <= lastSeq { return .duplicate }
         guard state == .open, let link else { return .closed }
-        if link.queuedBytes > ring.limit { return .full }
+        // The input limit (SPEC §2), and the process's send budget for a target that is behind.
+        if link.queuedBytes > ring.limit || (link.queuedBytes > 0 && table.isOverSendBudget()) { return .full }
         if let seq { lastSeq = seq }
         link.send(a, b)
         sentBytes += UInt64(a.count + b.count)
@@ -164,7 +165,9 @@ public final class Session: DeadlineOwner {
     }
 
     public func removeWaiter(_ observer: SessionObserver) {
-        if waiter === observer { waiter = nil }
+        guard waiter === observer else { return }
+        waiter = nil
+        lastTouched = table.now  // a wait that just ended touched the session until now
     }
 
     public var hasObservers: Bool { waiter != nil }
@@ -174,6 +177,7 @@ public final class Session: DeadlineOwner {
     func notifyObservers() {
         if let w = waiter {
             waiter = nil  // a long-poll is answered once
+            lastTouched = table.now
             w.sessionDidChange(self)
         }
     }

@@ -55,6 +55,9 @@ public final class SessionTable {
     public private(set) var closedCount = 0
     public var counters = SessionCounters()
     public weak var events: SessionEventSink?
+    /// Whether the process's send queues are over their budget (the loop knows; tests: never).
+    public var isOverSendBudget: () -> Bool = { false }
+    var now: UInt64 { clock() }
 
     public init(settings: SessionSettings, deadlines: DeadlineQueue, clock: @escaping () -> UInt64,
                 makeLink: @escaping (Session) throws -> UpstreamLink) {
