@@ -34,6 +34,8 @@ public final class ProxyAPI: HTTPHandler {
     var metricsText: (() -> [UInt8])?
     /// Told of each session created (the daemon logs it with the client's address).
     var sessionCreated: ((Session, HTTPConnection) -> Void)?
+    /// The client address of a request (SPEC §5), for `max-sessions-per-client`.
+    var clientAddress: (HTTPConnection) -> String = { $0.peerAddress?.host ?? "-" }
     private var tokenBytes: [UInt8]?
     /// Where SSE events are built, shared by every stream (one thread).
     var scratch: [UInt8] = []
@@ -129,7 +131,8 @@ public final class ProxyAPI: HTTPHandler {
             return error(connection, .badRequest, "unknown target '\(name ?? "")'")
         }
         connection.hold(until: nil)
-        table.create(target: target) { [unowned self] result in
+        let client = table.settings.maxSessionsPerClient > 0 ? clientAddress(connection) : nil
+        table.create(target: target, client: client) { [unowned self] result in
             switch result {
             case .success(let session) where !connection.isOpen:
                 // The client left before it could learn the id: nobody can ever use this session.
@@ -157,6 +160,9 @@ public final class ProxyAPI: HTTPHandler {
             case .failure(.full):
                 error(connection, .serviceUnavailable, "session limit reached (\(table.settings.maxSessions) open)",
                       retryAfter: true)
+            case .failure(.clientFull):
+                error(connection, .tooManyRequests,
+                      "session limit per client reached (\(table.settings.maxSessionsPerClient) open)", retryAfter: true)
             case .failure(.failed(let why)):
                 error(connection, .badGateway, "cannot connect to target '\(target.name)': \(why)")
             case .failure(.shuttingDown):

@@ -281,31 +281,32 @@ public final class TCPStream: LoopHandle {
     }
 }
 
-/// A growable byte buffer of a stream's send queue: plain memory, grown by doubling.
+/// A growable byte buffer of a stream's send queue: malloc'd memory, doubled while small and
+/// grown in 64 KiB steps past that with realloc (which moves large blocks by remapping pages),
+/// so what it holds stays close to what it counts.
 struct SendBuffer {
     private(set) var base: UnsafeMutablePointer<UInt8>?
     var count = 0
     private(set) var capacity = 0
+    static let step = 64 * 1024
 
     mutating func append(_ bytes: UnsafeRawBufferPointer) {
         guard let src = bytes.baseAddress, bytes.count > 0 else { return }
-        if count + bytes.count > capacity {
-            var newCapacity = Swift.max(capacity * 2, 4096)
-            while newCapacity < count + bytes.count { newCapacity *= 2 }
-            let grown = UnsafeMutablePointer<UInt8>.allocate(capacity: newCapacity)
-            if let base {
-                grown.update(from: base, count: count)
-                base.deallocate()
-            }
-            base = grown
+        let needed = count + bytes.count
+        if needed > capacity {
+            var newCapacity = Swift.max(capacity, 4096)
+            while newCapacity < needed && newCapacity < SendBuffer.step { newCapacity *= 2 }
+            if newCapacity < needed { newCapacity = (needed + SendBuffer.step - 1) / SendBuffer.step * SendBuffer.step }
+            guard let grown = realloc(base, newCapacity) else { fatalError("out of memory") }
+            base = grown.assumingMemoryBound(to: UInt8.self)
             capacity = newCapacity
         }
         (base! + count).update(from: src.assumingMemoryBound(to: UInt8.self), count: bytes.count)
-        count += bytes.count
+        count = needed
     }
 
     mutating func free() {
-        base?.deallocate()
+        Glibc.free(base)
         base = nil
         count = 0
         capacity = 0

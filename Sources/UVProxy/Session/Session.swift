@@ -65,6 +65,8 @@ public final class Session: DeadlineOwner {
     public private(set) var closedAt: UInt64 = 0
     /// Loop time the target connection opened (the session's lifetime in logs).
     public internal(set) var openedAt: UInt64 = 0
+    /// The client address that created it, while it counts against `max-sessions-per-client`.
+    var client: String?
     /// Input bytes queued for the target (logs).
     public private(set) var sentBytes: UInt64 = 0
     var link: UpstreamLink?
