@@ -53,6 +53,8 @@ public final class ProxyDaemon: SessionEventSink, HTTPServerObserver {
         var limits = HTTPLimits()
         limits.maxBody = 64 * 1024
         limits.maxHeader = 8 * 1024
+        limits.sendTimeoutMs = ProxyConfig.ms(config.sendTimeout)
+        limits.maxConnections = config.maxConnections
         server = HTTPServer(loop: loop, limits: limits, corsHeaders: ProxyDaemon.corsHeaders(config.corsOrigin))
         table = SessionTable(settings: config.sessionSettings, deadlines: loop.deadlines, clock: { loop.now }) { session in
             try Upstream(loop: loop, session: session)
@@ -67,6 +69,7 @@ public final class ProxyDaemon: SessionEventSink, HTTPServerObserver {
         api = ProxyAPI(settings: try config.apiSettings(defaultAddress: demoTarget), table: table, clock: { loop.now })
         startedAt = loop.now
         server.handler = api
+        table.isOverSendBudget = { loop.isOverSendBudget }
         server.observer = self
         table.events = self
         api.sessionCreated = { [unowned self] session, connection in
@@ -76,6 +79,7 @@ public final class ProxyDaemon: SessionEventSink, HTTPServerObserver {
             ])
         }
         api.metricsText = { [unowned self] in self.metricsText() }
+        api.clientAddress = { [unowned self] connection in self.clientHost(connection) }
         do {
             self.listenAddress = try server.listen(on: listenAddress)
         } catch let error as UVError {
@@ -278,6 +282,18 @@ public final class ProxyDaemon: SessionEventSink, HTTPServerObserver {
         return connection.peerAddress?.description ?? "-"
     }
 
+    /// The client's address without port (SPEC §5): the TCP peer, or with `--trust-proxy` the
+    /// last `X-Forwarded-For` entry (the one the reverse proxy in front of us appended; earlier
+    /// ones are whatever the client wrote).
+    func clientHost(_ connection: HTTPConnection) -> String {
+        let forwarded = connection.request.forwardedFor
+        if config.trustProxy, !forwarded.isEmpty {
+            let last = forwarded.split(separator: UInt8(ascii: ","), omittingEmptySubsequences: false).last ?? forwarded[...]
+            return String(decoding: last, as: UTF8.self).trimmingSpaces
+        }
+        return connection.peerAddress?.host ?? "-"
+    }
+
     /// Logs carry the first 8 characters of a session id: enough to follow a session through
     /// the log, not enough to take it over (the id is the player's only secret).
     static func shortID(_ id: SessionID) -> String { String("\(id)".prefix(8)) }
@@ -315,6 +331,8 @@ public final class ProxyDaemon: SessionEventSink, HTTPServerObserver {
         metrics.gauge("uvproxyd_buffered_bytes", max(table.bufferedBytes, 0))
         metrics.count("uvproxyd_backpressure_pauses_total", total: c.backpressurePauses)
         metrics.count("uvproxyd_history_evicted_bytes_total", total: c.evictedBytes)
+        metrics.gauge("uvproxyd_send_queue_bytes", loop.sendQueueBytes)
+        metrics.count("uvproxyd_connections_rejected_total", total: server.metrics.rejectedConnections)
         for (reason, n) in c.closeReasons {
             metrics.count("uvproxyd_sessions_closed_total", [("reason", reason)], total: n)
         }

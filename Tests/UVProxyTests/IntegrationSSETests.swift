@@ -188,12 +188,13 @@ final class IntegrationSSETests: XCTestCase {
 }
 
 extension IntegrationSSETests {
-    /// A stream client that reads nothing while its queue is full is cut off after five
-    /// keep-alive periods: it cannot pin its session's buffer for as long as TCP lives.
+    /// A stream client that takes nothing of what it is owed is cut off after `send-timeout`:
+    /// it cannot pin its session's buffer for as long as TCP lives.
     func testStreamThatNeverReadsIsCutOff() throws {
         let (d, c, id, target) = try latin1Session {
             $0.bufferSize = 1 << 20
             $0.sseKeepAlive = 0.05
+            $0.sendTimeout = 0.3
         }
         let s = try stream(d, id)
         XCTAssertEqual(try c.metric("uvproxyd_event_streams"), 1)

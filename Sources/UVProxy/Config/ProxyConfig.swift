@@ -145,6 +145,7 @@ public struct ProxyConfig: Sendable, Equatable {
     var sessionSettings: SessionSettings {
         var s = SessionSettings()
         s.maxSessions = maxSessions
+        s.maxSessionsPerClient = maxSessionsPerClient
         s.bufferSize = bufferSize
         s.idleTimeoutMs = ProxyConfig.ms(idleTimeout)
         s.lingerMs = ProxyConfig.ms(linger)

@@ -1,6 +1,8 @@
 /// Counters of the HTTP layer, read by `/metrics`.
 public struct HTTPMetrics {
     public var connections = 0
+    /// Connections answered 503 and closed at once because `max-connections` were open.
+    public var rejectedConnections: UInt64 = 0
     /// Responses by status code (index = code).
     public var statusCounts = [UInt64](repeating: 0, count: 600)
     /// Client connections that could not be accepted (out of descriptors, mostly).
@@ -24,7 +26,8 @@ extension HTTPServerObserver {
 /// Accepts client connections and gives each an `HTTPConnection`.
 public final class HTTPServer {
     let loop: EventLoop
-    public let limits: HTTPLimits
+    /// Limits for connections accepted from now on (tests shorten timeouts here).
+    public var limits: HTTPLimits
     /// Strong: the handler does not reference the server, and a weak load costs on every request.
     public var handler: HTTPHandler?
     /// Unowned: the daemon, which owns this server, observes it (strong would be a cycle, and a
@@ -52,6 +55,7 @@ public final class HTTPServer {
     @discardableResult
     public func listen(on address: SocketAddress) throws -> SocketAddress {
         let listener = try TCPListener(loop: loop, address: address) { [unowned self] stream in
+            guard self.connections.count < self.limits.maxConnections else { return self.reject(stream) }
             let connection = HTTPConnection(stream: stream, server: self)
             self.connections[ObjectIdentifier(connection)] = connection
             self.metrics.connections = self.connections.count
@@ -74,6 +78,20 @@ public final class HTTPServer {
         unreportedAcceptErrors = 0
         observer?.acceptsFailed(count: n, error: error)
     }
+
+    /// Over `max-connections`: a 503 the client can read at once, then the descriptor goes back
+    /// (a connection past the limit holds nothing of ours).
+    private func reject(_ stream: TCPStream) {
+        metrics.rejectedConnections += 1
+        HTTPServer.tooManyConnections.withUnsafeBytes { _ = stream.write($0) }
+        stream.close()
+    }
+
+    static let tooManyConnections: [UInt8] = {
+        let body = "{\"error\": \"too many connections; retry later\"}"
+        return Array(("HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
+            + "Cache-Control: no-store\r\nConnection: close\r\nContent-Length: \(body.utf8.count)\r\n\r\n" + body).utf8)
+    }()
 
     /// Stops accepting; open connections answer what they have and close after it.
     public func stopAccepting() {

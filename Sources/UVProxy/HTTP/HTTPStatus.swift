@@ -11,6 +11,7 @@ public enum HTTPStatus: Int, Sendable {
     case requestTimeout = 408
     case conflict = 409
     case payloadTooLarge = 413
+    case tooManyRequests = 429
     case headersTooLarge = 431
     case internalServerError = 500
     case badGateway = 502
@@ -31,6 +32,7 @@ public enum HTTPStatus: Int, Sendable {
         case .requestTimeout: return "HTTP/1.1 408 Request Timeout\r\n"
         case .conflict: return "HTTP/1.1 409 Conflict\r\n"
         case .payloadTooLarge: return "HTTP/1.1 413 Payload Too Large\r\n"
+        case .tooManyRequests: return "HTTP/1.1 429 Too Many Requests\r\n"
         case .headersTooLarge: return "HTTP/1.1 431 Request Header Fields Too Large\r\n"
         case .internalServerError: return "HTTP/1.1 500 Internal Server Error\r\n"
         case .badGateway: return "HTTP/1.1 502 Bad Gateway\r\n"

@@ -12,6 +12,16 @@ public final class EventLoop {
     static let readSlabSize = 64 * 1024
     /// All timeouts of sessions and connections, driven by one uv timer.
     public private(set) var deadlines: DeadlineQueue!
+    /// Wake-ups and pipelined requests, run once per turn before the loop polls (`TurnQueue`).
+    public let turns = TurnQueue()
+    /// Memory held by every stream's send queue (bytes the kernel refused), for the process-wide
+    /// budget and /metrics.
+    public internal(set) var sendQueueBytes = 0
+    /// Over this, connections that already owe bytes get no more (`HTTPConnection`), event
+    /// streams pause and input to busy targets is refused, until queues drain.
+    public var sendQueueBudget = 256 * 1024 * 1024
+    public var isOverSendBudget: Bool { sendQueueBytes > sendQueueBudget }
+    private var drainer: TurnDrainer?
     /// Run first by `close()`: how handles owned outside UVProxy (`LoopWaker`) close themselves.
     private var closeHooks: [() -> Void] = []
 
@@ -22,6 +32,7 @@ public final class EventLoop {
         guard rc == 0 else { throw UVError(rc, "uv_loop_init") }  // deinit frees both
         raw.pointee.data = Unmanaged.passUnretained(self).toOpaque()
         deadlines = DeadlineQueue(timer: try LoopTimer(loop: self), loop: self)
+        drainer = try TurnDrainer(loop: self, queue: turns)
     }
 
     /// Runs until no handle is active, or `stop()` was called.
@@ -52,6 +63,8 @@ public final class EventLoop {
         closeHooks.removeAll()
         for hook in hooks { hook() }
         deadlines.shutdown()
+        drainer?.close()
+        drainer = nil
         // Give pending close callbacks their turn, then close stragglers.
         uv_run(raw, UV_RUN_NOWAIT)
         uv_walk(raw, { handle, _ in
