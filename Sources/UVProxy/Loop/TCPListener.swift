@@ -17,7 +17,7 @@ public final class TCPListener: LoopHandle {
     private var onAccept: ((TCPStream) -> Void)?
     /// Accepts that failed: the libuv error (`UV_EMFILE`…) and how many connections it cost.
     public var onAcceptError: ((_ error: Int32, _ count: Int) -> Void)?
-    private let fd: Int32
+    private var fd: Int32
     /// The spare descriptor given up to shed connections when the process has none left.
     private var spare: Int32 = -1
     private var pauseTimer: LoopTimer?
@@ -66,6 +66,7 @@ public final class TCPListener: LoopHandle {
 
     /// Stops polling for `pauseMs`: what is pending waits in the backlog meanwhile.
     private func pause() {
+        guard !isClosing else { return }
         uv_poll_stop(raw.assumingMemoryBound(to: uv_poll_t.self))
         if pauseTimer == nil {
             pauseTimer = try? LoopTimer(loop: loop)
@@ -152,13 +153,23 @@ public final class TCPListener: LoopHandle {
         return SocketAddress(storage)
     }
 
+    /// Stops polling and closes the socket at once, as `uv_close` does a TCP handle's: a
+    /// connection arriving from now on is refused rather than left in the backlog.
+    public override func close() {
+        guard !isClosing else { return }
+        super.close()
+        pauseTimer?.close()
+        pauseTimer = nil
+        if fd >= 0 { Glibc.close(fd) }
+        fd = -1
+        if spare >= 0 { Glibc.close(spare) }
+        spare = -1
+    }
+
     override func didClose() {
         onAccept = nil
         onAcceptError = nil
-        pauseTimer?.close()
-        pauseTimer = nil
-        Glibc.close(fd)
-        if spare >= 0 { Glibc.close(spare) }
-        spare = -1
+        if fd >= 0 { Glibc.close(fd) }  // close() has done it; kept for safety
+        fd = -1
     }
 }
