@@ -34,6 +34,8 @@ public final class ProxyDaemon: SessionEventSink, HTTPServerObserver {
     public var isReloading: Bool { reloading }
     /// The hard open-file limit, once `run()` has raised the soft one to it.
     private var fileLimit: UInt64 = 0
+    /// Requests get the DNS rebinding check while there is no token (`listen` needs a restart).
+    private let listenIsLoopback: Bool
 
     /// Builds everything and binds. Throws `ConfigError`/`UVError` with a one-line message.
     public init(config: ProxyConfig, logger: Logger) throws {
@@ -43,6 +45,7 @@ public final class ProxyDaemon: SessionEventSink, HTTPServerObserver {
         logsRequests = logger.logLevel <= .debug
         let listenAddress: SocketAddress
         do { listenAddress = try SocketAddress(parsing: config.listen) } catch { throw ConfigError("listen: \(error)") }
+        listenIsLoopback = listenAddress.isLoopback
         // Resolve targets before binding anything, so a bad one stops start-up cleanly.
         if !config.demo { _ = try config.apiSettings() }
 
@@ -64,7 +67,8 @@ public final class ProxyDaemon: SessionEventSink, HTTPServerObserver {
             self.demo = demo
             demoAddress = demoTarget
         }
-        api = ProxyAPI(settings: try config.apiSettings(defaultAddress: demoTarget), table: table, clock: { loop.now })
+        api = ProxyAPI(settings: try config.apiSettings(defaultAddress: demoTarget, listenIsLoopback: listenIsLoopback),
+                       table: table, clock: { loop.now })
         startedAt = loop.now
         server.handler = api
         table.isOverSendBudget = { loop.isOverSendBudget }
@@ -161,7 +165,8 @@ public final class ProxyDaemon: SessionEventSink, HTTPServerObserver {
         next.demo = config.demo
         next.logFormat = config.logFormat
         // Resolve every target before changing anything, so a bad one leaves the old config in force.
-        let apiSettings = try next.apiSettings(defaultAddress: demoAddress, resolved: resolved)
+        let apiSettings = try next.apiSettings(defaultAddress: demoAddress, resolved: resolved,
+                                               listenIsLoopback: listenIsLoopback)
         let changed = next.changedKeys(from: config)
         let maxSessionsChanged = next.maxSessions != config.maxSessions
         config = next
