@@ -264,12 +264,13 @@ public final class ProxyDaemon: SessionEventSink, HTTPServerObserver {
         ])
     }
 
-    /// The peer's address, or with `--trust-proxy` the first `X-Forwarded-For` entry.
+    /// The peer's address, or with `--trust-proxy` the last `X-Forwarded-For` entry: the one our
+    /// own reverse proxy appended (the client can write any entries before it).
     func clientAddress(_ connection: HTTPConnection) -> String {
         let forwarded = connection.request.forwardedFor
         if config.trustProxy, !forwarded.isEmpty {
-            let first = forwarded.split(separator: UInt8(ascii: ","), maxSplits: 1).first ?? forwarded[...]
-            return String(decoding: first, as: UTF8.self).trimmingSpaces
+            let last = forwarded.lastIndex(of: UInt8(ascii: ",")).map { forwarded[($0 + 1)...] } ?? forwarded[...]
+            return String(decoding: last, as: UTF8.self).trimmingSpaces
         }
         return connection.peerAddress?.description ?? "-"
     }

@@ -17,9 +17,9 @@ public struct ProxyConfig: Sendable, Equatable {
     /// The default target's charset, and that of named targets that do not set one.
     public var charset = Charset.utf8
     public var logLevel = "info"
-    /// `text` (swift-log's stream format) or `json` (one object per line).
+    /// `text` (logfmt lines) or `json` (one object per line).
     public var logFormat = "text"
-    /// Log the client as the first `X-Forwarded-For` address (behind a reverse proxy you run).
+    /// Log the client as the last `X-Forwarded-For` address (behind a reverse proxy you run).
     public var trustProxy = false
     /// Start the demo game on a loopback port and make it the default target.
     public var demo = false
