@@ -142,6 +142,25 @@ final class RequestHeadValidatorTests: XCTestCase {
         XCTAssertEqual(parse("GET / HTTP/9.9\r\n\r\n", cut: 3, body: &body), .failure(.versionNotSupported))
     }
 
+    /// Bytes offered while the parser is paused (before the owner resumes it) are not taken, and
+    /// are judged from their first byte when offered again.
+    func testBytesOfferedWhilePausedAreJudgedOnce() {
+        let parser = HTTPRequestParser(maxBody: 1024)
+        let recorder = Recorder()
+        parser.delegate = recorder
+        let first = Array("GET /a HTTP/1.1\r\nHost: x\r\n\r\n".utf8)
+        let second = Array("GET /b HTTP/1.1\r\nHost: x\r\n\r\n".utf8)
+        XCTAssertEqual(first.withUnsafeBytes { parser.parse($0) }, .success(first.count))
+        XCTAssertEqual(recorder.completed, 1)
+        let partial = Array(second.prefix(19))  // up to the `H` of Host
+        XCTAssertEqual(partial.withUnsafeBytes { parser.parse($0) }, .success(0), "paused: nothing taken")
+        XCTAssertEqual(second.withUnsafeBytes { parser.parse($0) }, .success(0))
+        parser.resume()
+        XCTAssertEqual(second.withUnsafeBytes { parser.parse($0) }, .success(second.count))
+        XCTAssertEqual(recorder.completed, 2)
+        XCTAssertEqual(parser.request.target, Array("/b".utf8))
+    }
+
     func testParserAcceptsAtEveryCut() {
         let text = "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nh\u{0}\r\n1\r\n\r\r\n0\r\nT: 1\r\n\r\n"
             + "POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\n\r\n "

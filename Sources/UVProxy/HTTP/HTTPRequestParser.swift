@@ -118,6 +118,9 @@ final class HTTPRequestParser {
     /// Parses `bytes` until they run out, a request completes (then it pauses) or an error.
     /// Returns how many bytes were consumed, or the error.
     func parse(_ bytes: UnsafeRawBufferPointer) -> Result<Int, HTTPParseError> {
+        // A paused parser takes nothing, so the head validator must not see these bytes yet
+        // either: it sees each byte once, when http_parser does.
+        if parser.pointee.http_errno == HPE_PAUSED.rawValue { return .success(0) }
         if !head.isDone, let problem = head.scan(bytes) { return .failure(.malformed(problem.reason)) }
         parser.pointee.data = Unmanaged.passUnretained(self).toOpaque()
         let consumed = http_parser_execute(parser, settings, bytes.baseAddress?.assumingMemoryBound(to: CChar.self), bytes.count)
