@@ -264,27 +264,23 @@ public final class ProxyDaemon: SessionEventSink, HTTPServerObserver {
         ])
     }
 
-    /// The peer's address, or with `--trust-proxy` the last `X-Forwarded-For` entry: the one our
-    /// own reverse proxy appended (the client can write any entries before it).
+    /// The client's address for logs (SPEC §5): the TCP peer with its port, or with
+    /// `--trust-proxy` the last `X-Forwarded-For` entry (the one the reverse proxy in front of
+    /// us appended; earlier ones are whatever the client wrote).
     func clientAddress(_ connection: HTTPConnection) -> String {
-        let forwarded = connection.request.forwardedFor
-        if config.trustProxy, !forwarded.isEmpty {
-            let last = forwarded.lastIndex(of: UInt8(ascii: ",")).map { forwarded[($0 + 1)...] } ?? forwarded[...]
-            return String(decoding: last, as: UTF8.self).trimmingSpaces
-        }
-        return connection.peerAddress?.description ?? "-"
+        forwardedClient(connection) ?? connection.peerAddress?.description ?? "-"
     }
 
-    /// The client's address without port (SPEC §5): the TCP peer, or with `--trust-proxy` the
-    /// last `X-Forwarded-For` entry (the one the reverse proxy in front of us appended; earlier
-    /// ones are whatever the client wrote).
+    /// The same without the peer's port: what `max-sessions-per-client` counts by.
     func clientHost(_ connection: HTTPConnection) -> String {
+        forwardedClient(connection) ?? connection.peerAddress?.host ?? "-"
+    }
+
+    private func forwardedClient(_ connection: HTTPConnection) -> String? {
         let forwarded = connection.request.forwardedFor
-        if config.trustProxy, !forwarded.isEmpty {
-            let last = forwarded.split(separator: UInt8(ascii: ","), omittingEmptySubsequences: false).last ?? forwarded[...]
-            return String(decoding: last, as: UTF8.self).trimmingSpaces
-        }
-        return connection.peerAddress?.host ?? "-"
+        guard config.trustProxy, !forwarded.isEmpty else { return nil }
+        let last = forwarded.lastIndex(of: UInt8(ascii: ",")).map { forwarded[($0 + 1)...] } ?? forwarded[...]
+        return String(decoding: last, as: UTF8.self).trimmingSpaces
     }
 
     /// Logs carry the first 8 characters of a session id: enough to follow a session through

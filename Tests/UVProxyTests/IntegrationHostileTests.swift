@@ -122,6 +122,7 @@ extension IntegrationHostileTests {
         let before = heapInUse()
         XCTAssertThrowsError(try s.send(all), "the proxy stops reading a client that does not read")
         let grown = heapInUse() - before
+        print("measured: one never-reading pipeliner holds \(grown) bytes")
         XCTAssertLessThan(grown, 3 << 20, "held for one never-reading pipeliner: \(grown) bytes")
         let queued = try d.onLoop { $0.loop.sendQueueBytes }
         XCTAssertLessThan(queued, (1 << 20) + (128 << 10), "send queue capacity \(queued)")
@@ -154,6 +155,7 @@ extension IntegrationHostileTests {
             accepted.feed(chunk)
         }
         let grown = heapInUse() - before
+        print("measured: \(n) one-byte inputs to a target that never reads hold \(grown) bytes")
         XCTAssertEqual(counter.count, n, "every input answered")
         XCTAssertEqual(accepted.count, n, "1-byte inputs stay under the input limit")
         XCTAssertLessThan(grown, 3 << 20, "held for \(n) queued input bytes: \(grown) bytes")
@@ -224,6 +226,7 @@ extension IntegrationHostileTests {
             do { try target.send(all); sent += all.count } catch { break }
         }
         let grown = heapInUse() - before
+        print("measured: a telnet target asking TTYPE without reading: \(sent) bytes sent, \(grown) bytes held")
         XCTAssertLessThan(sent, 24 << 20, "the proxy stopped reading the target")
         XCTAssertLessThan(grown, 4 << 20, "held for unread telnet replies: \(grown) bytes")
         XCTAssertEqual(try d.client().request("GET", "/healthz").status, 200)
@@ -245,6 +248,7 @@ extension IntegrationHostileTests {
             posted += 1
         }
         let grown = heapInUse() - before
+        print("measured: \(posted) echoed posts into an unread demo session hold \(grown) bytes")
         XCTAssertLessThan(grown, 8 << 20, "held for \(posted) echoed posts nobody reads: \(grown) bytes (\(codes))")
         XCTAssertNotNil(codes[503], "input is refused once the game stops reading (\(posted) posts)")
     }
