@@ -134,8 +134,11 @@ extension IntegrationHostileTests {
     /// Point 2: 150,000 one-byte inputs to a target that never reads cost what they hold, not a
     /// block and a write request each (~14 MB for 146 KiB before).
     func testManySmallInputsToATargetThatNeverReads() throws {
-        let (_, d, _, id, target) = try sessionOnTestUpstream()
-        _ = target  // never read
+        // A target with a small receive buffer that never reads: the inputs wait in the proxy.
+        let up = try TestUpstream(receiveBuffer: 4096)
+        addTeardownBlock { up.stopListening(); up.closeAll() }
+        let d = try startDaemon { $0.upstream = "127.0.0.1:\(up.port)" }
+        let id = try d.client().createSession()
         let n = 150_000
         let one = Array("POST /sessions/\(id)/input?raw=1&cmd=x HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n".utf8)
         var all: [UInt8] = []
