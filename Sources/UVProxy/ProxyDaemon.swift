@@ -33,6 +33,8 @@ public final class ProxyDaemon: SessionEventSink, HTTPServerObserver {
     public var isReloading: Bool { reloading }
     /// The hard open-file limit, once `run()` has raised the soft one to it.
     private var fileLimit: UInt64 = 0
+    /// Requests get the DNS rebinding check while there is no token (`listen` needs a restart).
+    private let listenIsLoopback: Bool
     /// Creates that failed for lack of descriptors since the last warning about it.
     private var descriptorFailures: UInt64 = 0
     private var lastDescriptorWarning: UInt64?
@@ -45,6 +47,7 @@ public final class ProxyDaemon: SessionEventSink, HTTPServerObserver {
         logsRequests = logger.logLevel <= .debug
         let listenAddress: SocketAddress
         do { listenAddress = try SocketAddress(parsing: config.listen) } catch { throw ConfigError("listen: \(error)") }
+        listenIsLoopback = listenAddress.isLoopback
         // Resolve targets before binding anything, so a bad one stops start-up cleanly.
         if !config.demo { _ = try config.apiSettings() }
 
@@ -66,7 +69,8 @@ public final class ProxyDaemon: SessionEventSink, HTTPServerObserver {
             self.demo = demo
             demoAddress = demoTarget
         }
-        api = ProxyAPI(settings: try config.apiSettings(defaultAddress: demoTarget), table: table, clock: { loop.now })
+        api = ProxyAPI(settings: try config.apiSettings(defaultAddress: demoTarget, listenIsLoopback: listenIsLoopback),
+                       table: table, clock: { loop.now })
         startedAt = loop.now
         server.handler = api
         table.isOverSendBudget = { loop.isOverSendBudget }
@@ -163,7 +167,8 @@ public final class ProxyDaemon: SessionEventSink, HTTPServerObserver {
         next.demo = config.demo
         next.logFormat = config.logFormat
         // Resolve every target before changing anything, so a bad one leaves the old config in force.
-        let apiSettings = try next.apiSettings(defaultAddress: demoAddress, resolved: resolved)
+        let apiSettings = try next.apiSettings(defaultAddress: demoAddress, resolved: resolved,
+                                               listenIsLoopback: listenIsLoopback)
         let changed = next.changedKeys(from: config)
         let maxSessionsChanged = next.maxSessions != config.maxSessions
         config = next
@@ -272,26 +277,23 @@ public final class ProxyDaemon: SessionEventSink, HTTPServerObserver {
         ])
     }
 
-    /// The peer's address, or with `--trust-proxy` the first `X-Forwarded-For` entry.
+    /// The client's address for logs (SPEC §5): the TCP peer with its port, or with
+    /// `--trust-proxy` the last `X-Forwarded-For` entry (the one the reverse proxy in front of
+    /// us appended; earlier ones are whatever the client wrote).
     func clientAddress(_ connection: HTTPConnection) -> String {
-        let forwarded = connection.request.forwardedFor
-        if config.trustProxy, !forwarded.isEmpty {
-            let first = forwarded.split(separator: UInt8(ascii: ","), maxSplits: 1).first ?? forwarded[...]
-            return String(decoding: first, as: UTF8.self).trimmingSpaces
-        }
-        return connection.peerAddress?.description ?? "-"
+        forwardedClient(connection) ?? connection.peerAddress?.description ?? "-"
     }
 
-    /// The client's address without port (SPEC §5): the TCP peer, or with `--trust-proxy` the
-    /// last `X-Forwarded-For` entry (the one the reverse proxy in front of us appended; earlier
-    /// ones are whatever the client wrote).
+    /// The same without the peer's port: what `max-sessions-per-client` counts by.
     func clientHost(_ connection: HTTPConnection) -> String {
+        forwardedClient(connection) ?? connection.peerAddress?.host ?? "-"
+    }
+
+    private func forwardedClient(_ connection: HTTPConnection) -> String? {
         let forwarded = connection.request.forwardedFor
-        if config.trustProxy, !forwarded.isEmpty {
-            let last = forwarded.split(separator: UInt8(ascii: ","), omittingEmptySubsequences: false).last ?? forwarded[...]
-            return String(decoding: last, as: UTF8.self).trimmingSpaces
-        }
-        return connection.peerAddress?.host ?? "-"
+        guard config.trustProxy, !forwarded.isEmpty else { return nil }
+        let last = forwarded.lastIndex(of: UInt8(ascii: ",")).map { forwarded[($0 + 1)...] } ?? forwarded[...]
+        return String(decoding: last, as: UTF8.self).trimmingSpaces
     }
 
     /// Logs carry the first 8 characters of a session id: enough to follow a session through

@@ -222,7 +222,7 @@ class Daemon:
         self.proc = spawn(cmd, nofile=nofile, stdin=subprocess.DEVNULL, stdout=stdout, stderr=subprocess.PIPE,
                           text=True, env=env or os.environ.copy())
         threading.Thread(target=self._drain, daemon=True).start()
-        m = self.wait_for_log(r"listening on [0-9.\[\]:a-f]*:(\d+)", timeout=ready_timeout)
+        m = self.wait_for_log(r"uvproxyd ready: listening on [0-9.\[\]:a-f]*:(\d+)", timeout=ready_timeout)
         if not m:
             raise RuntimeError("uvproxyd did not start: " + "".join(self.log[-10:]))
         self.port = int(m.group(1))

@@ -8,6 +8,8 @@ public struct APISettings: Sendable {
     /// How often an idle SSE stream gets a comment line.
     public var keepAliveMs: UInt64 = 15_000
     public var serveWebPage = false
+    /// Set when requests must pass the DNS rebinding check (no token, loopback listen address).
+    public var hostCheck: HostCheck?
 
     public init(defaultTarget: Target, targets: [String: Target] = [:]) {
         self.defaultTarget = defaultTarget
@@ -52,6 +54,10 @@ public final class ProxyAPI: HTTPHandler {
 
     public func handle(_ request: HTTPRequest, on connection: HTTPConnection) {
         let (path, query) = Router.split(request.target)
+        if let hostCheck = settings.hostCheck, !hostCheck.allows(request.host), Router.route(path: path) != .healthz {
+            return error(connection, .forbidden, "Host not allowed: without --token only localhost, loopback addresses "
+                         + "and --allowed-host names are served (DNS rebinding protection)")
+        }
         if request.method == .options, settings.corsOrigin != nil {
             respondPreflight(connection)
             return

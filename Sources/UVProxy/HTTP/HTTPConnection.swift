@@ -244,6 +244,7 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
         awaitingResponse = true
         switch error {
         case .malformed(let why): respondError(.badRequest, "malformed request: \(why)")
+        case .versionNotSupported: respondError(.httpVersionNotSupported, "only HTTP/1.0 and HTTP/1.1 are served")
         case .headersTooLarge: respondError(.headersTooLarge, "request line and headers exceed \(limits.maxHeader) bytes")
         case .bodyTooLarge: respondError(.payloadTooLarge, "request body exceeds \(limits.maxBody) bytes")
         }
