@@ -5,4 +5,9 @@
 #include <http_parser.h>
 #include <signal.h>
 #include <sys/resource.h>
+
+/* uv_loop_configure is variadic, which Swift cannot call: the one option we use. */
+static inline int cuv_loop_enable_idle_time(uv_loop_t *loop) {
+    return uv_loop_configure(loop, UV_METRICS_IDLE_TIME);
+}
 #endif

@@ -29,6 +29,8 @@ public final class ProxyDaemon: SessionEventSink, HTTPServerObserver {
     private var waker: LoopWaker?
     private let startedAt: UInt64
     let metrics = ProxyMetrics()
+    /// The loop's longest turns (`uvproxyd_loop_lag_seconds`).
+    let lag: LoopLagMonitor
     /// A reload is waiting for its host name lookups.
     private var reloading = false
     public var isReloading: Bool { reloading }
@@ -51,6 +53,7 @@ public final class ProxyDaemon: SessionEventSink, HTTPServerObserver {
 
         loop = try EventLoop()
         let loop = self.loop
+        lag = try LoopLagMonitor(loop: loop)
         var limits = HTTPLimits()
         limits.maxBody = 64 * 1024
         limits.maxHeader = 8 * 1024
@@ -220,6 +223,7 @@ public final class ProxyDaemon: SessionEventSink, HTTPServerObserver {
         for w in signals { w.close() }
         signals.removeAll()
         waker?.close()
+        lag.close()
         loop.stop()
     }
 
@@ -317,6 +321,8 @@ public final class ProxyDaemon: SessionEventSink, HTTPServerObserver {
         metrics.gauge("uvproxyd_long_polls", api.longPolls)
         metrics.gauge("uvproxyd_event_streams", api.eventStreams)
         metrics.gauge("uvproxyd_buffered_bytes", max(table.bufferedBytes, 0))
+        metrics.gauge("uvproxyd_loop_lag_seconds", seconds: lag.takeRecent())
+        metrics.gauge("uvproxyd_loop_lag_max_seconds", seconds: lag.overallMax)
         metrics.count("uvproxyd_backpressure_pauses_total", total: c.backpressurePauses)
         metrics.count("uvproxyd_history_evicted_bytes_total", total: c.evictedBytes)
         metrics.gauge("uvproxyd_send_queue_bytes", loop.sendQueueBytes)
