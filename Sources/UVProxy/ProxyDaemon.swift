@@ -28,6 +28,8 @@ public final class ProxyDaemon: SessionEventSink, HTTPServerObserver {
     public private(set) var demoAddress: SocketAddress?
     private let startedAt: UInt64
     let metrics = ProxyMetrics()
+    /// The loop's longest turns (`uvproxyd_loop_lag_seconds`).
+    let lag: LoopLagMonitor
     /// A reload is waiting for its host name lookups.
     private var reloading = false
     public var isReloading: Bool { reloading }
@@ -53,6 +55,7 @@ public final class ProxyDaemon: SessionEventSink, HTTPServerObserver {
 
         loop = try EventLoop()
         let loop = self.loop
+        lag = try LoopLagMonitor(loop: loop)
         var limits = HTTPLimits()
         limits.maxBody = 64 * 1024
         limits.maxHeader = 8 * 1024
@@ -214,6 +217,7 @@ public final class ProxyDaemon: SessionEventSink, HTTPServerObserver {
         server.closeAll()
         for w in signals { w.close() }
         signals.removeAll()
+        lag.close()
         loop.stop()
     }
 
@@ -331,6 +335,8 @@ public final class ProxyDaemon: SessionEventSink, HTTPServerObserver {
         metrics.gauge("uvproxyd_long_polls", api.longPolls)
         metrics.gauge("uvproxyd_event_streams", api.eventStreams)
         metrics.gauge("uvproxyd_buffered_bytes", max(table.bufferedBytes, 0))
+        metrics.gauge("uvproxyd_loop_lag_seconds", seconds: lag.takeRecent())
+        metrics.gauge("uvproxyd_loop_lag_max_seconds", seconds: lag.overallMax)
         metrics.count("uvproxyd_backpressure_pauses_total", total: c.backpressurePauses)
         metrics.count("uvproxyd_history_evicted_bytes_total", total: c.evictedBytes)
         metrics.gauge("uvproxyd_send_queue_bytes", loop.sendQueueBytes)

@@ -16,6 +16,8 @@
 - `wait_until(predicate)`, `cpu_seconds(pid)`; `TestError` for a step that cannot go on.
 - `http(port, method, path, ...)`: one request on a new connection → `Response`.
 - `wait_for_port(port)`: until something accepts on 127.0.0.1:port.
+- `rss_bytes(pid)`, `fd_count(pid)`: a process's resident memory and open descriptors (/proc).
+- `raise_file_limit()`: this process's soft open-file limit up to the hard one.
 """
 
 import atexit
@@ -210,18 +212,59 @@ class Target:
             raise TestError("the proxy never connected to the target on port %d" % self.port)
 
 
+def rss_bytes(pid):
+    """Resident set size of a process (VmRSS), in bytes; None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def fd_count(pid):
+    """Open descriptors of a process (entries of /proc/PID/fd); None once it is gone."""
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return None
+
+
+def raise_file_limit():
+    """Raises this process's soft open-file limit to the hard one (children inherit it); returns it."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
 class Daemon:
     """uvproxyd listening on a free loopback port; its log lines are kept in `log`.
     `listen=None` leaves `--listen` out (a config file gives it); `stdout` as for Popen."""
 
     def __init__(self, args, bin_path=None, env=None, ready_timeout=60, nofile=None,
-                 listen="127.0.0.1:0", stdout=subprocess.DEVNULL):
+                 listen="127.0.0.1:0", stdout=subprocess.DEVNULL, log_path=None):
+        """With `log_path`, the daemon's stderr goes to that file (read back from it) instead of
+        a pipe: a busy test process can then never block the daemon on a full pipe."""
         self.log = []
         self._cond = threading.Condition()
         cmd = [bin_path or binary()] + (["--listen", listen] if listen else []) + list(args)
-        self.proc = spawn(cmd, nofile=nofile, stdin=subprocess.DEVNULL, stdout=stdout, stderr=subprocess.PIPE,
-                          text=True, env=env or os.environ.copy())
-        threading.Thread(target=self._drain, daemon=True).start()
+        if log_path:
+            with open(log_path, "w") as sink:
+                self.proc = spawn(cmd, nofile=nofile, stdin=subprocess.DEVNULL, stdout=stdout, stderr=sink,
+                                  env=env or os.environ.copy())
+            threading.Thread(target=self._tail, args=(log_path,), daemon=True).start()
+        else:
+            self.proc = spawn(cmd, nofile=nofile, stdin=subprocess.DEVNULL, stdout=stdout, stderr=subprocess.PIPE,
+                              text=True, env=env or os.environ.copy())
+            threading.Thread(target=self._drain, daemon=True).start()
         m = self.wait_for_log(r"uvproxyd ready: listening on [0-9.\[\]:a-f]*:(\d+)", timeout=ready_timeout)
         if not m:
             raise RuntimeError("uvproxyd did not start: " + "".join(self.log[-10:]))
@@ -232,6 +275,25 @@ class Daemon:
             with self._cond:
                 self.log.append(line)
                 self._cond.notify_all()
+
+    def _tail(self, path):
+        with open(path, errors="replace") as f:
+            pending = ""
+            exited = False
+            while True:
+                chunk = f.readline()
+                if chunk:
+                    pending += chunk
+                    if pending.endswith("\n"):
+                        with self._cond:
+                            self.log.append(pending)
+                            self._cond.notify_all()
+                        pending = ""
+                    continue
+                if exited:
+                    return  # one more pass after the exit read everything
+                exited = self.proc.poll() is not None
+                time.sleep(0.05)
 
     def mark(self):
         with self._cond:
