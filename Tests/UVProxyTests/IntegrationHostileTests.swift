@@ -331,3 +331,51 @@ extension IntegrationHostileTests {
         XCTAssertEqual(try c.request("POST", "/sessions").status, 201)
     }
 }
+
+/// Records how many requests each connection had answered in each loop turn.
+final class TurnShareHandler: HTTPHandler {
+    let inner: HTTPHandler
+    let turns: TurnQueue
+    var perTurn: [ObjectIdentifier: (turn: UInt64, count: Int)] = [:]
+    var maxPerTurn = 0
+    var handled = 0
+    init(_ inner: HTTPHandler, turns: TurnQueue) { self.inner = inner; self.turns = turns }
+    func handle(_ request: HTTPRequest, on connection: HTTPConnection) {
+        let key = ObjectIdentifier(connection)
+        var entry = perTurn[key] ?? (turns.drains, 0)
+        if entry.turn != turns.drains { entry = (turns.drains, 0) }
+        entry.count += 1
+        perTurn[key] = entry
+        maxPerTurn = max(maxPerTurn, entry.count)
+        handled += 1
+        inner.handle(request, on: connection)
+    }
+    func heldRequestTimedOut(on connection: HTTPConnection) { inner.heldRequestTimedOut(on: connection) }
+    func connectionWillClose(_ connection: HTTPConnection) { inner.connectionWillClose(connection) }
+    func connectionDidDrain(_ connection: HTTPConnection) { inner.connectionDidDrain(connection) }
+}
+
+extension IntegrationHostileTests {
+    /// A client that pipelines thousands of requests gets a share per loop turn, so one client
+    /// cannot stall the loop (the soak saw 100+ ms turns from never-readers' 64 KiB reads).
+    func testPipelinedRequestsAreAnsweredAShareAtATime() throws {
+        let d = try startDaemon()
+        let share = try d.onLoop { daemon -> TurnShareHandler in
+            let h = TurnShareHandler(daemon.api, turns: daemon.loop.turns)
+            daemon.server.handler = h
+            return h
+        }
+        let n = 3_000
+        let s = try TestSocket.connect(port: d.listenPort)
+        try s.send(String(repeating: "GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n", count: n))
+        let counter = MarkerCounter("HTTP/1.1 200 ")
+        while counter.count < n {
+            let chunk = try s.receive()
+            guard !chunk.isEmpty else { break }
+            counter.feed(chunk)
+        }
+        XCTAssertEqual(counter.count, n, "every pipelined request answered, in one connection")
+        let most = try d.onLoop { _ in share.maxPerTurn }
+        XCTAssertLessThanOrEqual(most, HTTPConnection.requestsPerTurn, "requests of one connection in one turn")
+    }
+}

@@ -47,6 +47,11 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
     private var isHTTP10 = false
     private var requestReady = false
     private var inParseLoop = false
+    /// Requests this connection may still have answered in this loop turn: a client that
+    /// pipelines thousands gets them answered a share per turn, so the loop never stalls on
+    /// one client (the rest wait, parsed in its next turn task).
+    private var turnShare = HTTPConnection.requestsPerTurn
+    static let requestsPerTurn = 32
     /// A request was handed to the handler and not answered yet.
     public private(set) var awaitingResponse = false
     /// The response is a stream (SSE) whose head is sent and whose end is not.
@@ -96,6 +101,7 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
 
     public func stream(_ stream: TCPStream, didRead bytes: UnsafeRawBufferPointer) {
         lastActivity = loop.now
+        if !isQueuedForTurn { turnShare = HTTPConnection.requestsPerTurn }
         switch phase {
         case .closed, .lingering:
             return  // lingering: read and discard until the peer closes
@@ -104,14 +110,13 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
         }
         if awaitingResponse || unparsed.count > unparsedStart {
             unparsed.append(contentsOf: bytes)
-            if unparsed.count - unparsedStart > limits.maxHeader + limits.maxBody + 4096 {
-                stream.stopReading()  // enough queued; resume when answered
-            }
+            if backlogIsFull { stream.stopReading() }  // enough queued; resume when parsed
             return
         }
         let consumed = parseLoop(bytes)
         if consumed < bytes.count, phase == .open {
             unparsed.append(contentsOf: UnsafeRawBufferPointer(rebasing: bytes[consumed...]))
+            if backlogIsFull { stream.stopReading() }
         }
     }
 
@@ -140,12 +145,13 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
         inParseLoop = true
         defer { inParseLoop = false }
         var offset = 0
-        while phase == .open, !awaitingResponse, offset < bytes.count, mayAnswerMore {
+        while phase == .open, !awaitingResponse, offset < bytes.count, turnShare > 0, mayAnswerMore {
             switch parser.parse(UnsafeRawBufferPointer(rebasing: bytes[offset...])) {
             case .success(let n):
                 offset += n
                 if requestReady {
                     requestReady = false
+                    turnShare -= 1
                     dispatch()
                 } else if parser.inHeaders, timerKind != .headers {
                     schedule(.headers, at: loop.now + limits.headerTimeoutMs)
@@ -156,7 +162,16 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
                 return bytes.count
             }
         }
+        if turnShare == 0, offset < bytes.count, phase == .open, !awaitingResponse {
+            loop.turns.enqueueNextTurn(self)  // its share of this turn is used: the rest next turn
+        }
         return offset
+    }
+
+    /// Bytes received and not parsed yet are at most about one request (then the client is not
+    /// read: TCP holds it back).
+    private var backlogIsFull: Bool {
+        unparsed.count - unparsedStart > limits.maxHeader + limits.maxBody + 4096
     }
 
     private func parseUnparsed() {
@@ -172,7 +187,7 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
             unparsed.removeFirst(unparsedStart)  // a client that keeps the pipeline full
             unparsedStart = 0
         }
-        if phase == .open, !stream.isReading { stream.startReading() }
+        if phase == .open, !stream.isReading, !backlogIsFull { stream.startReading() }
     }
 
     /// Whether another request may be answered now: the client is not too far behind in
@@ -386,6 +401,7 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
     }
 
     public func runTurnTask() {
+        turnShare = HTTPConnection.requestsPerTurn
         if phase == .open, !awaitingResponse { parseUnparsed() }
     }
 

@@ -18,10 +18,27 @@ public protocol TurnTask: AnyObject {
 public final class TurnQueue {
     private var tasks: [TurnTask] = []
     private var running: [TurnTask] = []
+    /// Tasks that used their share of a turn and go on only after the loop has polled once
+    /// more for everyone else's I/O: queued while draining, they run in the next drain; queued
+    /// from an I/O callback (after this turn's drain ran), in the one after it.
+    private var afterNextPoll: [TurnTask] = []
+    private var afterTwoPolls: [TurnTask] = []
+    private var draining = false
+    /// Drains so far (the loop's turns; tests count work per turn with it).
+    public private(set) var drains: UInt64 = 0
 
     public init() {}
 
     public var isEmpty: Bool { tasks.isEmpty }
+    /// Work is waiting for a later turn: the loop must not block in its poll.
+    public var hasNextTurnWork: Bool { !afterNextPoll.isEmpty || !afterTwoPolls.isEmpty }
+
+    /// Queues `task` to run after the loop's next poll (a client that had its share of this turn).
+    public func enqueueNextTurn(_ task: TurnTask) {
+        guard !task.isQueuedForTurn else { return }
+        task.isQueuedForTurn = true
+        if draining { afterNextPoll.append(task) } else { afterTwoPolls.append(task) }
+    }
 
     @inline(__always)
     public func enqueue(_ task: TurnTask) {
@@ -33,6 +50,14 @@ public final class TurnQueue {
     /// Runs every queued task; tasks queued meanwhile run in the same call, after them (a loop,
     /// not a recursion).
     public func drain() {
+        drains &+= 1
+        draining = true
+        defer { draining = false }
+        if !afterNextPoll.isEmpty {
+            tasks.append(contentsOf: afterNextPoll)
+            afterNextPoll.removeAll(keepingCapacity: true)
+        }
+        swap(&afterNextPoll, &afterTwoPolls)
         while !tasks.isEmpty {
             swap(&tasks, &running)
             for task in running {
@@ -45,20 +70,51 @@ public final class TurnQueue {
 }
 
 /// Drains the loop's `TurnQueue` before each poll. Unreferenced: it never keeps the loop alive.
+/// While work waits for the next turn, its `NextTurnWaker` keeps the poll from blocking.
 final class TurnDrainer: LoopHandle {
     private let queue: TurnQueue
+    private let waker: NextTurnWaker
 
     init(loop: EventLoop, queue: TurnQueue) throws {
         self.queue = queue
+        waker = try NextTurnWaker(loop: loop)
         super.init(loop: loop, byteCount: MemoryLayout<uv_prepare_t>.size)
         let prepare = raw.assumingMemoryBound(to: uv_prepare_t.self)
         var rc = uv_prepare_init(loop.raw, prepare)
-        guard rc == 0 else { throw UVError(rc, "uv_prepare_init") }
+        guard rc == 0 else { waker.close(); throw UVError(rc, "uv_prepare_init") }
         adopt()
         rc = uv_prepare_start(prepare) { prepare in
-            LoopHandle.withOwner(UnsafeMutableRawPointer(prepare), as: TurnDrainer.self) { $0.queue.drain() }
+            LoopHandle.withOwner(UnsafeMutableRawPointer(prepare), as: TurnDrainer.self) { drainer in
+                drainer.queue.drain()
+                drainer.waker.set(active: drainer.queue.hasNextTurnWork)
+            }
         }
         guard rc == 0 else { close(); throw UVError(rc, "uv_prepare_start") }
         setReferenced(false)
+    }
+
+    override func close() {
+        waker.close()
+        super.close()
+    }
+}
+
+/// A `uv_idle` handle that does nothing: while it is active, libuv polls without blocking, so
+/// work left for the next turn runs right after the I/O that is ready now.
+final class NextTurnWaker: LoopHandle {
+    private var active = false
+
+    init(loop: EventLoop) throws {
+        super.init(loop: loop, byteCount: MemoryLayout<uv_idle_t>.size)
+        let rc = uv_idle_init(loop.raw, raw.assumingMemoryBound(to: uv_idle_t.self))
+        guard rc == 0 else { throw UVError(rc, "uv_idle_init") }
+        adopt()
+    }
+
+    func set(active on: Bool) {
+        guard on != active, !isClosing else { return }
+        active = on
+        let idle = raw.assumingMemoryBound(to: uv_idle_t.self)
+        if on { uv_idle_start(idle) { _ in } } else { uv_idle_stop(idle) }
     }
 }
