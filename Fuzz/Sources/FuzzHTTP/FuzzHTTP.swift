@@ -264,6 +264,16 @@ func parseResponses(_ bytes: [UInt8]) -> [Response] {
     return out
 }
 
+/// Whether the client has read the head of an event stream (held until the client leaves).
+func isEventStream(_ bytes: [UInt8]) -> Bool {
+    let needle = Array("text/event-stream".utf8)
+    guard bytes.count >= needle.count else { return false }
+    for i in 0...(bytes.count - needle.count) where bytes[i] == needle[0] && Array(bytes[i..<(i + needle.count)]) == needle {
+        return true
+    }
+    return false
+}
+
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzHTTP(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
     let input = fuzzInput(data, size)
@@ -301,16 +311,26 @@ public func fuzzHTTP(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
         if client.eof { break }
     }
     if input[0] & 0x80 != 0 { shutdown(client.fd, Int32(SHUT_WR)) }
-    // Until quiet: nothing new for a few turns and nothing held, or the client was closed on.
+    // Until quiet: nothing new for a few turns, and no request held (a long-poll is answered
+    // within 3 ms; an event stream is held until the client leaves, so it does not count),
+    // unless nothing progressed for 50 ms. Leaving while a long-poll is about to be answered
+    // would race: the server may finish a response the client never reads.
     var quiet = 0
     var spins = 0
-    let start = world.loop.now
+    var lastProgress = world.loop.now
+    var lastFinished = world.finished.count
     while !client.eof && quiet < 4 {
         world.turn()
         spins += 1
+        let got = client.drain()
+        if got || world.finished.count != lastFinished {
+            lastProgress = world.loop.now
+            lastFinished = world.finished.count
+        }
         let held = world.server.connectionCount > before && world.finished.count < world.handled
-        if client.drain() || held && world.loop.now < start + 10 { quiet = 0 } else { quiet += 1 }
-        if spins > 200_000 { break }
+            && !isEventStream(client.received)
+        if got || held && world.loop.now < lastProgress + 50 { quiet = 0 } else { quiet += 1 }
+        if spins > 1_000_000 { break }
     }
     close(client.fd)
     let responses = parseResponses(client.received)
