@@ -5,7 +5,7 @@ let package = Package(
     name: "uvproxyd",
     products: [
         .executable(name: "uvproxyd", targets: ["uvproxyd"]),
-        .library(name: "UVProxy", targets: ["UVProxy"]),
+        .library(name: "UVProxy", targets: ["UVProxy", "UVProxyWaker"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -33,13 +33,20 @@ let package = Package(
                 .product(name: "Prometheus", package: "swift-prometheus"),
             ],
             swiftSettings: [
-                // UVProxy runs on one thread by design (one libuv loop; LoopWaker.wake is the
-                // only entry from elsewhere and is used by tests only). So, in release builds:
+                // UVProxy runs on one thread by design (one libuv loop; the only entry from
+                // elsewhere is UVProxyWaker's LoopWaker, built without these flags, and used by
+                // tests only). So, in release builds:
                 // no dynamic exclusivity checks, and non-atomic reference counting, which
                 // together take ~10% off the CPU a poll costs (docs/BENCHMARKS.md).
                 .unsafeFlags(["-enforce-exclusivity=unchecked", "-Xfrontend", "-assume-single-threaded"],
                              .when(configuration: .release)),
             ]
+        ),
+        // LoopWaker: wakes the loop from other threads, so its reference counting must be
+        // atomic: kept out of UVProxy, which is built -assume-single-threaded (docs/DESIGN.md).
+        .target(
+            name: "UVProxyWaker",
+            dependencies: ["UVProxy", "CUV"]
         ),
         // Reads flags, UVPROXYD_* and the config file into a ProxyConfig. Separate from UVProxy,
         // which is built for one thread (-assume-single-threaded); this runs synchronously on the
@@ -63,7 +70,7 @@ let package = Package(
         ),
         .testTarget(
             name: "UVProxyTests",
-            dependencies: ["UVProxy", "UVProxyConfig", "CUV"]
+            dependencies: ["UVProxy", "UVProxyWaker", "UVProxyConfig", "CUV"]
         ),
     ]
 )

@@ -1,7 +1,19 @@
 #ifndef UVPROXY_CUV_SHIM_H
 #define UVPROXY_CUV_SHIM_H
 #include <uv.h>
+#include <malloc.h>  /* mallinfo2: the tests measure what hostile peers make the daemon hold */
 #include <http_parser.h>
 #include <signal.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
+
+/* accept4 is a GNU extension that the Glibc module does not declare. Used by TCPListener:
+ * the accepted socket is non-blocking and close-on-exec from the start. */
+extern int accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags);
+static inline int cuv_accept(int fd) { return accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC); }
+
+/* uv_loop_configure is variadic, which Swift cannot call: the one option we use. */
+static inline int cuv_loop_enable_idle_time(uv_loop_t *loop) {
+    return uv_loop_configure(loop, UV_METRICS_IDLE_TIME);
+}
 #endif

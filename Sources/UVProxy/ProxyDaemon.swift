@@ -26,14 +26,20 @@ public final class ProxyDaemon: SessionEventSink, HTTPServerObserver {
     private var shutdownStarted: UInt64 = 0
     public private(set) var listenAddress: SocketAddress?
     public private(set) var demoAddress: SocketAddress?
-    private var waker: LoopWaker?
     private let startedAt: UInt64
     let metrics = ProxyMetrics()
+    /// The loop's longest turns (`uvproxyd_loop_lag_seconds`).
+    let lag: LoopLagMonitor
     /// A reload is waiting for its host name lookups.
     private var reloading = false
     public var isReloading: Bool { reloading }
     /// The hard open-file limit, once `run()` has raised the soft one to it.
     private var fileLimit: UInt64 = 0
+    /// Requests get the DNS rebinding check while there is no token (`listen` needs a restart).
+    private let listenIsLoopback: Bool
+    /// Creates that failed for lack of descriptors since the last warning about it.
+    private var descriptorFailures: UInt64 = 0
+    private var lastDescriptorWarning: UInt64?
 
     /// Builds everything and binds. Throws `ConfigError`/`UVError` with a one-line message.
     public init(config: ProxyConfig, logger: Logger) throws {
@@ -43,14 +49,18 @@ public final class ProxyDaemon: SessionEventSink, HTTPServerObserver {
         logsRequests = logger.logLevel <= .debug
         let listenAddress: SocketAddress
         do { listenAddress = try SocketAddress(parsing: config.listen) } catch { throw ConfigError("listen: \(error)") }
+        listenIsLoopback = listenAddress.isLoopback
         // Resolve targets before binding anything, so a bad one stops start-up cleanly.
         if !config.demo { _ = try config.apiSettings() }
 
         loop = try EventLoop()
         let loop = self.loop
+        lag = try LoopLagMonitor(loop: loop)
         var limits = HTTPLimits()
         limits.maxBody = 64 * 1024
         limits.maxHeader = 8 * 1024
+        limits.sendTimeoutMs = ProxyConfig.ms(config.sendTimeout)
+        limits.maxConnections = config.maxConnections
         server = HTTPServer(loop: loop, limits: limits, corsHeaders: ProxyDaemon.corsHeaders(config.corsOrigin))
         table = SessionTable(settings: config.sessionSettings, deadlines: loop.deadlines, clock: { loop.now }) { session in
             try Upstream(loop: loop, session: session)
@@ -62,9 +72,11 @@ public final class ProxyDaemon: SessionEventSink, HTTPServerObserver {
             self.demo = demo
             demoAddress = demoTarget
         }
-        api = ProxyAPI(settings: try config.apiSettings(defaultAddress: demoTarget), table: table, clock: { loop.now })
+        api = ProxyAPI(settings: try config.apiSettings(defaultAddress: demoTarget, listenIsLoopback: listenIsLoopback),
+                       table: table, clock: { loop.now })
         startedAt = loop.now
         server.handler = api
+        table.isOverSendBudget = { loop.isOverSendBudget }
         server.observer = self
         table.events = self
         api.sessionCreated = { [unowned self] session, connection in
@@ -74,6 +86,7 @@ public final class ProxyDaemon: SessionEventSink, HTTPServerObserver {
             ])
         }
         api.metricsText = { [unowned self] in self.metricsText() }
+        api.clientAddress = { [unowned self] connection in self.clientHost(connection) }
         do {
             self.listenAddress = try server.listen(on: listenAddress)
         } catch let error as UVError {
@@ -157,7 +170,8 @@ public final class ProxyDaemon: SessionEventSink, HTTPServerObserver {
         next.demo = config.demo
         next.logFormat = config.logFormat
         // Resolve every target before changing anything, so a bad one leaves the old config in force.
-        let apiSettings = try next.apiSettings(defaultAddress: demoAddress, resolved: resolved)
+        let apiSettings = try next.apiSettings(defaultAddress: demoAddress, resolved: resolved,
+                                               listenIsLoopback: listenIsLoopback)
         let changed = next.changedKeys(from: config)
         let maxSessionsChanged = next.maxSessions != config.maxSessions
         config = next
@@ -175,13 +189,6 @@ public final class ProxyDaemon: SessionEventSink, HTTPServerObserver {
             logger.warning("config: \(restartOnly.joined(separator: ", ")) changed; ignored until restart")
         }
         if maxSessionsChanged { warnAboutLimits() }
-    }
-
-    /// A thread-safe way to ask for shutdown (tests, embedding). Create before `run()`.
-    public func makeStopHandle() throws -> LoopWaker {
-        let waker = try LoopWaker(loop: loop) { [unowned self] in self.shutdown() }
-        self.waker = waker
-        return waker
     }
 
     /// Graceful shutdown: stop accepting, close sessions with reason `shutdown` (answering waiting
@@ -210,7 +217,7 @@ public final class ProxyDaemon: SessionEventSink, HTTPServerObserver {
         server.closeAll()
         for w in signals { w.close() }
         signals.removeAll()
-        waker?.close()
+        lag.close()
         loop.stop()
     }
 
@@ -233,7 +240,26 @@ public final class ProxyDaemon: SessionEventSink, HTTPServerObserver {
     }
 
     public func sessionConnectFailed(target: Target, error: CreateError) {
+        if error == .noDescriptors {
+            // Out of descriptors, every create fails: one line per 10 s, with the count.
+            descriptorFailures += 1
+            let now = loop.now
+            if let last = lastDescriptorWarning, now - last < HTTPServer.acceptWarningIntervalMs { return }
+            lastDescriptorWarning = now
+            logger.warning("creates failed: out of file descriptors", metadata: [
+                "count": "\(descriptorFailures)", "error": "EMFILE", "target": "\(target.name)",
+            ])
+            descriptorFailures = 0
+            return
+        }
         logger.warning("connect to target failed", metadata: ["target": "\(target.name)", "error": "\(error)"])
+    }
+
+    /// Accepts failed (out of descriptors, mostly): the server calls this at most once per 10 s.
+    public func acceptsFailed(count: UInt64, error: Int32) {
+        logger.warning("accepts failed: \(count) client connection\(count == 1 ? "" : "s") closed unserved since the last warning", metadata: [
+            "count": "\(count)", "error": "\(UVError.name(error))", "reason": "\(UVError(error, "accept").message)",
+        ])
     }
 
     // MARK: Requests: latency histogram, access log
@@ -255,14 +281,23 @@ public final class ProxyDaemon: SessionEventSink, HTTPServerObserver {
         ])
     }
 
-    /// The peer's address, or with `--trust-proxy` the first `X-Forwarded-For` entry.
+    /// The client's address for logs (SPEC §5): the TCP peer with its port, or with
+    /// `--trust-proxy` the last `X-Forwarded-For` entry (the one the reverse proxy in front of
+    /// us appended; earlier ones are whatever the client wrote).
     func clientAddress(_ connection: HTTPConnection) -> String {
+        forwardedClient(connection) ?? connection.peerAddress?.description ?? "-"
+    }
+
+    /// The same without the peer's port: what `max-sessions-per-client` counts by.
+    func clientHost(_ connection: HTTPConnection) -> String {
+        forwardedClient(connection) ?? connection.peerAddress?.host ?? "-"
+    }
+
+    private func forwardedClient(_ connection: HTTPConnection) -> String? {
         let forwarded = connection.request.forwardedFor
-        if config.trustProxy, !forwarded.isEmpty {
-            let first = forwarded.split(separator: UInt8(ascii: ","), maxSplits: 1).first ?? forwarded[...]
-            return String(decoding: first, as: UTF8.self).trimmingSpaces
-        }
-        return connection.peerAddress?.description ?? "-"
+        guard config.trustProxy, !forwarded.isEmpty else { return nil }
+        let last = forwarded.lastIndex(of: UInt8(ascii: ",")).map { forwarded[($0 + 1)...] } ?? forwarded[...]
+        return String(decoding: last, as: UTF8.self).trimmingSpaces
     }
 
     /// Logs carry the first 8 characters of a session id: enough to follow a session through
@@ -290,6 +325,7 @@ public final class ProxyDaemon: SessionEventSink, HTTPServerObserver {
         metrics.gauge("uvproxyd_sessions", [("state", "closed")], table.closedCount)
         metrics.count("uvproxyd_sessions_created_total", total: c.created)
         metrics.count("uvproxyd_upstream_connect_failures_total", total: c.connectFailures)
+        metrics.count("uvproxyd_accept_errors_total", total: server.metrics.acceptErrors)
         metrics.count("uvproxyd_upstream_received_bytes_total", total: c.upstreamReceivedBytes)
         metrics.count("uvproxyd_upstream_sent_bytes_total", total: c.upstreamSentBytes)
         for (code, n) in server.metrics.statusCounts.enumerated() where n > 0 {
@@ -299,8 +335,12 @@ public final class ProxyDaemon: SessionEventSink, HTTPServerObserver {
         metrics.gauge("uvproxyd_long_polls", api.longPolls)
         metrics.gauge("uvproxyd_event_streams", api.eventStreams)
         metrics.gauge("uvproxyd_buffered_bytes", max(table.bufferedBytes, 0))
+        metrics.gauge("uvproxyd_loop_lag_seconds", seconds: lag.takeRecent())
+        metrics.gauge("uvproxyd_loop_lag_max_seconds", seconds: lag.overallMax)
         metrics.count("uvproxyd_backpressure_pauses_total", total: c.backpressurePauses)
         metrics.count("uvproxyd_history_evicted_bytes_total", total: c.evictedBytes)
+        metrics.gauge("uvproxyd_send_queue_bytes", loop.sendQueueBytes)
+        metrics.count("uvproxyd_connections_rejected_total", total: server.metrics.rejectedConnections)
         for (reason, n) in c.closeReasons {
             metrics.count("uvproxyd_sessions_closed_total", [("reason", reason)], total: n)
         }

@@ -43,6 +43,10 @@ struct ConfigFile {
             }
             if key == "targets" {
                 targetNames = try ConfigFile.targets(value, fail)
+            } else if ConfigLoader.listKeys.contains(key) {
+                guard value.scalar != nil || value.sequence?.allSatisfy({ $0.scalar != nil }) == true else {
+                    throw fail("\(key): expected a text or a list of texts, got a \(value.mapping != nil ? "map" : "nested list")")
+                }
             } else if value.scalar == nil {
                 throw fail("\(key): expected a single value, got a \(value.mapping != nil ? "map" : "list")")
             }
@@ -151,7 +155,13 @@ struct SnapshotProvider<Snapshot: ConfigSnapshot>: ConfigProvider {
     var providerName: String { parsed.providerName }
 
     func value(forKey key: AbsoluteConfigKey, type: ConfigType) throws -> LookupResult {
-        try parsed.value(forKey: key, type: type)
+        // A list key may hold one text instead of a list of one.
+        if type == .stringArray, key.components.count == 1, ConfigLoader.listKeys.contains(key.components[0]),
+           let single = try? parsed.value(forKey: key, type: .string),
+           case .string(let text)? = single.value?.content {
+            return LookupResult(encodedKey: single.encodedKey, value: ConfigValue(.stringArray([text]), isSecret: false))
+        }
+        return try parsed.value(forKey: key, type: type)
     }
 
     func fetchValue(forKey key: AbsoluteConfigKey, type: ConfigType) async throws -> LookupResult {

@@ -35,8 +35,11 @@ public struct ConfigLoader: Sendable {
     public static let keys = [
         "listen", "upstream", "max-sessions", "buffer-size", "idle-timeout", "linger", "max-wait", "connect-timeout",
         "token", "cors-origin", "telnet", "charset", "log-level", "log-format", "trust-proxy", "demo", "web",
-        "shutdown-timeout", "targets",
+        "shutdown-timeout", "max-connections", "max-sessions-per-client", "send-timeout", "allowed-host", "targets",
     ]
+    /// Keys whose value is a list: in the file a YAML list or one text, in the environment
+    /// comma-separated, as flags repeated.
+    static let listKeys: Set<String> = ["allowed-host"]
     /// The keys of one entry of `targets`.
     public static let targetKeys = ["host", "port", "telnet", "charset", "connect-timeout"]
     static let boolKeys: Set<String> = ["telnet", "trust-proxy", "demo", "web"]
@@ -68,6 +71,10 @@ public struct ConfigLoader: Sendable {
         c.demo = try r.bool("demo") ?? c.demo
         c.web = try r.bool("web") ?? c.web
         c.shutdownTimeout = try r.double("shutdown-timeout") ?? c.shutdownTimeout
+        c.maxConnections = try r.int("max-connections") ?? c.maxConnections
+        c.maxSessionsPerClient = try r.int("max-sessions-per-client") ?? c.maxSessionsPerClient
+        c.sendTimeout = try r.double("send-timeout") ?? c.sendTimeout
+        c.allowedHosts = try r.stringList("allowed-host") ?? c.allowedHosts
 
         // Targets: the file's map, then UVPROXYD_TARGET, then --target; a name given again
         // replaces the whole entry.
@@ -182,6 +189,12 @@ final class SettingsReader {
 
     func bool(_ key: String) throws -> Bool? {
         try read([key], "true or false", in: all) { $0.bool(forKey: $1) }
+    }
+
+    /// A list of texts, blanks dropped (`UVPROXYD_ALLOWED_HOST=a, b,`).
+    func stringList(_ key: String) throws -> [String]? {
+        try read([key], "text or a list of text", in: all) { $0.stringArray(forKey: $1) }?
+            .filter { !$0.allSatisfy(\.isWhitespace) }
     }
 
     func charset(_ path: [String], in layers: Layers? = nil) throws -> Charset? {

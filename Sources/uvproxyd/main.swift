@@ -37,6 +37,15 @@ struct UVProxyCommand: ParsableCommand {
     @Flag(help: "Start the built-in demo game and make it the default target.") var demo = false
     @Flag(help: "Serve the web client page at /.") var web = false
     @Option(help: "Seconds a graceful shutdown may take. Default 10.") var shutdownTimeout: Double?
+    @Option(help: "Most client connections held at once (beyond: 503). Default 10000.") var maxConnections: Int?
+    @Option(help: "Most open sessions per client address (beyond: 429); 0: no limit. Default 0.")
+    var maxSessionsPerClient: Int?
+    @Option(help: "Seconds a connection may go without the client taking any byte of its responses. Default 60.")
+    var sendTimeout: Double?
+    @Option(help: """
+        A Host name accepted besides localhost and loopback addresses when there is no token and the listen address \
+        is loopback (DNS rebinding check); repeatable.
+        """) var allowedHost: [String] = []
 
     /// What was given on the command line, by config key; the loader puts it above the
     /// environment and the file. A boolean flag that is absent leaves the setting to them.
@@ -61,6 +70,10 @@ struct UVProxyCommand: ParsableCommand {
         set("demo", demo ? .bool(true) : nil)
         set("web", web ? .bool(true) : nil)
         set("shutdown-timeout", shutdownTimeout.map { .double($0) })
+        set("max-connections", maxConnections.map { .int($0) })
+        set("max-sessions-per-client", maxSessionsPerClient.map { .int($0) })
+        set("send-timeout", sendTimeout.map { .double($0) })
+        set("allowed-host", allowedHost.isEmpty ? nil : .stringArray(allowedHost))
         return ConfigLoader(flags: flags, flagTargets: target, file: config, environment: environment)
     }
 }

@@ -126,6 +126,10 @@ final class ConfigTests: XCTestCase {
         XCTAssertEqual(c.demo, false)
         XCTAssertEqual(c.web, false)
         XCTAssertEqual(c.shutdownTimeout, 10)
+        XCTAssertEqual(c.maxConnections, 10_000)
+        XCTAssertEqual(c.maxSessionsPerClient, 0)
+        XCTAssertEqual(c.sendTimeout, 60)
+        XCTAssertEqual(c.allowedHosts, ["play.example.org"])
         XCTAssertEqual(c.targets, [
             "mud": TargetConfig(address: "127.0.0.1:4000", telnet: true, charset: .latin1),
             "classic": TargetConfig(address: "localhost:5000", telnet: true, charset: .cp437, connectTimeout: 5),
@@ -162,6 +166,16 @@ final class ConfigTests: XCTestCase {
             ("listen: [127.0.0.1\n", "not valid YAML: "),
             ("max-sessions: 5\nmax-sessions: 6\n", "not valid YAML: max-sessions given twice"),
             ("- listen\n- upstream\n", "expected 'key: value' settings at the top level"),
+            ("max-connections: 0\n", "max-connections: must be 1 to 10000000, got 0"),
+            ("max-connections: many\n", "max-connections: 'many' is not an integer"),
+            ("max-sessions-per-client: -1\n", "max-sessions-per-client: must be 0 to 10000000, got -1"),
+            ("max-sessions-per-client: x\n", "max-sessions-per-client: 'x' is not an integer"),
+            ("send-timeout: 0\n", "send-timeout: must be a positive number of seconds"),
+            ("send-timeout: soon\n", "send-timeout: 'soon' is not a number"),
+            ("allowed-host: [a, \"b c\"]\n", "allowed-host: 'b c' is not a host name"),
+            ("allowed-host: example.org:8181\n", "allowed-host: 'example.org:8181' is not a host name"),
+            ("allowed-host:\n  a: 1\n", "allowed-host: expected a text or a list of texts, got a map"),
+            ("allowed-host: [[a]]\n", "allowed-host: expected a text or a list of texts, got a nested list"),
         ]
         for (yaml, expected) in cases {
             let path = try writeFile(yaml)
@@ -169,6 +183,51 @@ final class ConfigTests: XCTestCase {
             XCTAssertTrue(message.hasPrefix("config \(path): "), "names the file: \(message)")
             XCTAssertTrue(message.contains(expected), "\(yaml.debugDescription): got '\(message)', expected '\(expected)'")
         }
+    }
+
+    /// SPEC §5's settings from each source, flags over environment over file.
+    func testLimitsAndAllowedHostsFromEverySource() throws {
+        let file = try writeFile("""
+            max-connections: 100
+            max-sessions-per-client: 3
+            send-timeout: 30
+            allowed-host: one.example
+            """)
+        var c = try ConfigLoader(file: file).load()
+        XCTAssertEqual(c.maxConnections, 100)
+        XCTAssertEqual(c.maxSessionsPerClient, 3)
+        XCTAssertEqual(c.sendTimeout, 30)
+        XCTAssertEqual(c.allowedHosts, ["one.example"], "one name without a list")
+
+        let list = try writeFile("allowed-host:\n  - a.example\n  - B.example\n")
+        XCTAssertEqual(try ConfigLoader(file: list).load().allowedHosts, ["a.example", "B.example"])
+
+        let environment = ["UVPROXYD_MAX_CONNECTIONS": "200", "UVPROXYD_MAX_SESSIONS_PER_CLIENT": "4",
+                           "UVPROXYD_SEND_TIMEOUT": "2.5", "UVPROXYD_ALLOWED_HOST": "env.example, two.example,"]
+        c = try ConfigLoader(file: file, environment: environment).load()
+        XCTAssertEqual(c.maxConnections, 200)
+        XCTAssertEqual(c.maxSessionsPerClient, 4)
+        XCTAssertEqual(c.sendTimeout, 2.5)
+        XCTAssertEqual(c.allowedHosts, ["env.example", "two.example"], "comma-separated, blanks dropped")
+
+        c = try ConfigLoader(flags: ["max-connections": .int(300), "max-sessions-per-client": .int(5),
+                                     "send-timeout": .double(7), "allowed-host": .stringArray(["f1", "f2"])],
+                             file: file, environment: environment).load()
+        XCTAssertEqual(c.maxConnections, 300)
+        XCTAssertEqual(c.maxSessionsPerClient, 5)
+        XCTAssertEqual(c.sendTimeout, 7)
+        XCTAssertEqual(c.allowedHosts, ["f1", "f2"], "flags replace the list, not add to it")
+    }
+
+    func testBadLimitValuesNameTheirSource() {
+        XCTAssertEqual(loadError(ConfigLoader(environment: ["UVPROXYD_MAX_CONNECTIONS": "lots"])),
+                       "UVPROXYD_MAX_CONNECTIONS: 'lots' is not an integer")
+        XCTAssertEqual(loadError(ConfigLoader(environment: ["UVPROXYD_SEND_TIMEOUT": "1m"])),
+                       "UVPROXYD_SEND_TIMEOUT: '1m' is not a number")
+        XCTAssertTrue(loadError(ConfigLoader(environment: ["UVPROXYD_ALLOWED_HOST": "a b"]))
+            .hasPrefix("allowed-host: 'a b' is not a host name"))
+        XCTAssertTrue(loadError(ConfigLoader(flags: ["max-sessions-per-client": .int(-2)]))
+            .hasPrefix("max-sessions-per-client: must be 0 to 10000000, got -2"))
     }
 
     func testUnreadableFile() {

@@ -73,7 +73,8 @@ final class IntegrationOperationsTests: XCTestCase {
         _ = try c.request("DELETE", "/sessions/\(id)")
 
         let created = try XCTUnwrap(log.wait(for: "session created"))
-        XCTAssertEqual(created["client"] as? String, "203.0.113.7", "with --trust-proxy: the first X-Forwarded-For")
+        XCTAssertEqual(created["client"] as? String, "10.0.0.1",
+                       "with --trust-proxy: the last X-Forwarded-For entry (our proxy's; the client writes the others)")
         XCTAssertEqual(created["session"] as? String, String(id.prefix(8)), "ids are shortened in logs")
         let closed = try XCTUnwrap(log.wait(for: "session closed"))
         XCTAssertEqual(closed["reason"] as? String, "deleted")
@@ -87,6 +88,23 @@ final class IntegrationOperationsTests: XCTestCase {
         let all = log.all.joined()
         XCTAssertFalse(all.contains("secret"), "queries (commands) are never logged")
         XCTAssertFalse(all.contains(id), "whole session ids are never logged")
+    }
+
+    /// The last entry of the last X-Forwarded-For header, spaces trimmed; a forged first entry
+    /// or a second header line does not reach the log.
+    func testTrustProxyTakesTheLastForwardedEntry() throws {
+        let log = LogCapture()
+        let up = try startUpstream()
+        let d = try startDaemon(log: log) {
+            $0.upstream = "127.0.0.1:\(up.port)"
+            $0.trustProxy = true
+        }
+        let c = try d.client()
+        try c.socket.send("POST /sessions HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 1.1.1.1\r\n"
+                          + "X-Forwarded-For: 6.6.6.6,   198.51.100.4 \r\nContent-Length: 0\r\n\r\n")
+        XCTAssertEqual(try c.readResponse().status, 201)
+        let created = try XCTUnwrap(log.wait(for: "session created"))
+        XCTAssertEqual(created["client"] as? String, "198.51.100.4")
     }
 
     func testWithoutTrustProxyTheClientIsThePeer() throws {

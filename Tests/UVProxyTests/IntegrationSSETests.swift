@@ -188,17 +188,19 @@ final class IntegrationSSETests: XCTestCase {
 }
 
 extension IntegrationSSETests {
-    /// A stream client that reads nothing while its queue is full is cut off after five
-    /// keep-alive periods: it cannot pin its session's buffer for as long as TCP lives.
+    /// A stream client that takes nothing of what it is owed is cut off after `send-timeout`:
+    /// it cannot pin its session's buffer for as long as TCP lives.
     func testStreamThatNeverReadsIsCutOff() throws {
         let (d, c, id, target) = try latin1Session {
             $0.bufferSize = 1 << 20
             $0.sseKeepAlive = 0.05
+            $0.sendTimeout = 0.3
         }
         let s = try stream(d, id)
         XCTAssertEqual(try c.metric("uvproxyd_event_streams"), 1)
         // More than the kernel's socket buffers and the session's buffer can hold, never read.
-        Thread { try? target.send(pattern(0..<(24 << 20))) }.start()
+        let block = pattern(0..<(64 << 10))  // sent 384 times: building 24 MiB by hand takes seconds in debug
+        Thread { for _ in 0..<384 { guard (try? target.send(block)) != nil else { return } } }.start()
         let deadline = Date().addingTimeInterval(20)
         while try c.metric("uvproxyd_event_streams") != 0, Date() < deadline {
             Thread.sleep(forTimeInterval: 0.05)  // polling a gauge: there is no event to wait on

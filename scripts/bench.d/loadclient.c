@@ -147,9 +147,9 @@ static void conn_request(struct conn *c, const char *method, const char *fmt, ..
     char req[768];
     int n;
     if (strcmp(method, "POST") == 0)
-        n = snprintf(req, sizeof req, "POST %s HTTP/1.1\r\nHost: bench\r\nContent-Length: 0\r\n\r\n", target);
+        n = snprintf(req, sizeof req, "POST %s HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n", target);
     else
-        n = snprintf(req, sizeof req, "%s %s HTTP/1.1\r\nHost: bench\r\n\r\n", method, target);
+        n = snprintf(req, sizeof req, "%s %s HTTP/1.1\r\nHost: localhost\r\n\r\n", method, target);
     if (c->wlen + (size_t)n > c->wcap) {
         c->wcap = c->wlen + (size_t)n + 1024;
         c->wbuf = xrealloc(c->wbuf, c->wcap);
@@ -771,7 +771,7 @@ static void hold_parse_poll(long i) {
                 repolls++;
             }
             /* The next long-poll (or the rest of this line): at once, as a client does. */
-            hold_send(i, "GET /sessions/%s?since=%lld&wait=60 HTTP/1.1\r\nHost: bench\r\n\r\n", ids[i], next);
+            hold_send(i, "GET /sessions/%s?since=%lld&wait=60 HTTP/1.1\r\nHost: localhost\r\n\r\n", ids[i], next);
         }
         memmove(h->buf, h->buf + hlen + clen, h->len - hlen - (size_t)clen);
         h->len -= hlen + (size_t)clen;
@@ -869,9 +869,9 @@ static int mode_hold(void) {
         struct epoll_event ev = { .events = EPOLLIN, .data.u64 = (uint64_t)i };
         if (epoll_ctl(hep, EPOLL_CTL_ADD, h->fd, &ev) < 0) fatal("epoll_ctl: %s", strerror(errno));
         if (opt_sse) {
-            hold_send(i, "GET /sessions/%s/events HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n\r\n", ids[i]);
+            hold_send(i, "GET /sessions/%s/events HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n\r\n", ids[i]);
         } else {
-            hold_send(i, "GET /sessions/%s?wait=60 HTTP/1.1\r\nHost: bench\r\n\r\n", ids[i]);
+            hold_send(i, "GET /sessions/%s?wait=60 HTTP/1.1\r\nHost: localhost\r\n\r\n", ids[i]);
             h->state = 1;
             held_count++;
         }

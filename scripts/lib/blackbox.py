@@ -1,7 +1,7 @@
 """Shared helpers of the black-box test scripts (Python 3 standard library only).
 
     import sys, os; sys.path.insert(0, os.path.join(os.path.dirname(__file__), "lib"))
-    from blackbox import Checks, Daemon, binary, http, spawn, wait_for_port
+    from blackbox import Checks, Daemon, Target, binary, http, spawn, wait_for_port
 
 - `Checks`: `check(ok, what)` prints `ok    …` / `FAIL  …`; `finish()` prints the closing
   `N passed, N failed` line, stops everything `spawn` started and exits (1 if anything failed).
@@ -10,16 +10,23 @@
 - `spawn(args, ...)`: a child process that dies with this script (PR_SET_PDEATHSIG) and is
   stopped by `stop_all()` (called by `Checks.finish`, on exit and on SIGINT/SIGTERM).
 - `Daemon(args)`: uvproxyd on `--listen 127.0.0.1:0`; waits for its ready line, keeps its log
-  (`daemon.log`, `wait_for_log(pattern)`), `request(...)`, `metric(name)`.
+  (`daemon.log`, `wait_for_log(pattern)`, `expect_log(pattern)`), `request(...)`, `metric(name)`,
+  `cpu_seconds()`, `open_fds()`; `nofile=N` starts it under an open-file limit of N.
+- `Target(greeting)`: a target server that holds the connections it accepts (`next_connection()`).
+- `wait_until(predicate)`, `cpu_seconds(pid)`; `TestError` for a step that cannot go on.
 - `http(port, method, path, ...)`: one request on a new connection → `Response`.
 - `wait_for_port(port)`: until something accepts on 127.0.0.1:port.
+- `rss_bytes(pid)`, `fd_count(pid)`: a process's resident memory and open descriptors (/proc).
+- `raise_file_limit()`: this process's soft open-file limit up to the hard one.
 """
 
 import atexit
 import ctypes
 import http.client as httpclient
 import os
+import queue
 import re
+import resource
 import signal
 import socket
 import subprocess
@@ -43,18 +50,24 @@ def _pdeathsig():
         pass
 
 
-def spawn(args, **kw):
-    """Starts a child that is killed if this script dies, and stopped by `stop_all`."""
-    kw.setdefault("preexec_fn", _pdeathsig)
+def spawn(args, nofile=None, **kw):
+    """Starts a child that is killed if this script dies, and stopped by `stop_all`.
+    `nofile`: its open-file limit, soft and hard (uvproxyd raises its soft limit to the hard one)."""
+    def preexec():
+        _pdeathsig()
+        if nofile is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+    kw.setdefault("preexec_fn", preexec)
     p = subprocess.Popen(args, **kw)
     _children.append(p)
     return p
 
 
-def stop_all():
+def stop_all(kill=False):
+    """Stops every child `spawn` started: SIGTERM (SIGKILL with `kill`), then waits."""
     for p in _children:
         if p.poll() is None:
-            p.terminate()
+            p.kill() if kill else p.terminate()
     for p in _children:
         try:
             p.wait(20)
@@ -72,6 +85,10 @@ def _on_signal(signum, _frame):
 
 
 signal.signal(signal.SIGTERM, _on_signal)
+
+
+class TestError(Exception):
+    """A step of a test could not go on (a missing log line, a server that never connected)."""
 
 
 class Checks:
@@ -144,17 +161,111 @@ def wait_for_port(port, host="127.0.0.1", timeout=30):
     return False
 
 
-class Daemon:
-    """uvproxyd listening on a free loopback port; its log lines are kept in `log`."""
+def cpu_seconds(pid):
+    """User + system CPU seconds of process `pid` so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-    def __init__(self, args, bin_path=None, env=None, ready_timeout=60):
+
+def wait_until(predicate, timeout=10, interval=0.02):
+    """Polls `predicate` until it is true (returns its value) or `timeout` passes (returns it once more)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    return predicate()
+
+
+class Target:
+    """A target server on a free loopback port: each connection it accepts gets `greeting` and
+    waits in a queue for the test (`next_connection`)."""
+
+    def __init__(self, greeting=b"", timeout=20):
+        self.greeting = greeting
+        self.timeout = timeout
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(256)
+        self.port = self.sock.getsockname()[1]
+        self.conns = queue.Queue()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            conn.settimeout(self.timeout)
+            if self.greeting:
+                conn.sendall(self.greeting)
+            self.conns.put(conn)
+
+    def next_connection(self):
+        try:
+            return self.conns.get(timeout=self.timeout)
+        except queue.Empty:
+            raise TestError("the proxy never connected to the target on port %d" % self.port)
+
+
+def rss_bytes(pid):
+    """Resident set size of a process (VmRSS), in bytes; None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def fd_count(pid):
+    """Open descriptors of a process (entries of /proc/PID/fd); None once it is gone."""
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return None
+
+
+def raise_file_limit():
+    """Raises this process's soft open-file limit to the hard one (children inherit it); returns it."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
+class Daemon:
+    """uvproxyd listening on a free loopback port; its log lines are kept in `log`.
+    `listen=None` leaves `--listen` out (a config file gives it); `stdout` as for Popen."""
+
+    def __init__(self, args, bin_path=None, env=None, ready_timeout=60, nofile=None,
+                 listen="127.0.0.1:0", stdout=subprocess.DEVNULL, log_path=None):
+        """With `log_path`, the daemon's stderr goes to that file (read back from it) instead of
+        a pipe: a busy test process can then never block the daemon on a full pipe."""
         self.log = []
         self._cond = threading.Condition()
-        cmd = [bin_path or binary(), "--listen", "127.0.0.1:0"] + list(args)
-        self.proc = spawn(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                          env=env or os.environ.copy())
-        threading.Thread(target=self._drain, daemon=True).start()
-        m = self.wait_for_log(r"listening on [0-9.\[\]:a-f]*:(\d+)", timeout=ready_timeout)
+        cmd = [bin_path or binary()] + (["--listen", listen] if listen else []) + list(args)
+        if log_path:
+            with open(log_path, "w") as sink:
+                self.proc = spawn(cmd, nofile=nofile, stdin=subprocess.DEVNULL, stdout=stdout, stderr=sink,
+                                  env=env or os.environ.copy())
+            threading.Thread(target=self._tail, args=(log_path,), daemon=True).start()
+        else:
+            self.proc = spawn(cmd, nofile=nofile, stdin=subprocess.DEVNULL, stdout=stdout, stderr=subprocess.PIPE,
+                              text=True, env=env or os.environ.copy())
+            threading.Thread(target=self._drain, daemon=True).start()
+        m = self.wait_for_log(r"uvproxyd ready: listening on [0-9.\[\]:a-f]*:(\d+)", timeout=ready_timeout)
         if not m:
             raise RuntimeError("uvproxyd did not start: " + "".join(self.log[-10:]))
         self.port = int(m.group(1))
@@ -164,6 +275,25 @@ class Daemon:
             with self._cond:
                 self.log.append(line)
                 self._cond.notify_all()
+
+    def _tail(self, path):
+        with open(path, errors="replace") as f:
+            pending = ""
+            exited = False
+            while True:
+                chunk = f.readline()
+                if chunk:
+                    pending += chunk
+                    if pending.endswith("\n"):
+                        with self._cond:
+                            self.log.append(pending)
+                            self._cond.notify_all()
+                        pending = ""
+                    continue
+                if exited:
+                    return  # one more pass after the exit read everything
+                exited = self.proc.poll() is not None
+                time.sleep(0.05)
 
     def mark(self):
         with self._cond:
@@ -186,6 +316,15 @@ class Daemon:
                     return None
                 self._cond.wait(min(left, 0.2))
 
+    def expect_log(self, pattern, start=0, timeout=20):
+        """Like `wait_for_log`, but returns the whole line and raises `TestError` (with the
+        last lines of the log) if none comes."""
+        m = self.wait_for_log(pattern, start, timeout)
+        if not m:
+            raise TestError("no log line /%s/ within %.0f s (status %s); last lines: %s" % (
+                pattern, timeout, self.proc.poll(), " | ".join(l.strip() for l in self.log[-6:])))
+        return m.string.rstrip("\n")
+
     def request(self, method, path, body=None, headers=None, timeout=10):
         return http(self.port, method, path, body=body, headers=headers, timeout=timeout)
 
@@ -199,6 +338,14 @@ class Daemon:
         text = self.request("GET", "/metrics").body.decode()
         m = re.search(r"^" + re.escape(name + labels) + r" ([0-9.e+-]+)$", text, re.M)
         return float(m.group(1)) if m else None
+
+    def cpu_seconds(self):
+        """User + system CPU time the daemon has used so far (/proc/PID/stat)."""
+        return cpu_seconds(self.proc.pid)
+
+    def open_fds(self):
+        """How many descriptors the daemon has open (/proc/PID/fd)."""
+        return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
 
     def stop(self, sig=signal.SIGTERM, timeout=30):
         if self.proc.poll() is None:

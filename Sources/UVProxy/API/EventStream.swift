@@ -4,16 +4,17 @@
 /// arrive writes them as one event: `id: <offset after the chunk>` and `data: <JSON string>`.
 /// Bytes written count as acknowledged and delivered. It holds no buffer of its own (events are
 /// built in the API's scratch buffer), so an idle stream costs what an idle long-poll costs.
-final class EventStream: SessionObserver {
+final class EventStream: SessionObserver, TurnTask {
     unowned(unsafe) let connection: HTTPConnection  // owns this object (attachment)
     unowned(unsafe) let api: ProxyAPI
     private(set) var session: Session?
     /// The offset the next event starts at.
     private(set) var cursor: UInt64
     private var decoder: TextDecoder
-    /// Keep-alive periods in a row that found the client's queue full.
-    private var stalledPeriods = 0
-    static let stalledPeriodsAllowed = 5
+    /// What the session asked for, done at the end of the turn (`TurnQueue`).
+    private enum Wake { case none, pump, replaced }
+    private var wake = Wake.none
+    var isQueuedForTurn = false
 
     /// Write more only while the client has less than this queued: a slow client holds its
     /// session back (and, once the buffer fills, the target) instead of growing our memory.
@@ -34,7 +35,7 @@ final class EventStream: SessionObserver {
     func pump() {
         // `self.session`, not a local copy: a failed write closes the connection, which detaches
         // this stream (session = nil) in the middle of the loop.
-        while let session, connection.queuedBytes < EventStream.highWater, cursor < session.ring.end {
+        while let session, connection.mayStreamMore(below: EventStream.highWater), cursor < session.ring.end {
             guard session.ring.check(cursor) == .ok else {
                 // Another client acknowledged past this stream and the history was evicted:
                 // end, so the client reconnects and learns it with a 409.
@@ -49,7 +50,7 @@ final class EventStream: SessionObserver {
         }
         guard let session else { return }  // a write failed and closed the connection
         if !session.isOpen, cursor == session.ring.end {
-            if connection.queuedBytes < EventStream.highWater {
+            if connection.mayStreamMore(below: EventStream.highWater) {
                 end(event: session.closeReason)
             }  // else: connectionDidDrain comes back here
             return
@@ -95,16 +96,13 @@ final class EventStream: SessionObserver {
     }
 
     /// A comment line, so that proxies and browsers keep an idle stream open. A client that
-    /// has read nothing of a full queue for five keep-alive periods (75 s, the keep-alive
-    /// timeout of idle connections) is cut off: it would otherwise pin its session's buffer,
-    /// even after a DELETE, for as long as TCP keeps the connection up.
+    /// has taken no byte of what it is owed for `send-timeout` is cut off (SPEC §5): it would
+    /// otherwise pin its session's buffer, even after a DELETE, for as long as TCP keeps the
+    /// connection up.
     func keepAlive() {
         guard session != nil else { return }
-        if connection.queuedBytes >= EventStream.highWater {
-            stalledPeriods += 1
-            if stalledPeriods >= EventStream.stalledPeriodsAllowed { return connection.close() }
-        } else {
-            stalledPeriods = 0
+        if connection.sendStalled(now: api.now) { return connection.close() }
+        if connection.queuedBytes == 0 {
             EventStream.keepAliveComment.withUnsafeBytes { connection.writeStream($0) }
         }
         connection.hold(until: api.now + api.settings.keepAliveMs)
@@ -112,7 +110,6 @@ final class EventStream: SessionObserver {
 
     /// The client took everything queued: it is reading; write more.
     func connectionDrained() {
-        stalledPeriods = 0
         pump()
     }
 
@@ -126,8 +123,25 @@ final class EventStream: SessionObserver {
 
     // MARK: SessionObserver
 
-    func sessionDidChange(_ session: Session) { pump() }
+    func sessionDidChange(_ session: Session) {
+        if wake == .none { wake = .pump }
+        connection.loop.turns.enqueue(self)
+    }
 
     /// A newer stream (or a long-poll) of the same session took over.
-    func sessionObserverReplaced(_ session: Session) { end(event: nil) }
+    func sessionObserverReplaced(_ session: Session) {
+        wake = .replaced
+        connection.loop.turns.enqueue(self)
+    }
+
+    func runTurnTask() {
+        let what = wake
+        wake = .none
+        guard session != nil else { return }  // detached meanwhile
+        switch what {
+        case .none: break
+        case .pump: pump()
+        case .replaced: end(event: nil)
+        }
+    }
 }

@@ -1,6 +1,6 @@
 /// A connection's request that waits for a session: a long-poll read, or (later) an SSE stream.
 /// One per client connection that ever waits, reused for every wait on it.
-final class PendingRequest: SessionObserver {
+final class PendingRequest: SessionObserver, TurnTask {
     unowned(unsafe) let connection: HTTPConnection  // owns this object (attachment)
     unowned(unsafe) let api: ProxyAPI
 
@@ -12,6 +12,10 @@ final class PendingRequest: SessionObserver {
     }
 
     var read: Read?
+    /// The session changed or a newer read replaced this one: answer at the end of the turn
+    /// (never inside the callback of the target or client that caused it).
+    private var answerRequested = false
+    var isQueuedForTurn = false
 
     init(connection: HTTPConnection, api: ProxyAPI) {
         self.connection = connection
@@ -23,6 +27,7 @@ final class PendingRequest: SessionObserver {
     func cancel() -> Read? {
         guard let r = read else { return nil }
         read = nil
+        answerRequested = false
         r.session.removeWaiter(self)
         api.longPolls -= 1
         return r
@@ -34,7 +39,17 @@ final class PendingRequest: SessionObserver {
         api.respondRead(connection, session: r.session, from: r.since, max: r.max, compat: r.compat)
     }
 
-    func sessionDidChange(_ session: Session) { answer() }
+    private func answerThisTurn() {
+        answerRequested = true
+        connection.loop.turns.enqueue(self)
+    }
 
-    func sessionObserverReplaced(_ session: Session) { answer() }
+    func runTurnTask() {
+        guard answerRequested else { return }  // answered or cancelled meanwhile
+        answer()
+    }
+
+    func sessionDidChange(_ session: Session) { answerThisTurn() }
+
+    func sessionObserverReplaced(_ session: Session) { answerThisTurn() }
 }

@@ -8,6 +8,8 @@ public struct APISettings: Sendable {
     /// How often an idle SSE stream gets a comment line.
     public var keepAliveMs: UInt64 = 15_000
     public var serveWebPage = false
+    /// Set when requests must pass the DNS rebinding check (no token, loopback listen address).
+    public var hostCheck: HostCheck?
 
     public init(defaultTarget: Target, targets: [String: Target] = [:]) {
         self.defaultTarget = defaultTarget
@@ -34,6 +36,8 @@ public final class ProxyAPI: HTTPHandler {
     var metricsText: (() -> [UInt8])?
     /// Told of each session created (the daemon logs it with the client's address).
     var sessionCreated: ((Session, HTTPConnection) -> Void)?
+    /// The client address of a request (SPEC §5), for `max-sessions-per-client`.
+    var clientAddress: (HTTPConnection) -> String = { $0.peerAddress?.host ?? "-" }
     private var tokenBytes: [UInt8]?
     /// Where SSE events are built, shared by every stream (one thread).
     var scratch: [UInt8] = []
@@ -50,6 +54,10 @@ public final class ProxyAPI: HTTPHandler {
 
     public func handle(_ request: HTTPRequest, on connection: HTTPConnection) {
         let (path, query) = Router.split(request.target)
+        if let hostCheck = settings.hostCheck, !hostCheck.allows(request.host), Router.route(path: path) != .healthz {
+            return error(connection, .forbidden, "Host not allowed: without --token only localhost, loopback addresses "
+                         + "and --allowed-host names are served (DNS rebinding protection)")
+        }
         if request.method == .options, settings.corsOrigin != nil {
             respondPreflight(connection)
             return
@@ -102,23 +110,23 @@ public final class ProxyAPI: HTTPHandler {
     }
 
     public func heldRequestTimedOut(on connection: HTTPConnection) {
-        if let stream = connection.attachment as? EventStream {
-            stream.keepAlive()
-        } else {
-            (connection.attachment as? PendingRequest)?.answer()
+        switch connection.attachment {
+        case .eventStream(let stream): stream.keepAlive()
+        case .longPoll(let pending): pending.answer()
+        case .none: break
         }
     }
 
     public func connectionWillClose(_ connection: HTTPConnection) {
-        if let stream = connection.attachment as? EventStream {
-            stream.detach()
-        } else {
-            (connection.attachment as? PendingRequest)?.cancel()
+        switch connection.attachment {
+        case .eventStream(let stream): stream.detach()
+        case .longPoll(let pending): pending.cancel()
+        case .none: break
         }
     }
 
     public func connectionDidDrain(_ connection: HTTPConnection) {
-        (connection.attachment as? EventStream)?.connectionDrained()
+        if case .eventStream(let stream) = connection.attachment { stream.connectionDrained() }
     }
 
     // MARK: Create
@@ -129,7 +137,8 @@ public final class ProxyAPI: HTTPHandler {
             return error(connection, .badRequest, "unknown target '\(name ?? "")'")
         }
         connection.hold(until: nil)
-        table.create(target: target) { [unowned self] result in
+        let client = table.settings.maxSessionsPerClient > 0 ? clientAddress(connection) : nil
+        table.create(target: target, client: client) { [unowned self] result in
             switch result {
             case .success(let session) where !connection.isOpen:
                 // The client left before it could learn the id: nobody can ever use this session.
@@ -157,10 +166,15 @@ public final class ProxyAPI: HTTPHandler {
             case .failure(.full):
                 error(connection, .serviceUnavailable, "session limit reached (\(table.settings.maxSessions) open)",
                       retryAfter: true)
+            case .failure(.clientFull):
+                error(connection, .tooManyRequests,
+                      "session limit per client reached (\(table.settings.maxSessionsPerClient) open)", retryAfter: true)
             case .failure(.failed(let why)):
                 error(connection, .badGateway, "cannot connect to target '\(target.name)': \(why)")
             case .failure(.shuttingDown):
                 error(connection, .serviceUnavailable, "the proxy is shutting down", retryAfter: true)
+            case .failure(.noDescriptors):
+                error(connection, .serviceUnavailable, "the proxy is out of file descriptors", retryAfter: true)
             case .failure(.timedOut):
                 error(connection, .gatewayTimeout,
                       "no connection to target '\(target.name)' within \(target.connectTimeoutMs / 1000) s")
@@ -257,7 +271,7 @@ public final class ProxyAPI: HTTPHandler {
         // `connectionWillClose` has then run already: no stream may be attached after it.
         guard connection.isStreaming else { return }
         let stream = EventStream(connection: connection, api: self, session: session, cursor: start)
-        connection.attachment = stream
+        connection.attachment = .eventStream(stream)
         eventStreams += 1
         connection.hold(until: clock() + settings.keepAliveMs)
         stream.pump()
@@ -280,9 +294,9 @@ public final class ProxyAPI: HTTPHandler {
     }
 
     private func pendingRequest(for connection: HTTPConnection) -> PendingRequest {
-        if let p = connection.attachment as? PendingRequest { return p }
+        if case .longPoll(let p) = connection.attachment { return p }
         let p = PendingRequest(connection: connection, api: self)
-        connection.attachment = p
+        connection.attachment = .longPoll(p)
         return p
     }
 

@@ -17,9 +17,9 @@ public struct ProxyConfig: Sendable, Equatable {
     /// The default target's charset, and that of named targets that do not set one.
     public var charset = Charset.utf8
     public var logLevel = "info"
-    /// `text` (swift-log's stream format) or `json` (one object per line).
+    /// `text` (logfmt lines) or `json` (one object per line).
     public var logFormat = "text"
-    /// Log the client as the first `X-Forwarded-For` address (behind a reverse proxy you run).
+    /// Log the client as the last `X-Forwarded-For` address (behind a reverse proxy you run).
     public var trustProxy = false
     /// Start the demo game on a loopback port and make it the default target.
     public var demo = false
@@ -78,6 +78,9 @@ public struct ProxyConfig: Sendable, Equatable {
             throw ConfigError("max-sessions-per-client: must be 0 to 10000000, got \(maxSessionsPerClient)")
         }
         if let token, token.isEmpty { throw ConfigError("token: must not be empty") }
+        for name in allowedHosts where !HostCheck.isValidName(name) {
+            throw ConfigError("allowed-host: '\(name)' is not a host name (letters, digits, '-', '.', '_', or a [IPv6] address; no port)")
+        }
         let levels = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
         guard levels.contains(logLevel.lowercased()) else {
             throw ConfigError("log-level: must be one of \(levels.joined(separator: ", ")), got '\(logLevel)'")
@@ -145,6 +148,7 @@ public struct ProxyConfig: Sendable, Equatable {
     var sessionSettings: SessionSettings {
         var s = SessionSettings()
         s.maxSessions = maxSessions
+        s.maxSessionsPerClient = maxSessionsPerClient
         s.bufferSize = bufferSize
         s.idleTimeoutMs = ProxyConfig.ms(idleTimeout)
         s.lingerMs = ProxyConfig.ms(linger)
@@ -153,9 +157,11 @@ public struct ProxyConfig: Sendable, Equatable {
 
     /// Resolves every target address (names are resolved here, at start-up or reload).
     /// `resolved` holds lookups already made for `HOST:PORT` texts (a reload makes them off
-    /// the loop); other texts are resolved here, blocking.
+    /// the loop); other texts are resolved here, blocking. With `listenIsLoopback` and no token,
+    /// requests get the DNS rebinding check.
     func apiSettings(defaultAddress: SocketAddress? = nil,
-                     resolved: [String: Result<SocketAddress, AddressError>] = [:]) throws -> APISettings {
+                     resolved: [String: Result<SocketAddress, AddressError>] = [:],
+                     listenIsLoopback: Bool = false) throws -> APISettings {
         let timeout = ProxyConfig.ms(connectTimeout)
         func resolve(_ text: String) throws -> SocketAddress {
             try resolved[text]?.get() ?? SocketAddress(parsing: text)
@@ -180,6 +186,7 @@ public struct ProxyConfig: Sendable, Equatable {
         settings.maxWaitMs = ProxyConfig.ms(maxWait)
         settings.keepAliveMs = ProxyConfig.ms(sseKeepAlive)
         settings.serveWebPage = web || demo
+        settings.hostCheck = token == nil && listenIsLoopback ? HostCheck(allowedHosts: allowedHosts) : nil
         return settings
     }
 }

@@ -37,7 +37,9 @@ public final class DemoGame {
     fileprivate func left(_ player: DemoPlayer) { players[ObjectIdentifier(player)] = nil }
 
     fileprivate func broadcast(_ text: String) {
-        for player in players.values { player.send(text) }
+        // A player who reads nothing misses what others say past 1 MiB owed, as a MUD drops
+        // output for a stuck connection, instead of growing the game without bound.
+        for player in players.values where player.owed < DemoPlayer.maxOwed { player.send(text) }
     }
 
     fileprivate var names: [String] { players.values.map(\.name).sorted() }
@@ -51,6 +53,11 @@ private final class DemoPlayer: TCPStreamDelegate {
     private var floodLeft = 0
     private var floodPosition = 0
     private var gone = false
+    /// Past this owed to a player, its commands are not read until it reads (the rule the proxy
+    /// keeps with targets: a client that does not read cannot make us buffer without bound).
+    static let readPauseOwed = 64 * 1024
+    static let maxOwed = 1 << 20
+    var owed: Int { stream.queuedWriteBytes }
 
     init(stream: TCPStream, game: DemoGame, number: Int) {
         self.stream = stream
@@ -79,6 +86,7 @@ private final class DemoPlayer: TCPStreamDelegate {
     }
 
     func stream(_ stream: TCPStream, didRead bytes: UnsafeRawBufferPointer) {
+        defer { if !gone, owed > DemoPlayer.readPauseOwed { stream.stopReading() } }
         for byte in bytes {
             if byte == 0x0A {
                 if line.last == 0x0D { line.removeLast() }
@@ -94,7 +102,10 @@ private final class DemoPlayer: TCPStreamDelegate {
 
     func stream(_ stream: TCPStream, didEnd error: Int32) { disconnect() }
 
-    func streamDidDrainWrites(_ stream: TCPStream) { continueFlood() }
+    func streamDidDrainWrites(_ stream: TCPStream) {
+        continueFlood()
+        if !gone, owed <= DemoPlayer.readPauseOwed { stream.startReading() }
+    }
 
     private func run(_ command: String) {
         let parts = command.split(separator: " ", maxSplits: 1, omittingEmptySubsequences: true)

@@ -21,25 +21,37 @@ public struct HTTPLimits: Sendable {
     public var maxBody = 64 * 1024
     public var headerTimeoutMs: UInt64 = 10_000
     public var keepAliveTimeoutMs: UInt64 = 75_000
-    /// Stop reading a client whose unread responses exceed this (slow reader protection).
-    public var maxQueuedResponseBytes = 4 * 1024 * 1024
+    /// Parse no further request of a client while more than this of its responses waits in
+    /// user space (SPEC §5: "about 1 MiB plus one response"); its bytes wait unparsed, and past
+    /// one request's worth the connection is not read (TCP holds the client back).
+    public var maxQueuedResponseBytes = 1024 * 1024
+    /// A connection that owes its client bytes is closed only after this long without any
+    /// byte of them taken by the client (SPEC §5 `send-timeout`).
+    public var sendTimeoutMs: UInt64 = 60_000
+    /// Most client connections held at once (SPEC §5 `max-connections`).
+    public var maxConnections = 10_000
     public init() {}
 }
 
 /// One client connection: bytes in → http_parser → one request at a time to the handler →
 /// responses out, in request order.
-public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate, DeadlineOwner {
+public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate, DeadlineOwner, TurnTask {
     let stream: TCPStream
     private let parser: HTTPRequestParser
     private unowned(unsafe) let server: HTTPServer  // the server outlives its connections
     private let limits: HTTPLimits
-    /// Free for the handler (the API keeps its per-connection state here).
-    public var attachment: AnyObject?
+    /// The API's per-connection state (a long-poll, an event stream).
+    var attachment = ConnectionAttachment.none
     /// Whether the request being answered asked to keep the connection.
     private var keepAlive = true
     private var isHTTP10 = false
     private var requestReady = false
     private var inParseLoop = false
+    /// Requests this connection may still have answered in this loop turn: a client that
+    /// pipelines thousands gets them answered a share per turn, so the loop never stalls on
+    /// one client (the rest wait, parsed in its next turn task).
+    private var turnShare = HTTPConnection.requestsPerTurn
+    static let requestsPerTurn = 32
     /// A request was handed to the handler and not answered yet.
     public private(set) var awaitingResponse = false
     /// The response is a stream (SSE) whose head is sent and whose end is not.
@@ -53,6 +65,10 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
     private var unparsedStart = 0
     private let head = OutputBuffer()
     private var lastActivity: UInt64
+    /// Send progress (SPEC §5): what the client had taken at the last look, and when it last
+    /// took a byte (or when it was last owed nothing).
+    private var lastAcked: UInt64 = 0
+    private var lastProgress: UInt64
     private enum Phase { case open, lingering, closed }
     private var closeWhenDrained = false
     private var phase = Phase.open
@@ -60,6 +76,7 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
     private var timerKind = TimerKind.idle
     public var deadline: UInt64 = 0
     public var deadlineSlot: Int = -1
+    public var isQueuedForTurn = false
 
     init(stream: TCPStream, server: HTTPServer) {
         self.stream = stream
@@ -67,6 +84,7 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
         limits = server.limits
         parser = HTTPRequestParser(maxBody: limits.maxBody)
         lastActivity = stream.loop.now
+        lastProgress = lastActivity
         parser.delegate = self
         stream.delegate = self
         stream.startReading()
@@ -83,6 +101,7 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
 
     public func stream(_ stream: TCPStream, didRead bytes: UnsafeRawBufferPointer) {
         lastActivity = loop.now
+        if !isQueuedForTurn { turnShare = HTTPConnection.requestsPerTurn }
         switch phase {
         case .closed, .lingering:
             return  // lingering: read and discard until the peer closes
@@ -91,14 +110,13 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
         }
         if awaitingResponse || unparsed.count > unparsedStart {
             unparsed.append(contentsOf: bytes)
-            if unparsed.count - unparsedStart > limits.maxHeader + limits.maxBody + 4096 {
-                stream.stopReading()  // enough queued; resume when answered
-            }
+            if backlogIsFull { stream.stopReading() }  // enough queued; resume when parsed
             return
         }
         let consumed = parseLoop(bytes)
         if consumed < bytes.count, phase == .open {
             unparsed.append(contentsOf: UnsafeRawBufferPointer(rebasing: bytes[consumed...]))
+            if backlogIsFull { stream.stopReading() }
         }
     }
 
@@ -127,13 +145,13 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
         inParseLoop = true
         defer { inParseLoop = false }
         var offset = 0
-        while phase == .open, !awaitingResponse, offset < bytes.count,
-              stream.queuedWriteBytes <= limits.maxQueuedResponseBytes {
+        while phase == .open, !awaitingResponse, offset < bytes.count, turnShare > 0, mayAnswerMore {
             switch parser.parse(UnsafeRawBufferPointer(rebasing: bytes[offset...])) {
             case .success(let n):
                 offset += n
                 if requestReady {
                     requestReady = false
+                    turnShare -= 1
                     dispatch()
                 } else if parser.inHeaders, timerKind != .headers {
                     schedule(.headers, at: loop.now + limits.headerTimeoutMs)
@@ -144,7 +162,16 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
                 return bytes.count
             }
         }
+        if turnShare == 0, offset < bytes.count, phase == .open, !awaitingResponse {
+            loop.turns.enqueueNextTurn(self)  // its share of this turn is used: the rest next turn
+        }
         return offset
+    }
+
+    /// Bytes received and not parsed yet are at most about one request (then the client is not
+    /// read: TCP holds it back).
+    private var backlogIsFull: Bool {
+        unparsed.count - unparsedStart > limits.maxHeader + limits.maxBody + 4096
     }
 
     private func parseUnparsed() {
@@ -160,7 +187,46 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
             unparsed.removeFirst(unparsedStart)  // a client that keeps the pipeline full
             unparsedStart = 0
         }
-        if phase == .open, !stream.isReading { stream.startReading() }
+        if phase == .open, !stream.isReading, !backlogIsFull { stream.startReading() }
+    }
+
+    /// Whether another request may be answered now: the client is not too far behind in
+    /// reading its responses, and the process is within its send-queue budget (over it, only
+    /// clients that owe nothing are served).
+    private var mayAnswerMore: Bool {
+        let queued = stream.queuedWriteBytes
+        return queued == 0 || (queued <= limits.maxQueuedResponseBytes && !loop.isOverSendBudget)
+    }
+
+    /// Whether a streamed response may write more now (same rules, with a stream's own limit).
+    public func mayStreamMore(below highWater: Int) -> Bool {
+        let queued = stream.queuedWriteBytes
+        return queued == 0 || (queued < highWater && !loop.isOverSendBudget)
+    }
+
+    // MARK: Send progress (send-timeout)
+
+    /// Looks at what the client has taken (`bytesToKernel` less what the kernel still holds,
+    /// `SIOCOUTQ`): true if it owes the client bytes and none was taken for `send-timeout`.
+    /// Progress counts the client's reading, not our write calls: the kernel may report a
+    /// socket writable only once a third of a large send buffer is free.
+    public func sendStalled(now: UInt64) -> Bool {
+        let unsent = UInt64(stream.unsentBytes)
+        let acked = stream.bytesToKernel &- unsent
+        if acked != lastAcked || (unsent == 0 && stream.queuedWriteBytes == 0) {
+            lastAcked = acked
+            lastProgress = now
+            return false
+        }
+        return now >= lastProgress + limits.sendTimeoutMs
+    }
+
+    /// Whether the client is owed bytes that are still in user space or in the kernel.
+    private var owesBytes: Bool { stream.queuedWriteBytes > 0 || stream.unsentBytes > 0 }
+
+    /// A response starts while nothing waits in user space: the stall clock starts now.
+    @inline(__always) private func noteSendStart() {
+        if stream.queuedWriteBytes == 0 { lastProgress = loop.now }
     }
 
     // MARK: Requests
@@ -193,6 +259,7 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
         awaitingResponse = true
         switch error {
         case .malformed(let why): respondError(.badRequest, "malformed request: \(why)")
+        case .versionNotSupported: respondError(.httpVersionNotSupported, "only HTTP/1.0 and HTTP/1.1 are served")
         case .headersTooLarge: respondError(.headersTooLarge, "request line and headers exceed \(limits.maxHeader) bytes")
         case .bodyTooLarge: respondError(.payloadTooLarge, "request body exceeds \(limits.maxBody) bytes")
         }
@@ -241,6 +308,7 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
         if let contentType { header("Content-Type", contentType) }
         header("Content-Length", UInt64(a.count + b.count))
         endHead()
+        noteSendStart()
         stream.write(head.bytes, a, b)
         responseDone()
     }
@@ -272,11 +340,13 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
         endHead()
         head.append(prefix)
         isStreaming = true
+        noteSendStart()
         stream.write(head.bytes)
     }
 
     public func writeStream(_ bytes: UnsafeRawBufferPointer) {
         guard phase == .open, isStreaming else { return }
+        noteSendStart()
         stream.write(bytes)
     }
 
@@ -324,7 +394,15 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
         if timerKind != .idle || deadlineSlot < 0 {
             schedule(.idle, at: lastActivity + limits.keepAliveTimeoutMs)
         }
-        if !inParseLoop { parseUnparsed() }
+        // A held request answered from elsewhere (a target's read, another client's request, a
+        // timer): the next pipelined request runs at the end of the turn, in this connection's
+        // own turn task, never inside the caller (`TurnQueue`).
+        if !inParseLoop, unparsed.count > unparsedStart { loop.turns.enqueue(self) }
+    }
+
+    public func runTurnTask() {
+        turnShare = HTTPConnection.requestsPerTurn
+        if phase == .open, !awaitingResponse { parseUnparsed() }
     }
 
     // MARK: Closing
@@ -362,7 +440,7 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
         cancelTimer()
         stream.close()
         server.connectionClosed(self)
-        attachment = nil
+        attachment = .none
     }
 
     // MARK: Timers
@@ -381,6 +459,10 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
         switch timerKind {
         case .idle:
             guard phase == .open, !awaitingResponse else { return }
+            if owesBytes {  // still sending: only a client that takes nothing is cut off
+                if sendStalled(now: now) { return close() }
+                return schedule(.idle, at: lastProgress + limits.sendTimeoutMs)
+            }
             let due = lastActivity + limits.keepAliveTimeoutMs
             if now >= due {
                 close()
@@ -404,6 +486,10 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
             timerKind = .idle
             server.handler?.heldRequestTimedOut(on: self)
         case .linger:
+            // A last response still on its way to a slow reader is not cut off while it reads.
+            if phase == .lingering, stream.queuedWriteBytes > 0, !sendStalled(now: now) {
+                return schedule(.linger, at: lastProgress + limits.sendTimeoutMs)
+            }
             close()
         }
     }

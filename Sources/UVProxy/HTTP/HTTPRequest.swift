@@ -33,9 +33,12 @@ public final class HTTPRequest {
     public var lastEventID: [UInt8] = []
     /// Logged as the client's address with `--trust-proxy`.
     public var forwardedFor: [UInt8] = []
+    /// The `Host` header (empty without one); checked against DNS rebinding.
+    public var host: [UInt8] = []
     public var expectContinue = false
     var transferEncodingCount = 0
     var contentLengthCount = 0
+    var hostCount = 0
 
     public init() {}
 
@@ -47,10 +50,22 @@ public final class HTTPRequest {
         authorization.clear()
         lastEventID.clear()
         forwardedFor.clear()
+        host.clear()
         expectContinue = false
         transferEncodingCount = 0
         contentLengthCount = 0
+        hostCount = 0
         keepAlive = true
+    }
+
+    /// Why the headers make the message's framing or target ambiguous (RFC 9112 §6.1, §6.3,
+    /// §3.2), or nil.
+    var framingProblem: String? {
+        if transferEncodingCount > 1 { return "more than one Transfer-Encoding header" }
+        if contentLengthCount > 1 { return "more than one Content-Length header" }
+        if transferEncodingCount > 0 && contentLengthCount > 0 { return "Content-Length with Transfer-Encoding" }
+        if hostCount > 1 { return "more than one Host header" }
+        return nil
     }
 
     public var isHTTP10: Bool { versionMajor == 1 && versionMinor == 0 }

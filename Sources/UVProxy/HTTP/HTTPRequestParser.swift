@@ -3,6 +3,7 @@ import CUV
 /// Why a request could not be parsed; each maps to one status code.
 public enum HTTPParseError: Error, Equatable {
     case malformed(String)        // 400, connection closed
+    case versionNotSupported      // 505, connection closed
     case headersTooLarge          // 431
     case bodyTooLarge             // 413
 }
@@ -30,6 +31,8 @@ final class HTTPRequestParser {
     private var value: [UInt8] = []
     private var inValue = false
     private var failure: HTTPParseError?
+    /// Checks each head's raw bytes before http_parser sees them (strict framing).
+    private var head = RequestHeadValidator()
     /// True between the first byte of a request and its headers' end (the 408 clock runs).
     private(set) var inHeaders = false
 
@@ -62,6 +65,11 @@ final class HTTPRequestParser {
         settings.pointee.on_header_field = { p, at, len in
             HTTPRequestParser.with(p) { me in
                 if me.inValue, !me.commitHeader() { return 1 }
+                // A chunked body's trailer fields: the head validator has stopped at the body.
+                if !me.inHeaders, !UnsafeRawBufferPointer(start: at, count: len).allSatisfy(RequestHeadValidator.isTokenByte) {
+                    me.failure = .malformed(RequestHeadValidator.Problem.notAToken.reason + " (trailer)")
+                    return 1
+                }
                 me.field.append(contentsOf: UnsafeRawBufferPointer(start: at, count: len))
                 return 0
             }
@@ -89,6 +97,7 @@ final class HTTPRequestParser {
         settings.pointee.on_message_complete = { p in
             http_parser_pause(p, 1)  // one request at a time: the owner resumes after answering
             return HTTPRequestParser.with(p) { me in
+                me.head.reset()  // the next byte is the next request's
                 me.delegate?.parserDidCompleteRequest()
                 return 0
             }
@@ -109,6 +118,10 @@ final class HTTPRequestParser {
     /// Parses `bytes` until they run out, a request completes (then it pauses) or an error.
     /// Returns how many bytes were consumed, or the error.
     func parse(_ bytes: UnsafeRawBufferPointer) -> Result<Int, HTTPParseError> {
+        // A paused parser takes nothing, so the head validator must not see these bytes yet
+        // either: it sees each byte once, when http_parser does.
+        if parser.pointee.http_errno == HPE_PAUSED.rawValue { return .success(0) }
+        if !head.isDone, let problem = head.scan(bytes) { return .failure(.malformed(problem.reason)) }
         parser.pointee.data = Unmanaged.passUnretained(self).toOpaque()
         let consumed = http_parser_execute(parser, settings, bytes.baseAddress?.assumingMemoryBound(to: CChar.self), bytes.count)
         let errno = http_errno(rawValue: parser.pointee.http_errno)
@@ -129,9 +142,14 @@ final class HTTPRequestParser {
         request.versionMajor = Int(p.pointee.http_major)
         request.versionMinor = Int(p.pointee.http_minor)
         request.keepAlive = http_should_keep_alive(p) != 0
-        if request.transferEncodingCount > 1 || request.contentLengthCount > 1 {
-            failure = .malformed(request.transferEncodingCount > 1
-                ? "more than one Transfer-Encoding header" : "more than one Content-Length header")
+        // http_parser reads a request line without a version as HTTP/0.9, and takes any digits.
+        if request.versionMajor != 1 || request.versionMinor > 1 {
+            failure = request.versionMajor == 0 && request.versionMinor == 9
+                ? .malformed("no HTTP/1.0 or HTTP/1.1 version in the request line") : .versionNotSupported
+            return -1
+        }
+        if let why = request.framingProblem {
+            failure = .malformed(why)
             return -1
         }
         let length = p.pointee.content_length
@@ -151,6 +169,9 @@ final class HTTPRequestParser {
             inValue = false
         }
         switch field.count {
+        case 4 where field[...].equalsIgnoringCase("host"):
+            request.hostCount += 1
+            request.host.keep(value)
         case 6 where field[...].equalsIgnoringCase("expect"):
             request.expectContinue = value[...].equalsIgnoringCase("100-continue")
         case 12 where field[...].equalsIgnoringCase("content-type"):

@@ -1,8 +1,12 @@
 /// Counters of the HTTP layer, read by `/metrics`.
 public struct HTTPMetrics {
     public var connections = 0
+    /// Connections answered 503 and closed at once because `max-connections` were open.
+    public var rejectedConnections: UInt64 = 0
     /// Responses by status code (index = code).
     public var statusCounts = [UInt64](repeating: 0, count: 600)
+    /// Client connections that could not be accepted (out of descriptors, mostly).
+    public var acceptErrors: UInt64 = 0
 }
 
 /// Told of every response (metrics, access log).
@@ -10,12 +14,20 @@ public protocol HTTPServerObserver: AnyObject {
     /// `nanoseconds` from the request's dispatch to its response's end (a long-poll's wait
     /// included). `streamed`: the response was a stream (SSE), ended by either side.
     func requestFinished(_ connection: HTTPConnection, status: HTTPStatus, nanoseconds: UInt64, streamed: Bool)
+    /// Accepts failed: `count` since the last call, the last with libuv error `error`. Called at
+    /// most once per `HTTPServer.acceptWarningIntervalMs` (a warning line, not one per failure).
+    func acceptsFailed(count: UInt64, error: Int32)
+}
+
+extension HTTPServerObserver {
+    public func acceptsFailed(count: UInt64, error: Int32) {}
 }
 
 /// Accepts client connections and gives each an `HTTPConnection`.
 public final class HTTPServer {
     let loop: EventLoop
-    public let limits: HTTPLimits
+    /// Limits for connections accepted from now on (tests shorten timeouts here).
+    public var limits: HTTPLimits
     /// Strong: the handler does not reference the server, and a weak load costs on every request.
     public var handler: HTTPHandler?
     /// Unowned: the daemon, which owns this server, observes it (strong would be a cycle, and a
@@ -27,6 +39,10 @@ public final class HTTPServer {
     /// Extra header lines (CORS) written into every response.
     var corsHeaders: [UInt8]?
     public private(set) var isAccepting = false
+    /// Failed accepts not yet reported to the observer, and when it was last told.
+    private var unreportedAcceptErrors: UInt64 = 0
+    private var lastAcceptWarning: UInt64?
+    public static let acceptWarningIntervalMs: UInt64 = 10_000
 
     public init(loop: EventLoop, limits: HTTPLimits, corsHeaders: [UInt8]? = nil) {
         self.loop = loop
@@ -39,14 +55,43 @@ public final class HTTPServer {
     @discardableResult
     public func listen(on address: SocketAddress) throws -> SocketAddress {
         let listener = try TCPListener(loop: loop, address: address) { [unowned self] stream in
+            guard self.connections.count < self.limits.maxConnections else { return self.reject(stream) }
             let connection = HTTPConnection(stream: stream, server: self)
             self.connections[ObjectIdentifier(connection)] = connection
             self.metrics.connections = self.connections.count
         }
+        listener.onAcceptError = { [unowned self] error, count in self.acceptFailed(error: error, count: count) }
         self.listener = listener
         isAccepting = true
         return listener.localAddress
     }
+
+    /// Counts failed accepts; tells the observer at most once per `acceptWarningIntervalMs`
+    /// (the first failure at once, later ones summed until the interval has passed).
+    private func acceptFailed(error: Int32, count: Int) {
+        metrics.acceptErrors += UInt64(count)
+        unreportedAcceptErrors += UInt64(count)
+        let now = loop.now
+        if let last = lastAcceptWarning, now - last < HTTPServer.acceptWarningIntervalMs { return }
+        lastAcceptWarning = now
+        let n = unreportedAcceptErrors
+        unreportedAcceptErrors = 0
+        observer?.acceptsFailed(count: n, error: error)
+    }
+
+    /// Over `max-connections`: a 503 the client can read at once, then the descriptor goes back
+    /// (a connection past the limit holds nothing of ours).
+    private func reject(_ stream: TCPStream) {
+        metrics.rejectedConnections += 1
+        HTTPServer.tooManyConnections.withUnsafeBytes { _ = stream.write($0) }
+        stream.close()
+    }
+
+    static let tooManyConnections: [UInt8] = {
+        let body = "{\"error\": \"too many connections; retry later\"}"
+        return Array(("HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
+            + "Cache-Control: no-store\r\nConnection: close\r\nContent-Length: \(body.utf8.count)\r\n\r\n" + body).utf8)
+    }()
 
     /// Stops accepting; open connections answer what they have and close after it.
     public func stopAccepting() {

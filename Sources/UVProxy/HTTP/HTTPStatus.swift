@@ -6,16 +6,19 @@ public enum HTTPStatus: Int, Sendable {
     case noContent = 204
     case badRequest = 400
     case unauthorized = 401
+    case forbidden = 403
     case notFound = 404
     case methodNotAllowed = 405
     case requestTimeout = 408
     case conflict = 409
     case payloadTooLarge = 413
+    case tooManyRequests = 429
     case headersTooLarge = 431
     case internalServerError = 500
     case badGateway = 502
     case serviceUnavailable = 503
     case gatewayTimeout = 504
+    case httpVersionNotSupported = 505
 
     /// The whole status line, ready to write.
     var statusLine: StaticString {
@@ -26,16 +29,19 @@ public enum HTTPStatus: Int, Sendable {
         case .noContent: return "HTTP/1.1 204 No Content\r\n"
         case .badRequest: return "HTTP/1.1 400 Bad Request\r\n"
         case .unauthorized: return "HTTP/1.1 401 Unauthorized\r\n"
+        case .forbidden: return "HTTP/1.1 403 Forbidden\r\n"
         case .notFound: return "HTTP/1.1 404 Not Found\r\n"
         case .methodNotAllowed: return "HTTP/1.1 405 Method Not Allowed\r\n"
         case .requestTimeout: return "HTTP/1.1 408 Request Timeout\r\n"
         case .conflict: return "HTTP/1.1 409 Conflict\r\n"
         case .payloadTooLarge: return "HTTP/1.1 413 Payload Too Large\r\n"
+        case .tooManyRequests: return "HTTP/1.1 429 Too Many Requests\r\n"
         case .headersTooLarge: return "HTTP/1.1 431 Request Header Fields Too Large\r\n"
         case .internalServerError: return "HTTP/1.1 500 Internal Server Error\r\n"
         case .badGateway: return "HTTP/1.1 502 Bad Gateway\r\n"
         case .serviceUnavailable: return "HTTP/1.1 503 Service Unavailable\r\n"
         case .gatewayTimeout: return "HTTP/1.1 504 Gateway Timeout\r\n"
+        case .httpVersionNotSupported: return "HTTP/1.1 505 HTTP Version Not Supported\r\n"
         }
     }
 }

@@ -98,9 +98,7 @@ public enum ProxyLogging {
     public static func bootstrap(format: String, level: Logger.Level) {
         LoggingSystem.bootstrap { label in
             if format == "json" { return JSONLogHandler(label: label, level: level) }
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = level
-            return handler
+            return LogfmtLogHandler(label: label, level: level)
         }
     }
 }

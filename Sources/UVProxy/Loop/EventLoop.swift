@@ -12,6 +12,18 @@ public final class EventLoop {
     static let readSlabSize = 64 * 1024
     /// All timeouts of sessions and connections, driven by one uv timer.
     public private(set) var deadlines: DeadlineQueue!
+    /// Wake-ups and pipelined requests, run once per turn before the loop polls (`TurnQueue`).
+    public let turns = TurnQueue()
+    /// Memory held by every stream's send queue (bytes the kernel refused), for the process-wide
+    /// budget and /metrics.
+    public internal(set) var sendQueueBytes = 0
+    /// Over this, connections that already owe bytes get no more (`HTTPConnection`), event
+    /// streams pause and input to busy targets is refused, until queues drain.
+    public var sendQueueBudget = 256 * 1024 * 1024
+    public var isOverSendBudget: Bool { sendQueueBytes > sendQueueBudget }
+    private var drainer: TurnDrainer?
+    /// Run first by `close()`: how handles owned outside UVProxy (`LoopWaker`) close themselves.
+    private var closeHooks: [() -> Void] = []
 
     public init() throws {
         raw = .allocate(capacity: 1)
@@ -20,6 +32,7 @@ public final class EventLoop {
         guard rc == 0 else { throw UVError(rc, "uv_loop_init") }  // deinit frees both
         raw.pointee.data = Unmanaged.passUnretained(self).toOpaque()
         deadlines = DeadlineQueue(timer: try LoopTimer(loop: self), loop: self)
+        drainer = try TurnDrainer(loop: self, queue: turns)
     }
 
     /// Runs until no handle is active, or `stop()` was called.
@@ -31,6 +44,14 @@ public final class EventLoop {
         uv_stop(raw)
     }
 
+    /// The libuv loop, for the loop code outside this module built for one thread
+    /// (UVProxyWaker's `LoopWaker`); nothing else uses it.
+    package var uvLoop: UnsafeMutablePointer<uv_loop_t> { raw }
+
+    /// `body` runs on the loop thread when the loop closes, before its handles are walked: a
+    /// handle not owned by a `LoopHandle` (LoopWaker's async handle) must be closed there.
+    package func onClose(_ body: @escaping () -> Void) { closeHooks.append(body) }
+
     /// Milliseconds of the loop's clock, cached at the start of each iteration.
     public var now: UInt64 { uv_now(raw) }
     /// Monotonic nanoseconds (request latency).
@@ -38,10 +59,16 @@ public final class EventLoop {
 
     /// Closes what is left (handles closed by their owners first) and frees the loop.
     public func close() {
+        let hooks = closeHooks
+        closeHooks.removeAll()
+        for hook in hooks { hook() }
         deadlines.shutdown()
+        drainer?.close()
+        drainer = nil
         // Give pending close callbacks their turn, then close stragglers.
         uv_run(raw, UV_RUN_NOWAIT)
         uv_walk(raw, { handle, _ in
+            // Every open handle here is a LoopHandle's: the close hooks closed the others.
             guard let handle, uv_is_closing(handle) == 0, let data = handle.pointee.data else { return }
             Unmanaged<LoopHandle>.fromOpaque(data).takeUnretainedValue().close()
         }, nil)
@@ -79,4 +106,8 @@ public struct UVError: Error, CustomStringConvertible {
     public static let timedOut = Int32(UV_ETIMEDOUT.rawValue)
     public static let cancelled = Int32(UV_ECANCELED.rawValue)
     public static let again = Int32(UV_EAGAIN.rawValue)
+    /// Out of file descriptors: the process's limit (`EMFILE`) or the system's (`ENFILE`).
+    public static let processFileLimit = Int32(UV_EMFILE.rawValue)
+    public static let systemFileLimit = Int32(UV_ENFILE.rawValue)
+    public var isOutOfDescriptors: Bool { code == UVError.processFileLimit || code == UVError.systemFileLimit }
 }

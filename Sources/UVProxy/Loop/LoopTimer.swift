@@ -48,26 +48,3 @@ public final class SignalWatcher: LoopHandle {
 
     override func didClose() { action = nil }
 }
-
-/// Wakes the loop from another thread (tests, embedding). The only thread-safe handle here.
-public final class LoopWaker: LoopHandle, @unchecked Sendable {
-    private var action: (() -> Void)?
-
-    public init(loop: EventLoop, _ action: @escaping () -> Void) throws {
-        super.init(loop: loop, byteCount: MemoryLayout<uv_async_t>.size)
-        self.action = action
-        let rc = uv_async_init(loop.raw, raw.assumingMemoryBound(to: uv_async_t.self)) { async in
-            LoopHandle.owner(UnsafeMutableRawPointer(async), as: LoopWaker.self).action?()
-        }
-        guard rc == 0 else { throw UVError(rc, "uv_async_init") }
-        adopt()
-        setReferenced(false)
-    }
-
-    /// Callable from any thread.
-    public func wake() {
-        uv_async_send(raw.assumingMemoryBound(to: uv_async_t.self))
-    }
-
-    override func didClose() { action = nil }
-}

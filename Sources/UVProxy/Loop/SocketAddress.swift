@@ -99,6 +99,24 @@ public struct SocketAddress: Sendable, CustomStringConvertible {
 
     public var description: String { "\(host):\(port)" }
 
+    /// 127.0.0.0/8, ::1, or ::ffff:127.0.0.0/104.
+    public var isLoopback: Bool {
+        withUnsafePointer(to: storage) { ptr in
+            if storage.ss_family == sa_family_t(AF_INET) {
+                return ptr.withMemoryRebound(to: sockaddr_in.self, capacity: 1) {
+                    UInt32(bigEndian: $0.pointee.sin_addr.s_addr) >> 24 == 127
+                }
+            }
+            guard storage.ss_family == sa_family_t(AF_INET6) else { return false }
+            return ptr.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { a in
+                withUnsafeBytes(of: a.pointee.sin6_addr) { b in
+                    b.prefix(15).allSatisfy { $0 == 0 } && b[15] == 1
+                        || b.prefix(10).allSatisfy { $0 == 0 } && b[10] == 0xff && b[11] == 0xff && b[12] == 127
+                }
+            }
+        }
+    }
+
     func withSockaddr<R>(_ body: (UnsafePointer<sockaddr>) -> R) -> R {
         withUnsafePointer(to: storage) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1, body) }
     }

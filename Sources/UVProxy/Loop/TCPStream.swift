@@ -26,14 +26,28 @@ extension TCPStreamDelegate {
 /// A TCP connection (accepted or outgoing).
 ///
 /// Writes first try `uv_try_write` straight from the caller's buffers (no copy at all when the
-/// kernel takes everything, the common case); only what the kernel refuses is copied, once,
-/// into a block that lives until its `uv_write` callback.
+/// kernel takes everything, the common case). What the kernel refuses is copied, once, into the
+/// stream's send queue: two growable buffers, one being written by the stream's single
+/// `uv_write` in flight, the other collecting what comes meanwhile, which becomes the next
+/// write. So a stream holds its unsent bytes and nothing else: no allocation and no request
+/// header per refused write, and the count the limits use (`queuedWriteBytes`) is what it
+/// really holds. Both buffers are freed once everything has reached the kernel.
 public final class TCPStream: LoopHandle {
     public var delegate: TCPStreamDelegate?
     public private(set) var isReading = false
     private var ended = false
-    private var pendingWrites = 0
     private var onShutdown: (() -> Void)?
+    /// Being written by the one `uv_write` in flight (its memory must not move meanwhile).
+    private var writing = SendBuffer()
+    /// Refused bytes that wait for the write in flight to finish.
+    private var waiting = SendBuffer()
+    private var writeInFlight = false
+    /// One write request, reused: at most one write is in flight.
+    private var writeRequest: UnsafeMutablePointer<uv_write_t>?
+    /// `shutdown` was asked for while bytes were still queued here: FIN goes after them.
+    private var shutdownPending = false
+    /// Every byte handed to the kernel so far (progress: minus `unsentBytes`, what the peer took).
+    public private(set) var bytesToKernel: UInt64 = 0
 
     public init(loop: EventLoop) throws {
         super.init(loop: loop, byteCount: MemoryLayout<uv_tcp_t>.size)
@@ -46,8 +60,10 @@ public final class TCPStream: LoopHandle {
     var tcp: UnsafeMutablePointer<uv_tcp_t> { raw.assumingMemoryBound(to: uv_tcp_t.self) }
 
     /// Bytes accepted by `write` that the kernel has not taken yet.
-    public var queuedWriteBytes: Int { isClosing ? 0 : Int(uv_stream_get_write_queue_size(stream)) }
+    public var queuedWriteBytes: Int { writing.count + waiting.count }
 
+    /// Memory this stream's send queue holds (its buffers' capacity).
+    public var sendQueueCapacity: Int { writing.capacity + waiting.capacity }
     func setNoDelay() { uv_tcp_nodelay(tcp, 1) }
 
     /// The address of the other end (asked of the kernel when needed: logs only).
@@ -130,53 +146,72 @@ public final class TCPStream: LoopHandle {
         let total = a.count + b.count + c.count
         guard total > 0 else { return 0 }
         var written = 0
-        if pendingWrites == 0 {
+        if !writeInFlight {  // nothing queued: bytes may go straight to the kernel
             var bufs = (TCPStream.buf(a), TCPStream.buf(b), TCPStream.buf(c))
             let n = withUnsafeMutablePointer(to: &bufs) {
                 $0.withMemoryRebound(to: uv_buf_t.self, capacity: 3) { uv_try_write(stream, $0, 3) }
             }
             if n >= 0 {
                 written = Int(n)
+                bytesToKernel &+= UInt64(n)
             } else if n != UVError.again {
                 end(n)
                 return n
             }
+            if written == total { return 0 }
         }
-        if written == total { return 0 }
-        // Copy what the kernel did not take, once, behind the request header.
-        let remaining = total - written
-        let header = (MemoryLayout<uv_write_t>.size + 15) & ~15
-        let block = UnsafeMutableRawPointer.allocate(byteCount: header + remaining, alignment: 16)
-        var cursor = block + header
+        // Queue what the kernel did not take, once.
+        let before = waiting.capacity
         var skip = written
         for part in [a, b, c] where part.count > 0 {
             if skip >= part.count { skip -= part.count; continue }
-            let n = part.count - skip
-            cursor.copyMemory(from: part.baseAddress! + skip, byteCount: n)
-            cursor += n
+            waiting.append(UnsafeRawBufferPointer(rebasing: part[skip...]))
             skip = 0
         }
-        var buf = uv_buf_init((block + header).assumingMemoryBound(to: CChar.self), UInt32(remaining))
-        let request = block.assumingMemoryBound(to: uv_write_t.self)
-        let rc = uv_write(request, stream, &buf, 1) { request, status in
-            let handle = request!.pointee.handle
-            UnsafeMutableRawPointer(request!).deallocate()
-            let stream = LoopHandle.owner(UnsafeMutableRawPointer(handle), as: TCPStream.self)
-            stream.pendingWrites -= 1
-            guard !stream.isClosing else { return }
-            if status < 0 {
-                stream.end(status)
-            } else if stream.pendingWrites == 0 {
-                stream.delegate?.streamDidDrainWrites(stream)
-            }
+        loop.sendQueueBytes += waiting.capacity - before
+        return writeInFlight ? 0 : startWrite()
+    }
+
+    /// Hands the waiting bytes to libuv as the one write in flight.
+    private func startWrite() -> Int32 {
+        swap(&writing, &waiting)
+        if writeRequest == nil { writeRequest = .allocate(capacity: 1) }
+        var buf = uv_buf_init(writing.base.map { UnsafeMutableRawPointer($0).assumingMemoryBound(to: CChar.self) },
+                              UInt32(writing.count))
+        let rc = uv_write(writeRequest, stream, &buf, 1) { request, status in
+            let stream = LoopHandle.owner(UnsafeMutableRawPointer(request!.pointee.handle), as: TCPStream.self)
+            stream.writeFinished(status)
         }
         if rc != 0 {
-            block.deallocate()
             end(rc)
             return rc
         }
-        pendingWrites += 1
+        writeInFlight = true
         return 0
+    }
+
+    private func writeFinished(_ status: Int32) {
+        writeInFlight = false
+        guard !isClosing else { return }  // canceled by close: didClose frees the buffers
+        if status < 0 {
+            end(status)
+            return
+        }
+        bytesToKernel &+= UInt64(writing.count)
+        writing.count = 0
+        if waiting.count > 0 {
+            _ = startWrite()
+            return
+        }
+        // Everything reached the kernel: hold no memory for it any more.
+        loop.sendQueueBytes -= writing.capacity + waiting.capacity
+        writing.free()
+        waiting.free()
+        if shutdownPending {
+            shutdownPending = false
+            startShutdown()
+        }
+        delegate?.streamDidDrainWrites(self)
     }
 
     private static func buf(_ p: UnsafeRawBufferPointer) -> uv_buf_t {
@@ -188,6 +223,14 @@ public final class TCPStream: LoopHandle {
     public func shutdown(_ completion: (() -> Void)? = nil) {
         guard !isClosing else { return }
         onShutdown = completion
+        if writeInFlight {
+            shutdownPending = true  // after the queue has reached the kernel (writeFinished)
+        } else {
+            startShutdown()
+        }
+    }
+
+    private func startShutdown() {
         let request = UnsafeMutablePointer<uv_shutdown_t>.allocate(capacity: 1)
         let rc = uv_shutdown(request, stream) { request, _ in
             let handle = request!.pointee.handle
@@ -200,6 +243,7 @@ public final class TCPStream: LoopHandle {
         }
         if rc != 0 {
             request.deallocate()
+            let completion = onShutdown
             onShutdown = nil
             completion?()
         }
@@ -229,5 +273,42 @@ public final class TCPStream: LoopHandle {
     override func didClose() {
         delegate = nil
         onShutdown = nil
+        loop.sendQueueBytes -= writing.capacity + waiting.capacity
+        writing.free()
+        waiting.free()
+        writeRequest?.deallocate()
+        writeRequest = nil
+    }
+}
+
+/// A growable byte buffer of a stream's send queue: malloc'd memory, doubled while small and
+/// grown in 64 KiB steps past that with realloc (which moves large blocks by remapping pages),
+/// so what it holds stays close to what it counts.
+struct SendBuffer {
+    private(set) var base: UnsafeMutablePointer<UInt8>?
+    var count = 0
+    private(set) var capacity = 0
+    static let step = 64 * 1024
+
+    mutating func append(_ bytes: UnsafeRawBufferPointer) {
+        guard let src = bytes.baseAddress, bytes.count > 0 else { return }
+        let needed = count + bytes.count
+        if needed > capacity {
+            var newCapacity = Swift.max(capacity, 4096)
+            while newCapacity < needed && newCapacity < SendBuffer.step { newCapacity *= 2 }
+            if newCapacity < needed { newCapacity = (needed + SendBuffer.step - 1) / SendBuffer.step * SendBuffer.step }
+            guard let grown = realloc(base, newCapacity) else { fatalError("out of memory") }
+            base = grown.assumingMemoryBound(to: UInt8.self)
+            capacity = newCapacity
+        }
+        (base! + count).update(from: src.assumingMemoryBound(to: UInt8.self), count: bytes.count)
+        count = needed
+    }
+
+    mutating func free() {
+        Glibc.free(base)
+        base = nil
+        count = 0
+        capacity = 0
     }
 }

@@ -50,6 +50,13 @@ final class ProxyMetrics {
         gauge.record(value)
     }
 
+    /// A gauge in seconds, from nanoseconds.
+    func gauge(_ name: String, seconds nanoseconds: UInt64) {
+        let gauge = gauges[name] ?? CoreMetrics.Gauge(label: name, dimensions: [], factory: factory)
+        gauges[name] = gauge
+        gauge.record(Double(nanoseconds) / 1e9)
+    }
+
     /// The Prometheus text exposition of everything recorded.
     func render() -> [UInt8] {
         var out: [UInt8] = []

@@ -65,6 +65,8 @@ public final class Session: DeadlineOwner {
     public private(set) var closedAt: UInt64 = 0
     /// Loop time the target connection opened (the session's lifetime in logs).
     public internal(set) var openedAt: UInt64 = 0
+    /// The client address that created it, while it counts against `max-sessions-per-client`.
+    var client: String?
     /// Input bytes queued for the target (logs).
     public private(set) var sentBytes: UInt64 = 0
     var link: UpstreamLink?
@@ -146,7 +148,8 @@ public final class Session: DeadlineOwner {
     public func sendInput(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer, seq: UInt64?) -> InputResult {
         if let seq, seq <= lastSeq { return .duplicate }
         guard state == .open, let link else { return .closed }
-        if link.queuedBytes > ring.limit { return .full }
+        // The input limit (SPEC §2), and the process's send budget for a target that is behind.
+        if link.queuedBytes > ring.limit || (link.queuedBytes > 0 && table.isOverSendBudget()) { return .full }
         if let seq { lastSeq = seq }
         link.send(a, b)
         sentBytes += UInt64(a.count + b.count)
@@ -164,7 +167,9 @@ public final class Session: DeadlineOwner {
     }
 
     public func removeWaiter(_ observer: SessionObserver) {
-        if waiter === observer { waiter = nil }
+        guard waiter === observer else { return }
+        waiter = nil
+        lastTouched = table.now  // a wait that just ended touched the session until now
     }
 
     public var hasObservers: Bool { waiter != nil }
@@ -174,6 +179,7 @@ public final class Session: DeadlineOwner {
     func notifyObservers() {
         if let w = waiter {
             waiter = nil  // a long-poll is answered once
+            lastTouched = table.now
             w.sessionDidChange(self)
         }
     }

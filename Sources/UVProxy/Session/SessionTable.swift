@@ -1,6 +1,8 @@
 /// Limits that apply to sessions created from now on (a reload changes them for new ones).
 public struct SessionSettings: Sendable {
     public var maxSessions = 10_000
+    /// Most open sessions of one client address (0: no limit; SPEC §5).
+    public var maxSessionsPerClient = 0
     public var bufferSize = 1_048_576
     public var idleTimeoutMs: UInt64 = 600_000
     public var lingerMs: UInt64 = 60_000
@@ -24,9 +26,16 @@ public struct SessionCounters {
 /// Why a create failed (SPEC §2, Create).
 public enum CreateError: Error, Equatable {
     case full              // 503
+    case clientFull        // 429: max-sessions-per-client
     case failed(String)    // 502, with the libuv error name
     case timedOut          // 504
     case shuttingDown      // 503: the daemon is stopping
+    case noDescriptors     // 503 + Retry-After: the process is out of file descriptors (EMFILE/ENFILE)
+
+    /// What a failed connect means: out of descriptors is ours, not the target's.
+    static func connect(_ code: Int32) -> CreateError {
+        UVError(code, "connect").isOutOfDescriptors ? .noDescriptors : .failed(UVError.name(code))
+    }
 }
 
 /// Events worth a log line; the daemon turns them into log records.
@@ -48,6 +57,8 @@ public final class SessionTable {
     private let clock: () -> UInt64
     private let makeLink: (Session) throws -> UpstreamLink
     private var sessions = SessionIndex()
+    /// Open (and connecting) sessions per client address, while a per-client limit is set.
+    private var perClient: [String: Int] = [:]
     /// Sessions still connecting, with whom to tell the outcome.
     private var pendingCreates: [ObjectIdentifier: (session: Session, completion: (Result<Session, CreateError>) -> Void)] = [:]
     /// Connecting or open: what `max-sessions` limits.
@@ -55,6 +66,9 @@ public final class SessionTable {
     public private(set) var closedCount = 0
     public var counters = SessionCounters()
     public weak var events: SessionEventSink?
+    /// Whether the process's send queues are over their budget (the loop knows; tests: never).
+    public var isOverSendBudget: () -> Bool = { false }
+    var now: UInt64 { clock() }
 
     public init(settings: SessionSettings, deadlines: DeadlineQueue, clock: @escaping () -> UInt64,
                 makeLink: @escaping (Session) throws -> UpstreamLink) {
@@ -86,9 +100,15 @@ public final class SessionTable {
     // MARK: Create
 
     /// Connects a new session to `target`; `completion` runs once the outcome is known.
-    public func create(target: Target, completion: @escaping (Result<Session, CreateError>) -> Void) {
+    public func create(target: Target, client: String? = nil,
+                       completion: @escaping (Result<Session, CreateError>) -> Void) {
         guard openCount < settings.maxSessions else {
             completion(.failure(.full))
+            return
+        }
+        let limit = settings.maxSessionsPerClient
+        if limit > 0, let client, perClient[client, default: 0] >= limit {
+            completion(.failure(.clientFull))
             return
         }
         var id = SessionID.random()
@@ -98,11 +118,20 @@ public final class SessionTable {
         do {
             link = try makeLink(session)
         } catch {
+            if let uv = error as? UVError, uv.isOutOfDescriptors {
+                events?.sessionConnectFailed(target: target, error: .noDescriptors)
+                completion(.failure(.noDescriptors))
+                return
+            }
             counters.connectFailures += 1
             completion(.failure(.failed("\(error)")))
             return
         }
         openCount += 1
+        if limit > 0, let client {
+            session.client = client
+            perClient[client, default: 0] += 1
+        }
         session.link = link
         pendingCreates[ObjectIdentifier(session)] = (session, completion)
         deadlines.schedule(session, at: clock() + target.connectTimeoutMs)
@@ -114,7 +143,7 @@ public final class SessionTable {
               let completion = pendingCreates.removeValue(forKey: ObjectIdentifier(session))?.completion else { return }
         deadlines.cancel(session)
         guard status == 0 else {
-            failCreate(session, .failed(UVError.name(status)), completion)
+            failCreate(session, .connect(status), completion)
             return
         }
         session.connected()
@@ -131,7 +160,8 @@ public final class SessionTable {
     private func failCreate(_ session: Session, _ error: CreateError,
                             _ completion: (Result<Session, CreateError>) -> Void) {
         openCount -= 1
-        if error != .shuttingDown { counters.connectFailures += 1 }
+        releaseClientSlot(session)
+        if error != .shuttingDown && error != .noDescriptors { counters.connectFailures += 1 }
         session.link?.close()
         session.link = nil
         if error != .shuttingDown { events?.sessionConnectFailed(target: session.target, error: error) }
@@ -175,6 +205,7 @@ public final class SessionTable {
         guard session.state == .open else { return }
         session.markClosed(reason, now: clock())
         openCount -= 1
+        releaseClientSlot(session)
         counters.closeReasons[reason.text, default: 0] += 1
         if !session.isRemoved { closedCount += 1 }
         if drain, let link = session.link {
@@ -192,6 +223,14 @@ public final class SessionTable {
         events?.sessionClosed(session, reason: reason)
         // Last: an observer may answer now and run the client's next request, on this session too.
         session.notifyObservers()
+    }
+
+    /// The session no longer counts against its client's limit (it closed, or never opened).
+    private func releaseClientSlot(_ session: Session) {
+        guard let client = session.client else { return }
+        session.client = nil
+        let left = perClient[client, default: 1] - 1
+        perClient[client] = left > 0 ? left : nil
     }
 
     /// DELETE: the id stops working now; queued input is still written for a while.

@@ -11,6 +11,11 @@ final class Upstream: UpstreamLink, TCPStreamDelegate, DeadlineOwner {
     private let telnet: TelnetState?
     /// Ending gracefully: input is being delivered, what the target sends is discarded.
     private var finishing = false
+    /// Reading is paused: the session's buffer is full (backpressure to the target) …
+    private var pausedForRoom = false
+    /// … or the target does not read what we owe it (telnet replies, input) past the input
+    /// limit: a target that negotiates without reading cannot grow our memory (SPEC §5).
+    private var pausedForOwed = false
     var deadline: UInt64 = 0
     var deadlineSlot = -1
 
@@ -24,6 +29,7 @@ final class Upstream: UpstreamLink, TCPStreamDelegate, DeadlineOwner {
     func connect(to address: SocketAddress) { stream.connect(to: address) }
 
     func send(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer) {
+        defer { checkOwed() }
         guard telnet != nil, TelnetFilter.needsEscaping(a) || TelnetFilter.needsEscaping(b) else {
             stream.write(a, b)
             return
@@ -38,9 +44,30 @@ final class Upstream: UpstreamLink, TCPStreamDelegate, DeadlineOwner {
 
     var queuedBytes: Int { stream.queuedWriteBytes }
 
-    func pauseReading() { stream.stopReading() }
+    func pauseReading() {
+        pausedForRoom = true
+        stream.stopReading()
+    }
 
-    func resumeReading() { stream.startReading() }
+    func resumeReading() {
+        pausedForRoom = false
+        if !pausedForOwed { stream.startReading() }
+    }
+
+    /// What we owe the target is over the session's input limit: stop reading it until it
+    /// reads (`streamDidDrainWrites`).
+    private func checkOwed() {
+        guard !pausedForOwed, !finishing, stream.queuedWriteBytes > session.ring.limit else { return }
+        pausedForOwed = true
+        session.table.counters.backpressurePauses += 1
+        stream.stopReading()
+    }
+
+    func streamDidDrainWrites(_ stream: TCPStream) {
+        guard pausedForOwed else { return }
+        pausedForOwed = false
+        if !pausedForRoom || finishing { stream.startReading() }
+    }
 
     /// FIN after the queued input, keep reading (a close with unread bytes would send a reset,
     /// and a reset throws away input the target has not read yet), and report once the kernel
@@ -48,6 +75,7 @@ final class Upstream: UpstreamLink, TCPStreamDelegate, DeadlineOwner {
     func finish() {
         guard !finishing else { return }
         finishing = true
+        pausedForOwed = false
         stream.startReading()
         stream.shutdown { [unowned self] in self.checkDelivered() }
     }
@@ -89,6 +117,7 @@ final class Upstream: UpstreamLink, TCPStreamDelegate, DeadlineOwner {
         telnet.filter.replies.withUnsafeBytes { _ = stream.write($0) }
         session.table.counters.upstreamSentBytes += UInt64(telnet.filter.replies.count)
         telnet.filter.replies.removeAll()  // negotiation is rare after the greeting: free it
+        checkOwed()
     }
 
     func streamReadLimit(_ stream: TCPStream) -> Int { finishing ? EventLoop.readSlabSize : session.readRoom }

@@ -25,8 +25,15 @@ final class HTTPTestClient {
         socket = try TestSocket.connect(port: port, timeout: timeout)
     }
 
+    /// A client over a socket already connected (its requests sent by hand).
+    init(socket: TestSocket, port: Int = 0) {
+        self.socket = socket
+        self.port = port
+    }
+
     func send(_ method: String, _ path: String, headers: [String: String] = [:], body: [UInt8] = []) throws {
-        var head = "\(method) \(path) HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        var head = "\(method) \(path) HTTP/1.1\r\n"
+        if !headers.keys.contains(where: { $0.lowercased() == "host" }) { head += "Host: 127.0.0.1\r\n" }
         for (k, v) in headers { head += "\(k): \(v)\r\n" }
         if !body.isEmpty || method == "POST" { head += "Content-Length: \(body.count)\r\n" }
         head += "\r\n"

@@ -83,11 +83,14 @@ func withSockaddr<R>(_ addr: inout sockaddr_in, _ body: (UnsafeMutablePointer<so
 }
 
 /// A TCP socket bound to a free loopback port, listening with `backlog` if given.
-func boundLoopbackSocket(listen backlog: Int32? = nil) throws -> (fd: Int32, port: Int) {
+func boundLoopbackSocket(listen backlog: Int32? = nil, receiveBuffer: Int32? = nil) throws -> (fd: Int32, port: Int) {
     let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
     guard fd >= 0 else { throw TestError("socket: errno \(errno)") }
     var one: Int32 = 1
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+    if var size = receiveBuffer {  // accepted sockets inherit it (and lose autotuning)
+        setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size))
+    }
     var addr = loopbackAddress(port: 0)
     let rc = withSockaddr(&addr) { p, length -> Int32 in
         var len = length
@@ -115,9 +118,11 @@ final class TestUpstream: @unchecked Sendable {
     /// Sent to every new connection.
     let greeting: [UInt8]
 
-    init(greeting: String = "") throws {
+    /// `receiveBuffer`: a small one keeps the kernel from absorbing what the proxy sends a
+    /// target that never reads, so it stays in the proxy's own queue.
+    init(greeting: String = "", receiveBuffer: Int32? = nil) throws {
         self.greeting = Array(greeting.utf8)
-        (listenFD, port) = try boundLoopbackSocket(listen: 4096)
+        (listenFD, port) = try boundLoopbackSocket(listen: 4096, receiveBuffer: receiveBuffer)
         let thread = Thread { [self] in acceptLoop() }
         thread.start()
     }

@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import XCTest
 @testable import UVProxy
+import UVProxyWaker
 
 /// Log lines a test daemon wrote (JSON), collected across threads.
 final class LogCapture: @unchecked Sendable {
@@ -61,6 +62,8 @@ final class TestDaemon: @unchecked Sendable {
         var config = ProxyConfig()
         config.listen = "127.0.0.1:0"
         config.logLevel = "error"
+        // The tests' raw requests say `Host: x`; the DNS rebinding tests set their own list.
+        config.allowedHosts = ["x"]
         configure(&config)
         let frozen = config
         let thread = Thread { [self] in

@@ -1,0 +1,177 @@
+import XCTest
+@testable import UVProxy
+
+/// The strict-framing checks (SPEC §2) as a pure value, and through the parser with every split.
+final class RequestHeadValidatorTests: XCTestCase {
+    typealias Problem = RequestHeadValidator.Problem
+
+    /// Scans `text` in two pieces cut at `cut`; returns the problem, and whether the head ended.
+    private func scan(_ text: String, cut: Int? = nil) -> (Problem?, Bool) {
+        let bytes = Array(text.utf8)
+        let cut = cut ?? bytes.count
+        var v = RequestHeadValidator()
+        for piece in [bytes[..<cut], bytes[cut...]] {
+            let problem = Array(piece).withUnsafeBytes { v.isDone ? nil : v.scan($0) }
+            if let problem { return (problem, v.isDone) }
+        }
+        return (nil, v.isDone)
+    }
+
+    private func assertEveryCut(_ text: String, _ expected: Problem?, done: Bool,
+                                file: StaticString = #filePath, line: UInt = #line) {
+        for cut in 0...text.utf8.count {
+            let (problem, isDone) = scan(text, cut: cut)
+            XCTAssertEqual(problem, expected, "\(text.debugDescription) cut at \(cut)", file: file, line: line)
+            if expected == nil { XCTAssertEqual(isDone, done, "\(text.debugDescription) cut at \(cut)", file: file, line: line) }
+        }
+    }
+
+    func testWellFormedHeads() {
+        for text in [
+            "GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+            "GET / HTTP/1.1\nHost: x\n\n",
+            "\r\n\nGET / HTTP/1.1\r\nHost: x\r\n\r\n",
+            "GET / HTTP/1.1\r\n!#$%&'*+-.^_`|~09AZaz:\t v \u{e9}\u{7e}\t\r\nX:\r\n\r\n",
+            "GET /healthz\r\n\r\n",  // no version: the parser's concern, not this one
+        ] {
+            assertEveryCut(text, nil, done: true)
+        }
+        assertEveryCut("GET / HTTP/1.1\r\nHost: x\r\n", nil, done: false)
+    }
+
+    func testTheBodyIsNotScanned() {
+        let (problem, done) = scan("POST / HTTP/1.1\r\nContent-Length: 6\r\n\r\n\u{0}\r \r\n:")
+        XCTAssertNil(problem)
+        XCTAssertTrue(done)
+    }
+
+    func testProblems() {
+        let cases: [(String, Problem)] = [
+            ("GET / HTTP/1.1\r\nTransfer-Encoding : chunked\r\n\r\n", .notAToken),
+            ("GET / HTTP/1.1\r\nContent-Length : 3\r\n\r\n", .notAToken),
+            ("GET / HTTP/1.1\r\nX Y: 1\r\n\r\n", .notAToken),
+            ("GET / HTTP/1.1\r\n: 1\r\n\r\n", .notAToken),
+            ("GET / HTTP/1.1\r\nX@: 1\r\n\r\n", .notAToken),
+            ("GET / HTTP/1.1\r\nX\u{1}: 1\r\n\r\n", .notAToken),
+            ("GET / HTTP/1.1\r\nX\u{7f}: 1\r\n\r\n", .notAToken),
+            ("GET / HTTP/1.1\r\n\u{e9}: 1\r\n\r\n", .notAToken),
+            ("GET / HTTP/1.1\r\nX-\rA: 1\r\n\r\n", .notAToken),
+            ("GET / HTTP/1.1\r\nNoColon\r\n\r\n", .notAToken),
+            ("GET / HTTP/1.1\r\nX: 1\r\n 2\r\n\r\n", .folded),
+            ("GET / HTTP/1.1\r\nX: 1\r\n\t2\r\n\r\n", .folded),
+            ("GET / HTTP/1.1\r\n Host: x\r\n\r\n", .folded),
+            ("GET / HTTP/1.1\r\nX: a\u{0}b\r\n\r\n", .nul),
+            ("GET / HTTP/1.1\r\nX\u{0}: 1\r\n\r\n", .nul),
+            ("GET /\u{0} HTTP/1.1\r\n\r\n", .nul),
+            ("\u{0}GET / HTTP/1.1\r\n\r\n", .nul),
+            ("GET / HTTP/1.1\r\nX: a\rb\r\n\r\n", .bareCR),
+            ("GET / HTTP/1.1\r\nX: ab\r\r\n\r\n", .bareCR),
+            ("GET / HTTP/1.1\rX: ab\r\n\r\n", .bareCR),
+            ("GET / HTTP/1.1\r\nX: ab\r\n\r\r\n", .bareCR),
+            ("\rGET / HTTP/1.1\r\n\r\n", .bareCR),
+            ("GET / HTTP/1.1\r\nX: a\u{1}b\r\n\r\n", .controlByte),
+            ("GET / HTTP/1.1\r\nX: a\u{7f}b\r\n\r\n", .controlByte),
+        ]
+        for (text, problem) in cases {
+            assertEveryCut(text, problem, done: false)
+        }
+    }
+
+    func testTokenTable() {
+        let tchars = Set("!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz".utf8)
+        for c in 0...255 {
+            XCTAssertEqual(RequestHeadValidator.isTokenByte(UInt8(c)), tchars.contains(UInt8(c)), "byte \(c)")
+        }
+    }
+
+    // MARK: Through the parser, split at every byte
+
+    private final class Recorder: HTTPRequestParserDelegate {
+        var completed = 0
+        func parserDidCompleteHeaders(_ request: HTTPRequest) {}
+        func parserDidCompleteRequest() { completed += 1 }
+    }
+
+    /// Feeds `text` cut at `cut` as the connection does (unconsumed bytes are fed again after a
+    /// completed request); returns the requests completed, or the error.
+    private func parse(_ text: String, cut: Int, body: inout [UInt8]) -> Result<Int, HTTPParseError> {
+        let parser = HTTPRequestParser(maxBody: 1024)
+        let recorder = Recorder()
+        parser.delegate = recorder
+        var pending: [UInt8] = []
+        let bytes = Array(text.utf8)
+        for piece in [bytes[..<cut], bytes[cut...]] {
+            pending += piece
+            feeding: while true {
+                let before = recorder.completed
+                switch pending.withUnsafeBytes({ parser.parse($0) }) {
+                case .failure(let e): return .failure(e)
+                case .success(let n):
+                    pending.removeFirst(n)
+                    guard recorder.completed > before else { break feeding }
+                    body = parser.request.body
+                    parser.resume()
+                }
+            }
+        }
+        return .success(recorder.completed)
+    }
+
+    func testParserRejectsAtEveryCut() {
+        let bad = [
+            "POST / HTTP/1.1\r\nTransfer-Encoding : chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding : chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length : 3\r\n\r\nhi!",
+            "GET / HTTP/1.1\r\nX: 1\r\n 2\r\n\r\n",
+            "GET / HTTP/1.1\r\nX: a\rb\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            "GET /\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\nBad Trailer: 1\r\n\r\n",
+        ]
+        for text in bad {
+            for cut in 0...text.utf8.count {
+                var body: [UInt8] = []
+                guard case .failure(.malformed) = parse(text, cut: cut, body: &body) else {
+                    return XCTFail("\(text.debugDescription) cut at \(cut) was accepted")
+                }
+            }
+        }
+        var body: [UInt8] = []
+        XCTAssertEqual(parse("GET / HTTP/2.0\r\n\r\n", cut: 7, body: &body), .failure(.versionNotSupported))
+        XCTAssertEqual(parse("GET / HTTP/9.9\r\n\r\n", cut: 3, body: &body), .failure(.versionNotSupported))
+    }
+
+    /// Bytes offered while the parser is paused (before the owner resumes it) are not taken, and
+    /// are judged from their first byte when offered again.
+    func testBytesOfferedWhilePausedAreJudgedOnce() {
+        let parser = HTTPRequestParser(maxBody: 1024)
+        let recorder = Recorder()
+        parser.delegate = recorder
+        let first = Array("GET /a HTTP/1.1\r\nHost: x\r\n\r\n".utf8)
+        let second = Array("GET /b HTTP/1.1\r\nHost: x\r\n\r\n".utf8)
+        XCTAssertEqual(first.withUnsafeBytes { parser.parse($0) }, .success(first.count))
+        XCTAssertEqual(recorder.completed, 1)
+        let partial = Array(second.prefix(19))  // up to the `H` of Host
+        XCTAssertEqual(partial.withUnsafeBytes { parser.parse($0) }, .success(0), "paused: nothing taken")
+        XCTAssertEqual(second.withUnsafeBytes { parser.parse($0) }, .success(0))
+        parser.resume()
+        XCTAssertEqual(second.withUnsafeBytes { parser.parse($0) }, .success(second.count))
+        XCTAssertEqual(recorder.completed, 2)
+        XCTAssertEqual(parser.request.target, Array("/b".utf8))
+    }
+
+    func testParserAcceptsAtEveryCut() {
+        let text = "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nh\u{0}\r\n1\r\n\r\r\n0\r\nT: 1\r\n\r\n"
+            + "POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\n\r\n "
+            + "GET / HTTP/1.0\r\n\r\n"
+        for cut in 0...text.utf8.count {
+            var body: [UInt8] = []
+            XCTAssertEqual(parse(text, cut: cut, body: &body), .success(3), "cut at \(cut)")
+        }
+        var body: [UInt8] = []
+        XCTAssertEqual(parse("POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\n\r\n ", cut: 0, body: &body), .success(1))
+        XCTAssertEqual(body, Array("\r\n ".utf8), "a body of CR LF SP is data")
+        XCTAssertEqual(parse(text, cut: 0, body: &body), .success(3))
+    }
+}
