@@ -74,3 +74,14 @@ let package = Package(
         ),
     ]
 )
+
+// Fuzz targets (Fuzz/, docs/RELIABILITY.md): built only by scripts/fuzz, which sets UVPROXYD_FUZZ=1
+// and passes -sanitize=fuzzer (they need libFuzzer's runtime to link); a plain `swift build`
+// never sees them.
+if Context.environment["UVPROXYD_FUZZ"] == "1" {
+    package.targets += [
+        .target(name: "FuzzSupport", dependencies: ["UVProxy"], path: "Fuzz/Sources/FuzzSupport"),
+    ] + ["FuzzHTTP", "FuzzTelnet", "FuzzParameters", "FuzzText"].map { name in
+        .executableTarget(name: name, dependencies: ["UVProxy", "FuzzSupport", "CUV"], path: "Fuzz/Sources/\(name)")
+    }
+}

@@ -1,0 +1,168 @@
+import FuzzSupport
+@testable import UVProxy
+
+// Request-targets and form bodies: Router.split, Router.route, Parameters (lookups by slot and
+// by scan, percent-decoding, numbers, seconds, flags) and LineEnding (docs/RELIABILITY.md).
+//
+// Input: a request-target, then optionally "\n" and a form body. Every answer is compared with
+// a plain reference written here from SPEC §2's words (`name=value` pairs split on `&`, the
+// first occurrence wins, the query wins over the form, `+` is a space, bad `%` escapes stay).
+
+/// The names the API looks up (each has a slot) and some that fall back to a scan.
+let names: [StaticString] = ["id", "cmd", "max", "seq", "raw", "wait", "since", "target",
+                             "token", "charset", "i", "ids", "cm", "waits", ""]
+
+func referenceLookup(_ name: StaticString, _ bytes: ArraySlice<UInt8>) -> ArraySlice<UInt8>? {
+    let want = Array(UnsafeBufferPointer(start: name.utf8Start, count: name.utf8CodeUnitCount))
+    var i = bytes.startIndex
+    while i < bytes.endIndex {
+        let end = bytes[i...].firstIndex(of: UInt8(ascii: "&")) ?? bytes.endIndex
+        let pair = bytes[i..<end]
+        let eq = pair.firstIndex(of: UInt8(ascii: "=")) ?? end
+        if Array(bytes[i..<eq]) == want { return eq < end ? bytes[(eq + 1)..<end] : bytes[end..<end] }
+        i = end + 1
+    }
+    return nil
+}
+
+func referenceDecode(_ raw: ArraySlice<UInt8>) -> [UInt8] {
+    let r = Array(raw)
+    var out: [UInt8] = []
+    var i = 0
+    while i < r.count {
+        if r[i] == UInt8(ascii: "%"), i + 2 < r.count, let v = UInt8(String(decoding: r[(i + 1)...(i + 2)], as: UTF8.self), radix: 16),
+           r[i + 1] != UInt8(ascii: "+"), r[i + 1] != UInt8(ascii: "-") {
+            out.append(v)
+            i += 3
+        } else {
+            out.append(r[i] == UInt8(ascii: "+") ? 0x20 : r[i])
+            i += 1
+        }
+    }
+    return out
+}
+
+func isDigits(_ s: ArraySlice<UInt8>) -> Bool { s.allSatisfy { $0 >= 48 && $0 <= 57 } }
+
+func referenceUnsigned(_ s: ArraySlice<UInt8>) -> UInt64? {
+    guard !s.isEmpty, isDigits(s) else { return nil }
+    return UInt64(String(decoding: s, as: UTF8.self))  // nil past UInt64.max
+}
+
+func referenceSeconds(_ s: ArraySlice<UInt8>) -> UInt64? {
+    let parts = s.split(separator: UInt8(ascii: "."), maxSplits: 1, omittingEmptySubsequences: false)
+    let whole = parts[0]
+    let fraction = parts.count > 1 ? parts[1] : []
+    guard !(whole.isEmpty && fraction.isEmpty), isDigits(whole), isDigits(fraction) else { return nil }
+    let significant = whole.drop { $0 == 48 }
+    let seconds: UInt64 = significant.count > 10 ? 1_000_000_000
+        : min(UInt64(String(decoding: significant, as: UTF8.self)) ?? 0, 1_000_000_000)
+    var ms: UInt64 = 0
+    for (k, c) in fraction.prefix(3).enumerated() { ms += UInt64(c - 48) * [100, 10, 1][k] }
+    return seconds * 1000 + ms
+}
+
+func check(_ params: Parameters, query: ArraySlice<UInt8>, form: ArraySlice<UInt8>?) {
+    for name in names {
+        let q = referenceLookup(name, query)
+        let f = form.flatMap { referenceLookup(name, $0) }
+        let expected = q ?? f
+        fuzzCheck(params.rawQuery(name).map(Array.init) == q.map(Array.init), "rawQuery(\(name)) wrong")
+        fuzzCheck(params.rawForm(name).map(Array.init) == f.map(Array.init), "rawForm(\(name)) wrong")
+        fuzzCheck(params.raw(name).map(Array.init) == expected.map(Array.init), "raw(\(name)) wrong")
+        fuzzCheck(params.has(name) == (expected != nil), "has(\(name)) wrong")
+        guard let expected else { continue }
+        let decoded = referenceDecode(expected)
+        fuzzCheck(params.bytes(name) == decoded, "decode(\(Array(expected))) = \(params.bytes(name)!), expected \(decoded)")
+        fuzzCheck(decoded.count <= expected.count, "decoding grew the value")
+        switch params.unsigned(name) {
+        case .success(let n)?: fuzzCheck(referenceUnsigned(expected) == n, "unsigned(\(Array(expected))) = \(n)")
+        case .failure?: fuzzCheck(referenceUnsigned(expected) == nil, "unsigned(\(Array(expected))) refused")
+        case nil: fuzzCheck(false, "unsigned of a present name is nil")
+        }
+        switch params.milliseconds(name) {
+        case .success(let ms)?: fuzzCheck(referenceSeconds(expected) == ms, "milliseconds(\(Array(expected))) = \(ms)")
+        case .failure?: fuzzCheck(referenceSeconds(expected) == nil, "milliseconds(\(Array(expected))) refused")
+        case nil: fuzzCheck(false, "milliseconds of a present name is nil")
+        }
+        let text = String(decoding: decoded, as: UTF8.self).lowercased()
+        let flag = decoded.isEmpty || ["1", "true", "yes", "on"].contains(text) && decoded.count == text.utf8.count
+        fuzzCheck(params.flag(name) == flag, "flag(\(Array(expected))) = \(params.flag(name))")
+        let (keep, crlf) = LineEnding.terminate(decoded)
+        if decoded.last == 0x0A && decoded.dropLast().last == 0x0D {
+            fuzzCheck(keep == decoded.count && !crlf, "CRLF-terminated command changed")
+        } else if decoded.last == 0x0A {
+            fuzzCheck(keep == decoded.count - 1 && crlf, "LF-terminated command not turned to CRLF")
+        } else {
+            fuzzCheck(keep == decoded.count && crlf, "unterminated command not given CRLF")
+        }
+    }
+}
+
+func checkRoute(_ target: [UInt8]) {
+    let (path, query) = Router.split(target)
+    let noFragment = target.split(separator: UInt8(ascii: "#"), maxSplits: 1, omittingEmptySubsequences: false)[0]
+    let hasQuery = noFragment.contains(UInt8(ascii: "?"))
+    fuzzCheck(Array(path) + (hasQuery ? [UInt8(ascii: "?")] + Array(query) : []) == Array(noFragment), "split lost bytes")
+    fuzzCheck(!path.contains(UInt8(ascii: "?")), "path holds '?'")
+    // Reference router: segments of the path (one trailing slash dropped).
+    var p = Array(path)
+    if p.count > 1, p.last == UInt8(ascii: "/") { p.removeLast() }
+    let text = String(decoding: p, as: UTF8.self)
+    let expected: String?
+    let idOK = { (s: Substring) in
+        (1...64).contains(s.utf8.count) && s.utf8.allSatisfy { c in
+            (c >= 48 && c <= 57) || (c >= 65 && c <= 90) || (c >= 97 && c <= 122) || c == 45 || c == 95
+        }
+    }
+    let segments = text.split(separator: "/", omittingEmptySubsequences: false)
+    switch text {
+    case "/": expected = "webPage"
+    case "/mud": expected = "mud"
+    case "/healthz": expected = "healthz"
+    case "/metrics": expected = "metrics"
+    case "/sessions": expected = "sessions"
+    default:
+        if segments.count >= 3, segments.count <= 4, segments[0].isEmpty, segments[1] == "sessions", idOK(segments[2]) {
+            let id = SessionID(text: Array(segments[2].utf8)).map { "\($0)" } ?? "nil"
+            expected = segments.count == 3 ? "session \(id)"
+                : segments[3] == "input" ? "input \(id)" : segments[3] == "events" ? "events \(id)" : nil
+        } else {
+            expected = nil
+        }
+    }
+    let actual: String?
+    switch Router.route(path: path) {
+    case .webPage?: actual = "webPage"
+    case .mud?: actual = "mud"
+    case .healthz?: actual = "healthz"
+    case .metrics?: actual = "metrics"
+    case .sessions?: actual = "sessions"
+    case .session(let id)?: actual = "session \(id.map { "\($0)" } ?? "nil")"
+    case .input(let id)?: actual = "input \(id.map { "\($0)" } ?? "nil")"
+    case .events(let id)?: actual = "events \(id.map { "\($0)" } ?? "nil")"
+    case nil: actual = nil
+    }
+    // Non-UTF-8 paths cannot match a route: the String reference may not see them the same way.
+    if String(validating: p, as: UTF8.self) != nil || actual != nil {
+        fuzzCheck(actual == expected, "route(\(text)) = \(actual ?? "nil"), expected \(expected ?? "nil")")
+    }
+    if case .session(let id?)? = Router.route(path: path) {
+        var out: [UInt8] = []
+        id.write(to: &out)
+        fuzzCheck(out == Array(segments[2].utf8), "a session id does not write back as it was read")
+    }
+}
+
+@_cdecl("LLVMFuzzerTestOneInput")
+public func fuzzParameters(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
+    let input = Array(fuzzInput(data, size))
+    let newline = input.firstIndex(of: 0x0A)
+    let target = Array(input[..<(newline ?? input.endIndex)])
+    // The form as a slice that does not start at 0, as a request body's is not.
+    let form: ArraySlice<UInt8>? = newline.map { input[($0 + 1)...] }
+    checkRoute(target)
+    let (_, query) = Router.split(target)
+    check(Parameters(query: query, form: form), query: query, form: form)
+    return 0
+}
