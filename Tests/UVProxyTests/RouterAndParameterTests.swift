@@ -4,6 +4,17 @@ import XCTest
 final class RouterTests: XCTestCase {
     func route(_ s: String) -> Route? { Router.route(path: Array(s.utf8)[...]) }
 
+    /// Found by the params fuzz target: a number with leading zeros past 20 digits was refused
+    /// (`since=00000000000001561890205` answered 400) though its value fits.
+    func testUnsignedWithLeadingZerosPastTwentyDigits() {
+        XCTAssertEqual(Parameters.parseUnsigned(Array("00000000000001561890205".utf8)[...]), 1_561_890_205)
+        XCTAssertEqual(Parameters.parseUnsigned(Array((String(repeating: "0", count: 40) + "18446744073709551615").utf8)[...]),
+                       UInt64.max)
+        XCTAssertNil(Parameters.parseUnsigned(Array("18446744073709551616".utf8)[...]), "overflow")
+        XCTAssertNil(Parameters.parseUnsigned(Array("".utf8)[...]))
+        XCTAssertNil(Parameters.parseUnsigned(Array("12a".utf8)[...]))
+    }
+
     func testRoutes() {
         let id = SessionID.random()
         XCTAssertEqual(route("/sessions"), .sessions)

@@ -176,7 +176,7 @@ public struct Parameters {
     }
 
     static func parseUnsigned(_ s: ArraySlice<UInt8>) -> UInt64? {
-        guard !s.isEmpty, s.count <= 20 else { return nil }
+        guard !s.isEmpty else { return nil }  // leading zeros may make it long; overflow is checked per digit
         var n: UInt64 = 0
         for c in s {
             guard c >= 48 && c <= 57 else { return nil }
