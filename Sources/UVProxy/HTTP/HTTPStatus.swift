@@ -52,7 +52,7 @@ extension Array where Element == UInt8 {
         append(contentsOf: UnsafeBufferPointer(start: s.utf8Start, count: s.utf8CodeUnitCount))
     }
 
-    /// `s` as a JSON string literal, with quotes.
+    /// `s` as a JSON string literal, with quotes (also a quoted logfmt value: `LogfmtLogHandler`).
     mutating func appendJSONString<S: Sequence>(_ s: S) where S.Element == UInt8 {
         append(UInt8(ascii: "\""))
         for c in s {
@@ -62,11 +62,11 @@ extension Array where Element == UInt8 {
             case 0x0A: append("\\n")
             case 0x0D: append("\\r")
             case 0x09: append("\\t")
-            case 0..<0x20:
+            case 0..<0x20, 0x7F:  // DEL too: harmless in JSON, and logfmt lines share this
+                let hex: StaticString = "0123456789abcdef"
                 append("\\u00")
-                let hex: [UInt8] = Array("0123456789abcdef".utf8)
-                append(hex[Int(c >> 4)])
-                append(hex[Int(c & 15)])
+                append(hex.utf8Start[Int(c >> 4)])
+                append(hex.utf8Start[Int(c & 15)])
             default: append(c)
             }
         }

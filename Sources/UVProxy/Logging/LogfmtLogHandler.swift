@@ -74,22 +74,6 @@ extension Array where Element == UInt8 {
             c <= 0x20 || c == 0x7F || c == UInt8(ascii: "=") || c == UInt8(ascii: "\"")
         }
         guard needsQuotes else { return append(contentsOf: value) }
-        append(UInt8(ascii: "\""))
-        for c in value {
-            switch c {
-            case UInt8(ascii: "\""): append("\\\"")
-            case UInt8(ascii: "\\"): append("\\\\")
-            case 0x0A: append("\\n")
-            case 0x0D: append("\\r")
-            case 0x09: append("\\t")
-            case 0..<0x20, 0x7F:
-                let hex: StaticString = "0123456789abcdef"
-                append("\\u00")
-                append(hex.utf8Start[Int(c >> 4)])
-                append(hex.utf8Start[Int(c & 15)])
-            default: append(c)
-            }
-        }
-        append(UInt8(ascii: "\""))
+        appendJSONString(value)  // the same escapes: \" \\ \n \r \t and \u00XX for control bytes
     }
 }
