@@ -53,7 +53,25 @@ struct RequestHeadValidator {
     mutating func scan(_ bytes: UnsafeRawBufferPointer) -> Problem? {
         var s = state
         defer { state = s }
-        for c in bytes {
+        guard let base = bytes.baseAddress?.assumingMemoryBound(to: UInt8.self) else { return nil }
+        let n = bytes.count
+        var i = 0
+        while i < n {
+            // Fast paths: most bytes of a head are in a request line, a name or a value, where
+            // only a few byte values change anything (a poll's head is ~100 bytes, every request).
+            switch s {
+            case .requestLine:
+                while i < n, base[i] > 13 { i += 1 }  // nothing above CR matters here
+            case .name:
+                while i < n, RequestHeadValidator.isTokenByte(base[i]) { i += 1 }
+            case .value:
+                while i < n, base[i] >= 32, base[i] != 127 { i += 1 }
+            default:
+                break
+            }
+            guard i < n else { return nil }
+            let c = base[i]
+            i += 1
             switch s {
             case .done:
                 return nil
