@@ -26,7 +26,10 @@ public struct APISettings: Sendable {
 /// logic: it sees requests and an `HTTPConnection` to answer on, never a socket.
 public final class ProxyAPI: HTTPHandler {
     public var settings: APISettings {
-        didSet { tokenBytes = settings.token.map { Array("Bearer \($0)".utf8) } }  // a reload may change it
+        didSet {  // a reload may change them
+            tokenBytes = settings.token.map { Array("Bearer \($0)".utf8) }
+            allowedHostSeen.clear()
+        }
     }
     public let table: SessionTable
     private let clock: () -> UInt64
@@ -50,11 +53,22 @@ public final class ProxyAPI: HTTPHandler {
         tokenBytes = settings.token.map { Array("Bearer \($0)".utf8) }
     }
 
+    /// The last `Host` value the check allowed: nearly every request of a daemon carries the same
+    /// one, so it is judged once and then compared (`HostCheck` is pure; a reload clears this).
+    private var allowedHostSeen: [UInt8] = []
+
+    private func hostAllowed(_ host: [UInt8], _ check: HostCheck) -> Bool {
+        if !host.isEmpty, host == allowedHostSeen { return true }
+        guard check.allows(host) else { return false }
+        allowedHostSeen.keep(host)
+        return true
+    }
+
     // MARK: HTTPHandler
 
     public func handle(_ request: HTTPRequest, on connection: HTTPConnection) {
         let (path, query) = Router.split(request.target)
-        if let hostCheck = settings.hostCheck, !hostCheck.allows(request.host), Router.route(path: path) != .healthz {
+        if let hostCheck = settings.hostCheck, !hostAllowed(request.host, hostCheck), Router.route(path: path) != .healthz {
             return error(connection, .forbidden, "Host not allowed: without --token only localhost, loopback addresses "
                          + "and --allowed-host names are served (DNS rebinding protection)")
         }
