@@ -77,6 +77,37 @@ final class RequestHeadValidatorTests: XCTestCase {
         }
     }
 
+    /// The eight-bytes-at-a-time paths (request line, names, values, whole plain lines) agree
+    /// with the machine fed one byte at a time (which never takes them), wherever in a word the
+    /// byte that matters falls and whatever it is.
+    func testWordAtATimePathsAgreeWithByteAtATime() {
+        func judge(_ bytes: [UInt8], byteAtATime: Bool) -> (Problem?, Bool) {
+            var v = RequestHeadValidator()
+            let pieces = byteAtATime ? bytes.map { [$0] } : [bytes]
+            for piece in pieces where !v.isDone {
+                if let problem = piece.withUnsafeBytes({ v.scan($0) }) { return (problem, false) }
+            }
+            return (nil, v.isDone)
+        }
+        let odd: [UInt8] = [0, 1, 9, 10, 13, 31, 32, 0x2C, 0x2D, 0x2F, 0x30, 0x39, 0x3A, 0x40, 0x41, 0x5A, 0x5B,
+                            0x60, 0x61, 0x7A, 0x7B, 0x7E, 0x7F, 0x80, 0xC3, 0xFF]
+        let templates = [
+            "GET /abcdefghijklmnopqrstuvwxyz HTTP/1.1\r\nHost: x\r\n\r\n",
+            "GET / HTTP/1.1\r\nAbcdefghijklmnopqrstuvwxyz-0123: v\r\n\r\n",
+            "GET / HTTP/1.1\r\nX: abcdefghijklmnopqrstuvwxyz 0123456789\r\nY: z\r\n\r\n",
+        ].map { Array($0.utf8) }
+        for template in templates {
+            for position in 4..<(template.count - 4) {
+                for byte in odd {
+                    var head = template
+                    head[position] = byte
+                    let whole = judge(head, byteAtATime: false), single = judge(head, byteAtATime: true)
+                    XCTAssertTrue(whole == single, "byte \(byte) at \(position) of \(String(decoding: template, as: UTF8.self).debugDescription): \(whole) vs \(single)")
+                }
+            }
+        }
+    }
+
     func testTokenTable() {
         let tchars = Set("!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz".utf8)
         for c in 0...255 {

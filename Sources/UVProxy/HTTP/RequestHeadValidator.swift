@@ -7,6 +7,9 @@
 /// A pure byte-at-a-time state machine over the raw bytes, from the first byte of a request up
 /// to the empty line that ends its head; it runs ahead of http_parser on the same bytes, so a
 /// head split anywhere across reads is judged the same. A few bytes of state, no allocation.
+/// It runs on every request, so the common bytes (the request line, names, values, whole plain
+/// header lines) are skipped eight at a time; those paths stop wherever the machine must look,
+/// and the tests hold them to the machine fed one byte at a time.
 /// The body is never scanned: the owner `reset()`s it when a request is complete.
 ///
 /// What it leaves to http_parser: the request line's syntax (method, target, version), and
@@ -53,19 +56,25 @@ struct RequestHeadValidator {
     mutating func scan(_ bytes: UnsafeRawBufferPointer) -> Problem? {
         var s = state
         defer { state = s }
-        guard let base = bytes.baseAddress?.assumingMemoryBound(to: UInt8.self) else { return nil }
+        guard let raw = bytes.baseAddress else { return nil }
+        let base = raw.assumingMemoryBound(to: UInt8.self)
         let n = bytes.count
         var i = 0
         while i < n {
-            // Fast paths: most bytes of a head are in a request line, a name or a value, where
-            // only a few byte values change anything (a poll's head is ~100 bytes, every request).
+            // Fast paths: most bytes of a head are in a request line and in ordinary header
+            // lines, where only a few byte values change anything (a poll's head is ~100 bytes,
+            // every request). They skip what they accept and stop where the byte-at-a-time
+            // machine below must look, leaving it the state it would have reached itself.
             switch s {
             case .requestLine:
-                while i < n, base[i] > 13 { i += 1 }  // nothing above CR matters here
+                i = Self.skipRequestLineBytes(raw, i, n)
+                if i &+ 1 < n, base[i] == 13, base[i &+ 1] == 10 { i &+= 2; s = .lineStart; continue }
+            case .lineStart:
+                i = Self.skipPlainLines(raw, i, n)
             case .name:
-                while i < n, RequestHeadValidator.isTokenByte(base[i]) { i += 1 }
+                i = Self.skipNameBytes(raw, i, n)
             case .value:
-                while i < n, base[i] >= 32, base[i] != 127 { i += 1 }
+                i = Self.skipValueBytes(raw, i, n)
             default:
                 break
             }
@@ -117,8 +126,98 @@ struct RequestHeadValidator {
         return nil
     }
 
+    /// Whole header lines from `start` (a line start) of the plain form `token ":" value CRLF`
+    /// (or LF), values of visible bytes, spaces and tabs: returns the start of the first line
+    /// that is not such a line or not complete in the buffer.
+    @inline(__always) private static func skipPlainLines(_ raw: UnsafeRawPointer, _ start: Int, _ n: Int) -> Int {
+        let base = raw.assumingMemoryBound(to: UInt8.self)
+        var line = start
+        while true {
+            var i = skipNameBytes(raw, line, n)
+            guard i > line, i < n, base[i] == 58 else { return line }  // ':'
+            i = skipValueBytes(raw, i &+ 1, n)
+            while i < n, base[i] == 9 { i = skipValueBytes(raw, i &+ 1, n) }  // tabs are fine
+            guard i < n else { return line }
+            if base[i] == 10 {
+                line = i &+ 1
+            } else if base[i] == 13, i &+ 1 < n, base[i &+ 1] == 10 {
+                line = i &+ 2
+            } else {
+                return line
+            }
+        }
+    }
+
+    /// The index of the first byte from `i` on that is not a tchar (or `n`). Eight bytes at a
+    /// time for the bytes names are made of (letters, digits, `-`); the bytewise test decides
+    /// the rest. Every lane's test is exact (no carry crosses a byte: the top bits are masked
+    /// off first), so the first flagged byte is the first that is not one of those.
+    @inline(__always) private static func skipNameBytes(_ raw: UnsafeRawPointer, _ from: Int, _ n: Int) -> Int {
+        let ones: UInt64 = 0x0101_0101_0101_0101
+        let high: UInt64 = 0x8080_8080_8080_8080
+        var i = from
+        while i &+ 8 <= n {
+            let x = word(raw, i)
+            let low7 = x & ~high
+            // A lane's high bit after adding 0x80 - k to its low seven bits: that byte is >= k.
+            @inline(__always) func atLeast(_ v: UInt64, _ k: UInt64) -> UInt64 { (v &+ (0x80 &- k) &* ones) & high }
+            let folded = low7 | 0x20 &* ones  // letters to lower case
+            let letter = atLeast(folded, 0x61) & ~atLeast(folded, 0x7B)
+            let digit = atLeast(low7, 0x30) & ~atLeast(low7, 0x3A)
+            let dash = ~((low7 ^ 0x2D &* ones) &+ 0x7F &* ones) & high
+            let other = ~(letter | digit | dash) & high | x & high
+            if other != 0 { i &+= other.trailingZeroBitCount >> 3; break }
+            i &+= 8
+        }
+        let base = raw.assumingMemoryBound(to: UInt8.self)
+        while i < n, isTokenByte(base[i]) { i &+= 1 }
+        return i
+    }
+
+    /// The index of the first byte from `i` on that is below SP or DEL (or `n`): the bytes a
+    /// request line's end or a header value's end or fault can start with. Eight bytes at a
+    /// time (SWAR), the lowest flagged byte of a word being exactly the first that matters.
+    @inline(__always) private static func skipValueBytes(_ raw: UnsafeRawPointer, _ from: Int, _ n: Int) -> Int {
+        var i = from
+        while i &+ 8 <= n {
+            let x = word(raw, i)
+            let hit = below(32, x) | below(1, x ^ 0x7F7F_7F7F_7F7F_7F7F)
+            if hit != 0 { return i &+ hit.trailingZeroBitCount >> 3 }
+            i &+= 8
+        }
+        let base = raw.assumingMemoryBound(to: UInt8.self)
+        while i < n, base[i] >= 32, base[i] != 127 { i &+= 1 }
+        return i
+    }
+
+    /// The index of the first byte from `i` on that is CR or below (or `n`): nothing else
+    /// matters to a request line here (http_parser judges its syntax).
+    @inline(__always) private static func skipRequestLineBytes(_ raw: UnsafeRawPointer, _ from: Int, _ n: Int) -> Int {
+        var i = from
+        while i &+ 8 <= n {
+            let hit = below(14, word(raw, i))
+            if hit != 0 { return i &+ hit.trailingZeroBitCount >> 3 }
+            i &+= 8
+        }
+        let base = raw.assumingMemoryBound(to: UInt8.self)
+        while i < n, base[i] > 13 { i &+= 1 }
+        return i
+    }
+
+    /// Eight bytes of the head from `offset`, the first in the lowest bits.
+    @inline(__always) private static func word(_ raw: UnsafeRawPointer, _ offset: Int) -> UInt64 {
+        UInt64(littleEndian: raw.loadUnaligned(fromByteOffset: offset, as: UInt64.self))
+    }
+
+    /// The high bit of every byte of `x` below `limit` (1...128), exact up to and including the
+    /// lowest such byte (a borrow can only flag bytes above a real one).
+    @inline(__always) private static func below(_ limit: UInt64, _ x: UInt64) -> UInt64 {
+        (x &- limit &* 0x0101_0101_0101_0101) & ~x & 0x8080_8080_8080_8080
+    }
+
     /// tchar (RFC 9110 §5.6.2): `!#$%&'*+-.^_`|~`, digits and letters.
     @inline(__always) static func isTokenByte(_ c: UInt8) -> Bool {
+        if (c | 0x20) &- 97 < 26 { return true }  // a letter: most bytes of a name
         // Bit n of low/high: byte n (0...63) / n + 64 (64...127) is a tchar.
         let low: UInt64 = 0x03FF_6CFA_0000_0000   // ! # $ % & ' * + - . 0-9
         let high: UInt64 = 0x57FF_FFFF_C7FF_FFFE  // A-Z ^ _ ` a-z | ~
