@@ -12,8 +12,4 @@
 extern int accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags);
 static inline int cuv_accept(int fd) { return accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC); }
 
-/* uv_loop_configure is variadic, which Swift cannot call: the one option we use. */
-static inline int cuv_loop_enable_idle_time(uv_loop_t *loop) {
-    return uv_loop_configure(loop, UV_METRICS_IDLE_TIME);
-}
 #endif

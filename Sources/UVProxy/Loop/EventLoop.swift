@@ -22,6 +22,9 @@ public final class EventLoop {
     public var sendQueueBudget = 256 * 1024 * 1024
     public var isOverSendBudget: Bool { sendQueueBytes > sendQueueBudget }
     private var drainer: TurnDrainer?
+    /// Told by the drainer when each turn ends, if the daemon measures stalls.
+    /// (Unowned: the monitor clears it when it closes, and a handle outlives its close.)
+    unowned(unsafe) var lagMonitor: LoopLagMonitor?
     /// Run first by `close()`: how handles owned outside UVProxy (`LoopWaker`) close themselves.
     private var closeHooks: [() -> Void] = []
 

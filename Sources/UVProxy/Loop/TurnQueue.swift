@@ -51,6 +51,7 @@ public final class TurnQueue {
     /// not a recursion).
     public func drain() {
         drains &+= 1
+        if tasks.isEmpty, afterNextPoll.isEmpty, afterTwoPolls.isEmpty { return }  // most turns
         draining = true
         defer { draining = false }
         if !afterNextPoll.isEmpty {
@@ -87,6 +88,7 @@ final class TurnDrainer: LoopHandle {
             LoopHandle.withOwner(UnsafeMutableRawPointer(prepare), as: TurnDrainer.self) { drainer in
                 drainer.queue.drain()
                 drainer.waker.set(active: drainer.queue.hasNextTurnWork)
+                drainer.loop.lagMonitor?.turnEnded()  // the turn's last work is done
             }
         }
         guard rc == 0 else { close(); throw UVError(rc, "uv_prepare_start") }
