@@ -28,6 +28,7 @@ public final class ProxyAPI: HTTPHandler {
     public var settings: APISettings {
         didSet {  // a reload may change them
             tokenBytes = settings.token.map { Array("Bearer \($0)".utf8) }
+            hostCheck = settings.hostCheck
             allowedHostSeen.clear()
         }
     }
@@ -51,15 +52,22 @@ public final class ProxyAPI: HTTPHandler {
         self.table = table
         self.clock = clock
         tokenBytes = settings.token.map { Array("Bearer \($0)".utf8) }
+        hostCheck = settings.hostCheck
     }
 
     /// The last `Host` value the check allowed: nearly every request of a daemon carries the same
     /// one, so it is judged once and then compared (`HostCheck` is pure; a reload clears this).
     private var allowedHostSeen: [UInt8] = []
+    /// `settings.hostCheck`, kept apart so a request does not copy the settings to read it.
+    private var hostCheck: HostCheck?
 
-    private func hostAllowed(_ host: [UInt8], _ check: HostCheck) -> Bool {
-        if !host.isEmpty, host == allowedHostSeen { return true }
-        guard check.allows(host) else { return false }
+    @inline(__always) private func hostAllowed(_ request: HTTPRequest) -> Bool {
+        if !request.host.isEmpty, request.host.sameBytes(as: allowedHostSeen) { return true }
+        return judgeHost(request.host)
+    }
+
+    @inline(never) private func judgeHost(_ host: [UInt8]) -> Bool {
+        guard let hostCheck, hostCheck.allows(host) else { return hostCheck == nil }
         allowedHostSeen.keep(host)
         return true
     }
@@ -68,7 +76,7 @@ public final class ProxyAPI: HTTPHandler {
 
     public func handle(_ request: HTTPRequest, on connection: HTTPConnection) {
         let (path, query) = Router.split(request.target)
-        if let hostCheck = settings.hostCheck, !hostAllowed(request.host, hostCheck), Router.route(path: path) != .healthz {
+        if hostCheck != nil, !hostAllowed(request), Router.route(path: path) != .healthz {
             return error(connection, .forbidden, "Host not allowed: without --token only localhost, loopback addresses "
                          + "and --allowed-host names are served (DNS rebinding protection)")
         }

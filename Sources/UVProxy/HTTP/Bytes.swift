@@ -18,17 +18,28 @@ extension ArraySlice where Element == UInt8 {
     }
 
     /// Case-insensitive for ASCII letters; `literal` must be lower case.
-    func equalsIgnoringCase(_ literal: StaticString) -> Bool {
-        guard count == literal.utf8CodeUnitCount else { return false }
-        var i = 0
-        for c in self {
-            guard asciiLower(c) == literal.utf8Start[i] else { return false }
-            i += 1
+    @inline(__always) func equalsIgnoringCase(_ literal: StaticString) -> Bool {
+        let n = literal.utf8CodeUnitCount
+        guard count == n else { return false }
+        return withUnsafeBufferPointer { bytes in
+            let lower = literal.utf8Start
+            var i = 0
+            while i < n {
+                guard asciiLower(bytes[i]) == lower[i] else { return false }
+                i &+= 1
+            }
+            return true
         }
-        return true
     }
 }
 
 extension Array where Element == UInt8 {
     @inline(__always) func equals(_ literal: StaticString) -> Bool { self[...].equals(literal) }
+
+    /// `==` by `memcmp` (the generic `==` compares element by element).
+    @inline(__always) func sameBytes(as other: [UInt8]) -> Bool {
+        guard count == other.count else { return false }
+        guard count > 0 else { return true }
+        return withUnsafeBufferPointer { a in other.withUnsafeBufferPointer { b in memcmp(a.baseAddress!, b.baseAddress!, a.count) == 0 } }
+    }
 }

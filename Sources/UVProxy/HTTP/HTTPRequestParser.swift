@@ -171,7 +171,7 @@ final class HTTPRequestParser {
         switch field.count {
         case 4 where field[...].equalsIgnoringCase("host"):
             request.hostCount += 1
-            request.host.keep(value)
+            swap(&request.host, &value)  // no copy: `value` takes the old buffer, cleared below
         case 6 where field[...].equalsIgnoringCase("expect"):
             request.expectContinue = value[...].equalsIgnoringCase("100-continue")
         case 12 where field[...].equalsIgnoringCase("content-type"):
