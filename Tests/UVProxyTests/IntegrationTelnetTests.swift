@@ -24,7 +24,7 @@ final class IntegrationTelnetTests: XCTestCase {
         XCTAssertEqual(try c.readBytes(id, from: 0, count: 7), bytes("Welcome"))
         try target.send([1, IAC])
         try target.send([SE] + bytes("\r\n") + [IAC])
-        let ttypeIs = [IAC, SB, TTYPE, 0] + bytes("XTERM-256COLOR") + [IAC, SE]
+        let ttypeIs = [IAC, SB, TTYPE, 0] + bytes("UVPROXYD") + [IAC, SE]  // the first of the MTTS cycle
         XCTAssertEqual(try target.receive(exactly: ttypeIs.count), ttypeIs)
         try target.send([IAC] + bytes("x") + [IAC, Telnet.ga])
         XCTAssertEqual(try c.readBytes(id, from: 7, count: 4), bytes("\r\n") + [255] + bytes("x"))

@@ -9,8 +9,20 @@ private let COMPRESS = Telnet.Option.compress, COMPRESS2 = Telnet.Option.compres
 private let NEWENV: UInt8 = 39, CHARSET: UInt8 = 42, MSDP: UInt8 = 69, MSSP: UInt8 = 70, MXP: UInt8 = 91
 private let GMCP: UInt8 = 201
 
-/// `IAC SB TTYPE IS XTERM-256COLOR IAC SE`: the answer to `SB TTYPE SEND`.
-private let ttypeIs: [UInt8] = [IAC, SB, TTYPE, 0] + Array("XTERM-256COLOR".utf8) + [IAC, SE]
+/// `IAC SB TTYPE IS <name> IAC SE`: an answer to `SB TTYPE SEND`.
+private func ttypeIs(_ name: String) -> [UInt8] { [IAC, SB, TTYPE, 0] + Array(name.utf8) + [IAC, SE] }
+/// The MTTS cycle: the first, second and third (and every later) answer.
+private let ttype1 = ttypeIs("UVPROXYD"), ttype2 = ttypeIs("XTERM-256COLOR"), ttype3 = ttypeIs("MTTS 909")
+/// NEW-ENVIRON's bytes (RFC 1572).
+private let IS: UInt8 = 0, SEND: UInt8 = 1, INFO: UInt8 = 2
+private let VAR: UInt8 = 0, VALUE: UInt8 = 1, ESC: UInt8 = 2, USERVAR: UInt8 = 3
+private let IPADDRESS = Array("IPADDRESS".utf8)
+/// The client address most tests give the filter.
+private let address = "203.0.113.7"
+/// `IAC SB NEW-ENVIRON <body> IAC SE`.
+private func environ(_ body: [UInt8]) -> [UInt8] { [IAC, SB, NEWENV] + body + [IAC, SE] }
+/// The answer that carries the client's address: `IAC SB NEW-ENVIRON IS VAR IPADDRESS VALUE <address> IAC SE`.
+private let ipAnswer = environ([IS, VAR] + IPADDRESS + [VALUE] + Array(address.utf8))
 /// `IAC SB NAWS 0 80 0 24 IAC SE`.
 private let naws80x24: [UInt8] = [IAC, SB, NAWS, 0, 80, 0, 24, IAC, SE]
 
@@ -34,9 +46,12 @@ final class TelnetFilterTests: XCTestCase {
     }
 
     func run(_ chunks: [UInt8]...) -> (data: [UInt8], replies: [UInt8]) {
-        var filter = TelnetFilter()
+        var filter = makeFilter()
         return run(&filter, chunks)
     }
+
+    /// The filter of most tests: a known client address, a UTF-8 target.
+    func makeFilter() -> TelnetFilter { TelnetFilter(clientAddress: address) }
 
     func bytes(_ s: String) -> [UInt8] { Array(s.utf8) }
 
@@ -140,21 +155,208 @@ final class TelnetFilterTests: XCTestCase {
         XCTAssertFalse(filter.isEnabled(SGA, .us))
     }
 
-    func testTerminalType() {
+    func testTerminalTypeFollowsMTTS() {
         var filter = TelnetFilter()
-        // SEND before we agreed to TTYPE is not answered (RFC 1091).
+        // SEND before we agreed to TTYPE is not answered (RFC 1091), and does not count.
         XCTAssertEqual(run(&filter, [[IAC, SB, TTYPE, 1, IAC, SE]]).replies, [])
         XCTAssertEqual(run(&filter, [[IAC, DO, TTYPE]]).replies, [IAC, WILL, TTYPE])
         XCTAssertTrue(filter.isEnabled(TTYPE, .us))
-        XCTAssertEqual(run(&filter, [[IAC, SB, TTYPE, 1, IAC, SE]]).replies, ttypeIs)
-        // Asked again (MTTS servers cycle): the same name, which ends the list.
-        XCTAssertEqual(run(&filter, [[IAC, SB, TTYPE, 1], [IAC], [SE]]).replies, ttypeIs)
-        // An IS from the server, or another subnegotiation, is no question.
+        // The cycle: the client's name, the terminal type, the MTTS bits (1 ANSI + 4 UTF-8 +
+        // 8 256 colours + 128 proxy + 256 truecolour + 512 MNES), then the same again, which
+        // tells the server that the list has ended.
+        XCTAssertEqual(run(&filter, [[IAC, SB, TTYPE, 1, IAC, SE]]).replies, ttypeIs("UVPROXYD"))
+        XCTAssertEqual(run(&filter, [[IAC, SB, TTYPE, 1], [IAC], [SE]]).replies, ttypeIs("XTERM-256COLOR"))
+        XCTAssertEqual(run(&filter, [[IAC, SB, TTYPE, 1, IAC, SE]]).replies, ttypeIs("MTTS 909"))
+        XCTAssertEqual(run(&filter, [[IAC, SB, TTYPE, 1, IAC, SE]]).replies, ttypeIs("MTTS 909"))
+        XCTAssertEqual(run(&filter, [[IAC, SB, TTYPE, 1, IAC, SE, IAC, SB, TTYPE, 1, IAC, SE]]).replies,
+                       ttypeIs("MTTS 909") + ttypeIs("MTTS 909"))
+        XCTAssertEqual(909, 1 + 4 + 8 + 128 + 256 + 512)
+        // An IS from the server, or another subnegotiation, is no question and does not count.
         XCTAssertEqual(run(&filter, [[IAC, SB, TTYPE, 0] + bytes("X") + [IAC, SE, IAC, SB, NAWS, 1, IAC, SE]]).replies, [])
+        var fresh = TelnetFilter()
+        _ = run(&fresh, [[IAC, DO, TTYPE]])
+        XCTAssertEqual(run(&fresh, [[IAC, SB, TTYPE, 0, IAC, SE, IAC, SB, TTYPE, 2, IAC, SE, IAC, SB, TTYPE, IAC, SE]]).replies, [],
+                       "IS, an unknown command, an empty SB")
+        XCTAssertEqual(run(&fresh, [[IAC, SB, TTYPE, 1, IAC, SE]]).replies, ttype1)
+    }
 
-        var named = TelnetFilter(terminalType: "ANSI")
-        _ = run(&named, [[IAC, DO, TTYPE]])
-        XCTAssertEqual(run(&named, [[IAC, SB, TTYPE, 1, IAC, SE]]).replies, [IAC, SB, TTYPE, 0] + bytes("ANSI") + [IAC, SE])
+    func testMTTSWithoutUTF8WhenTheTargetIsNotUTF8() {
+        var filter = TelnetFilter(utf8: false)
+        XCTAssertFalse(filter.utf8)
+        let send: [UInt8] = [IAC, SB, TTYPE, 1, IAC, SE]
+        XCTAssertEqual(run(&filter, [[IAC, DO, TTYPE] + send + send + send + send]).replies,
+                       [IAC, WILL, TTYPE] + ttype1 + ttype2 + ttypeIs("MTTS 905") + ttypeIs("MTTS 905"))
+        XCTAssertEqual(905, 909 - 4)
+    }
+
+    /// MTTS: a server asks again from the start by turning TTYPE off and on.
+    func testMTTSCycleRestartsWhenTTYPEIsTurnedOffAndOn() {
+        var filter = TelnetFilter()
+        let send: [UInt8] = [IAC, SB, TTYPE, 1, IAC, SE]
+        XCTAssertEqual(run(&filter, [[IAC, DO, TTYPE] + send + send + send]).replies, [IAC, WILL, TTYPE] + ttype1 + ttype2 + ttype3)
+        XCTAssertEqual(run(&filter, [[IAC, DONT, TTYPE]]).replies, [IAC, WONT, TTYPE])
+        XCTAssertEqual(run(&filter, [send]).replies, [], "off: no answer")
+        XCTAssertEqual(run(&filter, [[IAC, DO, TTYPE]]).replies, [IAC, WILL, TTYPE])
+        XCTAssertEqual(run(&filter, [send + send]).replies, ttype1 + ttype2, "from the name again")
+        // A repeated DO changes nothing, so it restarts nothing either.
+        XCTAssertEqual(run(&filter, [[IAC, DO, TTYPE] + send]).replies, ttype3)
+        // Turned off half-way through: the next cycle still starts from the name.
+        XCTAssertEqual(run(&filter, [[IAC, DONT, TTYPE, IAC, DO, TTYPE] + send]).replies,
+                       [IAC, WONT, TTYPE, IAC, WILL, TTYPE] + ttype1)
+    }
+
+    // MARK: NEW-ENVIRON (MNES)
+
+    func testNewEnvironIsAcceptedForUsOnly() {
+        var filter = makeFilter()
+        let send = environ([SEND, VAR] + IPADDRESS)
+        XCTAssertEqual(run(&filter, [send]).replies, [], "SEND before DO NEW-ENVIRON is not answered (RFC 1572)")
+        XCTAssertEqual(run(&filter, [[IAC, DO, NEWENV]]).replies, [IAC, WILL, NEWENV])
+        XCTAssertTrue(filter.isEnabled(NEWENV, .us))
+        XCTAssertEqual(run(&filter, [[IAC, DO, NEWENV]]).replies, [], "already on")
+        XCTAssertEqual(run(&filter, [send]).replies, ipAnswer)
+        XCTAssertEqual(run(&filter, [[IAC, WILL, NEWENV]]).replies, [IAC, DONT, NEWENV], "we take no variables from the target")
+        XCTAssertFalse(filter.isEnabled(NEWENV, .him))
+        XCTAssertEqual(run(&filter, [[IAC, DONT, NEWENV]]).replies, [IAC, WONT, NEWENV])
+        XCTAssertEqual(run(&filter, [send]).replies, [], "off again: no answer")
+        XCTAssertEqual(run(&filter, [[IAC, DO, NEWENV]] + [send]).replies, [IAC, WILL, NEWENV] + ipAnswer)
+    }
+
+    /// A filter that has said WILL NEW-ENVIRON.
+    func environFilter(_ clientAddress: String = address) -> TelnetFilter {
+        var filter = TelnetFilter(clientAddress: clientAddress)
+        XCTAssertEqual(run(&filter, [[IAC, DO, NEWENV]]).replies, [IAC, WILL, NEWENV])
+        return filter
+    }
+
+    func testIPAddressAskedWithVAROrUSERVAR() {
+        var filter = environFilter()
+        // MNES: the server asks for its variables as well-known ones.
+        XCTAssertEqual(run(&filter, [environ([SEND, VAR] + IPADDRESS)]).replies,
+                       [IAC, SB, NEWENV, IS, VAR] + IPADDRESS + [VALUE] + bytes("203.0.113.7") + [IAC, SE])
+        // Asked as a user variable, answered under the type it was asked with.
+        XCTAssertEqual(run(&filter, [environ([SEND, USERVAR] + IPADDRESS)]).replies,
+                       [IAC, SB, NEWENV, IS, USERVAR] + IPADDRESS + [VALUE] + bytes("203.0.113.7") + [IAC, SE])
+        // Both, and twice: one answer per entry, in the order asked.
+        XCTAssertEqual(run(&filter, [environ([SEND, USERVAR] + IPADDRESS + [VAR] + IPADDRESS)]).replies,
+                       environ([IS, USERVAR] + IPADDRESS + [VALUE] + bytes(address) + [VAR] + IPADDRESS + [VALUE] + bytes(address)))
+        // Names are case-sensitive (RFC 1572 variables are exact strings).
+        XCTAssertEqual(run(&filter, [environ([SEND, VAR] + bytes("ipaddress"))]).replies,
+                       environ([IS, VAR] + bytes("ipaddress") + [VALUE]))
+        // IPv6 as text, as the session passes it.
+        var v6 = environFilter("2001:db8::1")
+        XCTAssertEqual(run(&v6, [environ([SEND, VAR] + IPADDRESS)]).replies,
+                       environ([IS, VAR] + IPADDRESS + [VALUE] + bytes("2001:db8::1")))
+    }
+
+    func testEmptySendAndNamelessTypes() {
+        var filter = environFilter()
+        // An empty list asks for everything: MNES servers get IPADDRESS, the one variable we have.
+        XCTAssertEqual(run(&filter, [environ([SEND])]).replies, ipAnswer)
+        // A nameless VAR: all well-known variables, which is IPADDRESS.
+        XCTAssertEqual(run(&filter, [environ([SEND, VAR])]).replies, ipAnswer)
+        // A nameless USERVAR: all user variables, of which there are none: an empty IS.
+        XCTAssertEqual(run(&filter, [environ([SEND, USERVAR])]).replies, environ([IS]))
+        XCTAssertEqual(run(&filter, [environ([SEND, USERVAR, VAR])]).replies, ipAnswer)
+    }
+
+    func testOtherVariablesAreSentEmpty() {
+        var filter = environFilter()
+        let ask: [UInt8] = [SEND, VAR] + bytes("USER") + [USERVAR] + bytes("CLIENT_NAME") + [VAR] + IPADDRESS
+            + [VAR] + bytes("SYSTEMTYPE") + [USERVAR] + bytes("MTTS")
+        XCTAssertEqual(run(&filter, [environ(ask)]).replies,
+                       environ([IS, VAR] + bytes("USER") + [VALUE, USERVAR] + bytes("CLIENT_NAME") + [VALUE, VAR] + IPADDRESS
+                               + [VALUE] + bytes(address) + [VAR] + bytes("SYSTEMTYPE") + [VALUE, USERVAR] + bytes("MTTS") + [VALUE]),
+                       "every entry answered in order; the unknown ones defined and empty (SPEC §6)")
+        // A VALUE inside a SEND (reversed servers, RFC 1571) is no part of a name: skipped to the next type.
+        XCTAssertEqual(run(&filter, [environ([SEND, VAR] + IPADDRESS + [VALUE] + bytes("junk") + [VAR] + bytes("X"))]).replies,
+                       environ([IS, VAR] + IPADDRESS + [VALUE] + bytes(address) + [VAR] + bytes("X") + [VALUE]))
+        // Bytes before the first type name nothing: the list is empty.
+        XCTAssertEqual(run(&filter, [environ([SEND] + bytes("junk"))]).replies, ipAnswer)
+    }
+
+    func testUnknownAddressIsSentEmpty() {
+        var filter = environFilter("")
+        XCTAssertEqual(run(&filter, [environ([SEND, VAR] + IPADDRESS)]).replies, environ([IS, VAR] + IPADDRESS + [VALUE]))
+        XCTAssertEqual(run(&filter, [environ([SEND])]).replies, environ([IS, VAR] + IPADDRESS + [VALUE]))
+    }
+
+    func testEnvironEscaping() {
+        // A value with VAR, VALUE, ESC and USERVAR bytes: each after an ESC (RFC 1572).
+        var filter = environFilter("a\u{0}b\u{1}c\u{2}d\u{3}e")
+        XCTAssertEqual(run(&filter, [environ([SEND, VAR] + IPADDRESS)]).replies,
+                       environ([IS, VAR] + IPADDRESS + [VALUE] + bytes("a") + [ESC, 0] + bytes("b") + [ESC, 1] + bytes("c")
+                               + [ESC, 2] + bytes("d") + [ESC, 3] + bytes("e")))
+        // A name from the target with escaped special bytes and a 255 (IAC IAC on the wire) comes
+        // back escaped the same way.
+        let name: [UInt8] = bytes("N") + [ESC, VAR, ESC, VALUE, ESC, ESC, ESC, USERVAR, IAC, IAC] + bytes("Z")
+        XCTAssertEqual(run(&filter, [environ([SEND, USERVAR] + name + [VAR] + IPADDRESS)]).replies,
+                       environ([IS, USERVAR] + name + [VALUE, VAR] + IPADDRESS + [VALUE] + bytes("a") + [ESC, 0] + bytes("b")
+                               + [ESC, 1] + bytes("c") + [ESC, 2] + bytes("d") + [ESC, 3] + bytes("e")))
+        // An escaped IPADDRESS spelling is still the name IPADDRESS.
+        var plain = environFilter()
+        XCTAssertEqual(run(&plain, [environ([SEND, VAR, ESC] + IPADDRESS)]).replies, ipAnswer)
+        // An ESC at the very end escapes nothing.
+        XCTAssertEqual(run(&plain, [environ([SEND, VAR] + IPADDRESS + [ESC])]).replies, ipAnswer)
+    }
+
+    func testISAndINFOFromTheTargetAreNoQuestions() {
+        var filter = environFilter()
+        XCTAssertEqual(run(&filter, [environ([IS, VAR] + IPADDRESS + [VALUE] + bytes("1.2.3.4"))
+                                     + environ([INFO, VAR] + bytes("USER") + [VALUE] + bytes("x"))
+                                     + environ([]) + environ([7])]).replies, [])
+        XCTAssertEqual(run(&filter, [environ([SEND])]).replies, ipAnswer, "and they leave nothing behind")
+    }
+
+    /// The kept data is bounded: a SEND over 512 bytes is answered as far as its whole entries go.
+    func testSendLongerThanTheBound() {
+        let limit = Telnet.environSendLimit
+        XCTAssertEqual(limit, 512)
+        var filter = environFilter()
+        // IPADDRESS, then a name that crosses the bound: the first is answered, the cut one not.
+        let long: [UInt8] = [SEND, VAR] + IPADDRESS + [USERVAR] + [UInt8](repeating: 0x41, count: 2000)
+        XCTAssertEqual(run(&filter, [environ(long)]).replies, ipAnswer)
+        // Exactly at the bound: everything is whole.
+        let filler = limit - 1 - 1 - IPADDRESS.count - 1 - 1  // SEND, VAR, IPADDRESS, VAR, the name
+        let fits: [UInt8] = [SEND, VAR] + IPADDRESS + [VAR] + [UInt8](repeating: 0x42, count: filler) + [0x43]
+        XCTAssertEqual(fits.count, limit)
+        XCTAssertEqual(run(&filter, [environ(fits)]).replies,
+                       environ([IS, VAR] + IPADDRESS + [VALUE] + bytes(address) + [VAR] + [UInt8](repeating: 0x42, count: filler) + [0x43, VALUE]))
+        // One byte over: the last name may go on, so it is not answered.
+        XCTAssertEqual(run(&filter, [environ(fits + [0x44])]).replies, ipAnswer)
+        // One byte over, and that byte starts another entry: the name before it is whole.
+        XCTAssertEqual(run(&filter, [environ(fits + [USERVAR] + bytes("MORE"))]).replies,
+                       environ([IS, VAR] + IPADDRESS + [VALUE] + bytes(address) + [VAR] + [UInt8](repeating: 0x42, count: filler) + [0x43, VALUE]))
+        // Nothing whole at all: no answer (not "everything", which an empty list would ask for).
+        XCTAssertEqual(run(&filter, [environ([SEND, VAR] + [UInt8](repeating: 0x41, count: 600))]).replies, [])
+        XCTAssertEqual(run(&filter, [environ([SEND] + [UInt8](repeating: 0x41, count: 600))]).replies, [])
+        // 255s count once each (they are kept unescaped), and the next SEND is answered as usual.
+        let wide: [UInt8] = [SEND, VAR] + IPADDRESS + [VAR] + [UInt8](repeating: 255, count: 600)
+        XCTAssertEqual(run(&filter, [[IAC, SB, NEWENV] + TelnetFilterTests.escapeIAC(wide) + [IAC, SE] + bytes("after")]).replies, ipAnswer)
+        XCTAssertEqual(run(&filter, [environ([SEND, VAR] + IPADDRESS)]).replies, ipAnswer)
+        // A long SEND split into many reads: the same.
+        let pieces = stride(from: 0, to: long.count + 5, by: 7).map { Array(environ(long)[$0..<min($0 + 7, long.count + 5)]) }
+        XCTAssertEqual(run(&filter, pieces).replies, ipAnswer)
+    }
+
+    static func escapeIAC(_ bytes: [UInt8]) -> [UInt8] {
+        var out: [UInt8] = []
+        bytes.withUnsafeBytes { TelnetFilter.escapeInput($0, into: &out) }
+        return out
+    }
+
+    func testEnvironSubnegotiationCutByACommandLeavesNothingBehind() {
+        var filter = environFilter()
+        // No SE: IAC WILL ends the subnegotiation, unanswered; its half-read entry must not
+        // become part of the next SEND.
+        let out = run(&filter, [[IAC, SB, NEWENV, SEND, VAR] + bytes("IPADD") + [IAC, WILL, SGA] + bytes("text")
+                                + environ([SEND, VAR] + bytes("X"))])
+        XCTAssertEqual(out.data, bytes("text"))
+        XCTAssertEqual(out.replies, [IAC, DO, SGA] + environ([IS, VAR] + bytes("X") + [VALUE]))
+        // A NEW-ENVIRON SEND while the option is off keeps nothing that a later one could pick up.
+        var off = makeFilter()
+        _ = run(&off, [[IAC, SB, NEWENV, SEND, VAR] + bytes("JUNK")])
+        XCTAssertEqual(run(&off, [[IAC, SE, IAC, DO, NEWENV] + environ([SEND, VAR] + IPADDRESS)]).replies, [IAC, WILL, NEWENV] + ipAnswer)
     }
 
     func testWindowSize() {
@@ -174,16 +376,18 @@ final class TelnetFilterTests: XCTestCase {
     func testRefusesEverythingElse() {
         var filter = TelnetFilter()
         let offers: [UInt8] = [IAC, WILL, COMPRESS2, IAC, WILL, COMPRESS, IAC, WILL, EOR, IAC, WILL, GMCP,
-                               IAC, WILL, MSDP, IAC, WILL, MXP, IAC, WILL, CHARSET, IAC, WILL, TTYPE, IAC, WILL, NAWS]
+                               IAC, WILL, MSDP, IAC, WILL, MXP, IAC, WILL, CHARSET, IAC, WILL, TTYPE, IAC, WILL, NAWS,
+                               IAC, WILL, NEWENV]
         XCTAssertEqual(run(&filter, [offers]).replies,
                        [IAC, DONT, COMPRESS2, IAC, DONT, COMPRESS, IAC, DONT, EOR, IAC, DONT, GMCP,
-                        IAC, DONT, MSDP, IAC, DONT, MXP, IAC, DONT, CHARSET, IAC, DONT, TTYPE, IAC, DONT, NAWS])
-        let requests: [UInt8] = [IAC, DO, ECHO, IAC, DO, NEWENV, IAC, DO, CHARSET, IAC, DO, EOR, IAC, DO, 34, IAC, DO, 255]
+                        IAC, DONT, MSDP, IAC, DONT, MXP, IAC, DONT, CHARSET, IAC, DONT, TTYPE, IAC, DONT, NAWS,
+                        IAC, DONT, NEWENV])
+        let requests: [UInt8] = [IAC, DO, ECHO, IAC, DO, 36, IAC, DO, CHARSET, IAC, DO, EOR, IAC, DO, 34, IAC, DO, 255]
         XCTAssertEqual(run(&filter, [requests]).replies,
-                       [IAC, WONT, ECHO, IAC, WONT, NEWENV, IAC, WONT, CHARSET, IAC, WONT, EOR, IAC, WONT, 34, IAC, WONT, 255],
-                       "we do not echo locally, send environment, change charsets, linemode…")
-        for option in [COMPRESS2, COMPRESS, EOR, GMCP, CHARSET, TTYPE, NAWS] { XCTAssertFalse(filter.isEnabled(option, .him)) }
-        for option in [ECHO, NEWENV, CHARSET, EOR] { XCTAssertFalse(filter.isEnabled(option, .us)) }
+                       [IAC, WONT, ECHO, IAC, WONT, 36, IAC, WONT, CHARSET, IAC, WONT, EOR, IAC, WONT, 34, IAC, WONT, 255],
+                       "we do not echo locally, send the old ENVIRON (RFC 1408), change charsets, linemode…")
+        for option in [COMPRESS2, COMPRESS, EOR, GMCP, CHARSET, TTYPE, NAWS, NEWENV] { XCTAssertFalse(filter.isEnabled(option, .him)) }
+        for option in [ECHO, 36, CHARSET, EOR] { XCTAssertFalse(filter.isEnabled(option, .us)) }
     }
 
     // MARK: No loops
@@ -199,8 +403,9 @@ final class TelnetFilterTests: XCTestCase {
         // A peer that acknowledges our refusal gets nothing back.
         XCTAssertEqual(run(&filter, [[IAC, WILL, COMPRESS2]]).replies, [IAC, DONT, COMPRESS2])
         XCTAssertEqual(run(&filter, [[IAC, WONT, COMPRESS2]]).replies, [])
-        XCTAssertEqual(run(&filter, [[IAC, DO, NEWENV]]).replies, [IAC, WONT, NEWENV])
-        XCTAssertEqual(run(&filter, [[IAC, DONT, NEWENV]]).replies, [])
+        XCTAssertEqual(run(&filter, [[IAC, DO, CHARSET]]).replies, [IAC, WONT, CHARSET])
+        XCTAssertEqual(run(&filter, [[IAC, DONT, CHARSET]]).replies, [])
+        XCTAssertEqual(run(&filter, [[IAC, DO, NEWENV, IAC, DO, NEWENV]]).replies, [IAC, WILL, NEWENV], "repeated DO: already on")
         // Turning off is acknowledged once.
         XCTAssertEqual(run(&filter, [[IAC, WONT, SGA, IAC, WONT, SGA]]).replies, [IAC, DONT, SGA])
         XCTAssertEqual(run(&filter, [[IAC, DONT, TTYPE, IAC, DONT, TTYPE]]).replies, [IAC, WONT, TTYPE])
@@ -228,7 +433,8 @@ final class TelnetFilterTests: XCTestCase {
     }
 
     func testStateIsAFewDozenBytes() {
-        XCTAssertLessThanOrEqual(MemoryLayout<TelnetFilter>.size, 32, "kept per telnet session")
+        // Three arrays (replies, the client address, the kept subnegotiation data) and a dozen bytes.
+        XCTAssertLessThanOrEqual(MemoryLayout<TelnetFilter>.size, 40, "kept per telnet session")
     }
 
     // MARK: Client input
@@ -261,8 +467,8 @@ final class TelnetFilterTests: XCTestCase {
                                 IAC, DO, NEWENV, IAC, WILL, CHARSET, IAC, DO, CHARSET] + tinyText
             + [IAC, SB, TTYPE, 1, IAC, SE] + b("You say, \"caf") + [0xE9] + b("\"\r\n")
         let tinyReplies: [UInt8] = [IAC, DONT, EOR, IAC, WONT, EOR, IAC, WILL, SGA, IAC, WILL, TTYPE,
-                                    IAC, WILL, NAWS] + naws80x24 + [IAC, WONT, NEWENV, IAC, DONT, CHARSET, IAC, WONT, CHARSET]
-            + ttypeIs
+                                    IAC, WILL, NAWS] + naws80x24 + [IAC, WILL, NEWENV, IAC, DONT, CHARSET, IAC, WONT, CHARSET]
+            + ttype1
 
         // A ROM 2.4 derivative with MCCP and MSSP: offers, a login that hides the password with
         // WILL ECHO, LF CR line ends, prompts that end with GA.
@@ -277,7 +483,7 @@ final class TelnetFilterTests: XCTestCase {
         let romReplies: [UInt8] = [IAC, DONT, COMPRESS2, IAC, DONT, COMPRESS, IAC, DONT, MSSP, IAC, WONT, COMPRESS2,
                                    IAC, DO, ECHO, IAC, DONT, ECHO]
 
-        // Modelled on Evennia: MUD-protocol offers, TTYPE asked three times (MTTS), NAWS, UTF-8 text,
+        // Modelled on Evennia: MUD-protocol offers, TTYPE asked three times (the MTTS cycle), NAWS, UTF-8 text,
         // GMCP after the client refused it (a server bug: still stripped), and 255 as data.
         let evennia: [UInt8] = [IAC, DO, TTYPE, IAC, DO, NAWS, IAC, WILL, MSDP, IAC, WILL, GMCP, IAC, WILL, MSSP,
                                 IAC, WILL, MXP, IAC, WILL, COMPRESS2, IAC, WILL, SGA, IAC, WILL, ECHO, IAC, WONT, ECHO]
@@ -289,7 +495,7 @@ final class TelnetFilterTests: XCTestCase {
         let evenniaData = b("Welcome to \u{1b}[1mEvennia\u{1b}[0m – naïve café ✓\r\n") + b("stats: ") + [255, 255] + b("\r\r\n")
         let evenniaReplies: [UInt8] = [IAC, WILL, TTYPE, IAC, WILL, NAWS] + naws80x24
             + [IAC, DONT, MSDP, IAC, DONT, GMCP, IAC, DONT, MSSP, IAC, DONT, MXP, IAC, DONT, COMPRESS2,
-               IAC, DO, SGA, IAC, DO, ECHO, IAC, DONT, ECHO] + ttypeIs + ttypeIs + ttypeIs
+               IAC, DO, SGA, IAC, DO, ECHO, IAC, DONT, ECHO] + ttype1 + ttype2 + ttype3
 
         // Everything awkward at once: unterminated SB ended by a command, IAC IAC inside SB,
         // CR NUL around commands, back-to-back commands, a trailing lone IAC left pending.
@@ -298,7 +504,21 @@ final class TelnetFilterTests: XCTestCase {
         let awkwardData = b("x\r") + [255, 255] + b("\r") + [0] + b("end")
         let awkwardReplies: [UInt8] = [IAC, DO, SGA]
 
+        // MNES and MTTS together, modelled on a server that asks for both: NEW-ENVIRON SENDs with
+        // escaped bytes and a 255 in a name, an empty SEND, TTYPE asked four times, text between.
+        let odd: [UInt8] = b("N") + [ESC, VAR, IAC, IAC, ESC, ESC] + b("Z")
+        let mnes: [UInt8] = [IAC, DO, NEWENV, IAC, DO, TTYPE] + b("Hi\r\n")
+            + environ([SEND, VAR] + IPADDRESS + [USERVAR] + odd + [VAR] + b("CLIENT_NAME"))
+            + [IAC, SB, TTYPE, 1, IAC, SE] + b("> ") + [IAC, GA]
+            + [IAC, SB, TTYPE, 1, IAC, SE, IAC, SB, TTYPE, 1, IAC, SE] + environ([SEND]) + b("x") + [IAC, IAC]
+            + [IAC, SB, TTYPE, 1, IAC, SE] + environ([IS, VAR] + b("USER")) + b("\r\0.")
+        let mnesData = b("Hi\r\n") + b("> ") + b("x") + [255] + b("\r.")
+        let mnesReplies: [UInt8] = [IAC, WILL, NEWENV, IAC, WILL, TTYPE]
+            + environ([IS, VAR] + IPADDRESS + [VALUE] + b(address) + [USERVAR] + odd + [VALUE, VAR] + b("CLIENT_NAME") + [VALUE])
+            + ttype1 + ttype2 + ttype3 + ipAnswer + ttype3
+
         return [("TinyMUX", tinyMUX, tinyText + b("You say, \"caf") + [0xE9] + b("\"\r\n"), tinyReplies),
+                ("MNES", mnes, mnesData, mnesReplies),
                 ("ROM", rom, romData, romReplies),
                 ("Evennia", evennia, evenniaData, evenniaReplies),
                 ("awkward", awkward, awkwardData, awkwardReplies)]
@@ -338,7 +558,7 @@ final class TelnetFilterTests: XCTestCase {
                     i += n
                 }
                 if round % 5 == 0 { chunks.insert([], at: Int(rng.next() % UInt64(chunks.count + 1))) }
-                var filter = TelnetFilter()
+                var filter = makeFilter()
                 let out = run(&filter, chunks)
                 XCTAssertEqual(out.data, whole.data, "\(r.name) round \(round): \(chunks.map(\.count))")
                 XCTAssertEqual(out.replies, whole.replies, "\(r.name) round \(round): \(chunks.map(\.count))")

@@ -21,6 +21,7 @@ public enum Telnet {
         public static let ttype: UInt8 = 24          // RFC 1091, terminal type
         public static let eor: UInt8 = 25            // RFC 885
         public static let naws: UInt8 = 31           // RFC 1073, window size
+        public static let newEnviron: UInt8 = 39     // RFC 1572, environment variables (MNES)
         public static let compress: UInt8 = 85       // MCCP v1
         public static let compress2: UInt8 = 86      // MCCP v2
     }
@@ -28,9 +29,25 @@ public enum Telnet {
     /// `IS` and `SEND` of the terminal-type subnegotiation (RFC 1091).
     static let ttypeIs: UInt8 = 0
     static let ttypeSend: UInt8 = 1
+
+    /// The most NEW-ENVIRON subnegotiation data kept (a `SEND` is a few short names).
+    static let environSendLimit = 512
+
+    /// The NEW-ENVIRON subnegotiation's commands (`IS`, `SEND`, `INFO`) and the bytes that mark
+    /// out its lists (RFC 1572): `VAR` starts a well-known variable's name, `USERVAR` a user
+    /// variable's, `VALUE` a value; `ESC` makes the next byte a plain part of a name or value.
+    enum Environ {
+        static let `is`: UInt8 = 0
+        static let send: UInt8 = 1
+        static let info: UInt8 = 2
+        static let `var`: UInt8 = 0
+        static let value: UInt8 = 1
+        static let esc: UInt8 = 2
+        static let uservar: UInt8 = 3
+    }
 }
 
-/// The telnet side of a target in telnet mode (SPEC §3), as a value with no I/O.
+/// The telnet side of a target in telnet mode (SPEC §3, §6), as a value with no I/O.
 ///
 /// `receive` takes the bytes the target sent, split anywhere, and hands back the plain data in
 /// between the telnet commands, as slices of its input; what the filter must answer goes to
@@ -44,9 +61,42 @@ public enum Telnet {
 /// already on, WONT for one off, an answer to our own reply) gets no reply, so two correct
 /// ends cannot loop. Accepted (what MUD clients accept):
 /// - him: ECHO (the server echoes; it hides passwords with it) and SGA.
-/// - us: SGA, TTYPE (answered with `terminalType`), NAWS (a fixed `width` × `height`, sent
-///   once when the option turns on).
+/// - us: SGA, TTYPE, NEW-ENVIRON, NAWS (a fixed `width` × `height`, sent once when the option
+///   turns on).
 /// Everything else is refused (DONT/WONT), MCCP included: the proxy does not decompress.
+///
+/// **TTYPE follows MTTS** (tintin.mudhalla.net/protocols/mtts). The Nth `SB TTYPE SEND` since
+/// the option turned on is answered with the client's name `UVPROXYD`, then the terminal type
+/// `XTERM-256COLOR` (the web client renders xterm's 256 colours), then `MTTS 909` for every
+/// later one: ANSI (1) + UTF-8 (4) + 256 colours (8) + proxy (128) + truecolour (256) + MNES
+/// (512), or `MTTS 905` without the UTF-8 bit when the target's charset is not UTF-8
+/// (`utf8: false`). Repeating the last answer tells the server that the list has ended. A
+/// server restarts the cycle as MTTS describes, by turning the option off and on again
+/// (`DONT TTYPE`, `DO TTYPE`): the count starts again from the name.
+///
+/// **NEW-ENVIRON follows MNES** (tintin.mudhalla.net/protocols/mnes), whose point for a proxy is
+/// `IPADDRESS`: the game learns the address of the player behind the proxy (MTTS bit 128 says
+/// there is one). Only the side that said WILL answers, so a `SEND` before `DO NEW-ENVIRON`
+/// gets nothing (RFC 1572). `IAC SB NEW-ENVIRON SEND <list> IAC SE` is answered with one
+/// `IAC SB NEW-ENVIRON IS <answers> IAC SE`, one answer per entry of the list, in its order:
+/// - `VAR IPADDRESS` → `VAR IPADDRESS VALUE <clientAddress>` (`VALUE` with nothing after it
+///   when the address is unknown: defined, empty). MNES variables are well-known ones and MNES
+///   servers ask for them with `VAR`; a server that asks with `USERVAR IPADDRESS` is answered
+///   the same way under the type it asked with (RFC 1572 answers each entry as asked).
+/// - Any other name, under either type → that type, the name, and an empty `VALUE` (SPEC §6:
+///   "other variables are sent empty"); the proxy has no other variables to tell.
+/// - `VAR` without a name (all well-known variables) → `VAR IPADDRESS VALUE <clientAddress>`;
+///   `USERVAR` without a name (all user variables) → nothing, there are none.
+/// - An empty list (`SEND IAC SE`: everything, which MNES servers use to ask for all its
+///   variables) → `VAR IPADDRESS VALUE <clientAddress>`.
+/// Names and values are escaped as RFC 1572 says (a `VAR`, `VALUE`, `ESC` or `USERVAR` byte
+/// inside one follows an `ESC`) and 255 is doubled. `IS` and `INFO` from the target ask nothing.
+///
+/// Only NEW-ENVIRON's subnegotiation data is kept while it arrives (`sbBuffer`, at most
+/// `Telnet.environSendLimit` bytes); every other subnegotiation costs a few counters. A `SEND`
+/// longer than that is answered as far as its complete names go: the entries wholly inside the
+/// first `environSendLimit` bytes are answered, the one that was cut is not (and a `SEND`
+/// with no complete entry gets no answer at all).
 public struct TelnetFilter {
     public enum Side { case us, him }
 
@@ -59,6 +109,16 @@ public struct TelnetFilter {
         case sbIAC        // IAC inside a subnegotiation
     }
 
+    /// Bytes to send to the target; the caller sends them and clears this.
+    public var replies: [UInt8] = []
+    /// The client's address as MNES's `IPADDRESS` gives it (empty: unknown).
+    public let clientAddress: [UInt8]
+    /// The data of the current subnegotiation, for the options whose data is read
+    /// (`keptLength`), at most one byte over the bound: a byte past it marks a cut. Empty, with
+    /// no storage, outside such a subnegotiation.
+    private var sbBuffer: [UInt8] = []
+    public let width: UInt16
+    public let height: UInt16
     private var state = State.data
     /// The last data byte was CR: a NUL now is padding.
     private var afterCR = false
@@ -68,17 +128,21 @@ public struct TelnetFilter {
     /// Bytes of subnegotiation data so far (saturating), and the first of them.
     private var sbLength: UInt8 = 0
     private var sbFirst: UInt8 = 0
+    /// The current subnegotiation's data goes to `sbBuffer`.
+    private var sbKeep = false
     /// One bit per accepted option and side that is on (`bit(_:_:)`). Refused options are
     /// always off, so they need no room.
     private var enabled: UInt8 = 0
-    /// Bytes to send to the target; the caller sends them and clears this.
-    public var replies: [UInt8] = []
-    public let terminalType: [UInt8]
-    public let width: UInt16
-    public let height: UInt16
+    /// `SB TTYPE SEND`s answered since TTYPE turned on, up to 2 (the MTTS cycle's place).
+    private var ttypeAnswers: UInt8 = 0
+    /// The target's charset is UTF-8: the MTTS answer carries the UTF-8 bit.
+    public let utf8: Bool
 
-    public init(terminalType: String = "XTERM-256COLOR", width: UInt16 = 80, height: UInt16 = 24) {
-        self.terminalType = Array(terminalType.utf8)
+    /// `clientAddress`: the player's address for MNES (`""` when unknown); `utf8`: whether the
+    /// target's charset is UTF-8 (MTTS bit 4); `width` × `height`: what NAWS reports.
+    public init(clientAddress: String = "", utf8: Bool = true, width: UInt16 = 80, height: UInt16 = 24) {
+        self.clientAddress = Array(clientAddress.utf8)
+        self.utf8 = utf8
         self.width = width
         self.height = height
     }
@@ -98,7 +162,18 @@ public struct TelnetFilter {
         case (.us, Telnet.Option.sga): return 1 << 2
         case (.us, Telnet.Option.ttype): return 1 << 3
         case (.us, Telnet.Option.naws): return 1 << 4
+        case (.us, Telnet.Option.newEnviron): return 1 << 5
         default: return nil
+        }
+    }
+
+    /// How many bytes of `option`'s subnegotiation data are kept for reading; 0 for the ones
+    /// that are only skipped. NEW-ENVIRON's only while we said WILL (nothing else is answered).
+    /// (GMCP will keep up to 64 KiB the same way.)
+    private func keptLength(_ option: UInt8) -> Int {
+        switch option {
+        case Telnet.Option.newEnviron where isEnabled(option, .us): return Telnet.environSendLimit
+        default: return 0
         }
     }
 
@@ -146,6 +221,7 @@ public struct TelnetFilter {
             case .sbOption:
                 sbOption = b
                 sbLength = 0
+                sbKeep = keptLength(b) > 0
                 state = b == Telnet.iac ? .sbIAC : .sbData
             case .sbData:
                 if b == Telnet.iac { state = .sbIAC } else { subnegotiationByte(b) }
@@ -159,6 +235,7 @@ public struct TelnetFilter {
                 } else {
                     // IAC and a command inside SB: the target forgot SE. Drop the subnegotiation
                     // and take the command, so that the stream does not stay swallowed.
+                    dropSubnegotiationData()
                     command(b)
                 }
             }
@@ -180,16 +257,106 @@ public struct TelnetFilter {
     private mutating func subnegotiationByte(_ b: UInt8) {
         if sbLength == 0 { sbFirst = b }
         if sbLength < .max { sbLength += 1 }
+        // One byte past the bound is kept, to tell a cut from data that just fits.
+        if sbKeep && sbBuffer.count <= keptLength(sbOption) { sbBuffer.append(b) }
     }
 
     private mutating func subnegotiationEnded() {
-        // RFC 1091: answer SEND only once we said WILL TTYPE; the same name every time, which
-        // tells a server that cycles through names that the list has ended.
+        // RFC 1091: answer SEND only once we said WILL TTYPE.
         if sbOption == Telnet.Option.ttype, sbLength >= 1, sbFirst == Telnet.ttypeSend,
            isEnabled(Telnet.Option.ttype, .us) {
             replies += [Telnet.iac, Telnet.sb, Telnet.Option.ttype, Telnet.ttypeIs]
-            appendEscaped(terminalType)
+            appendEscaped(nextTerminalType())
             replies += [Telnet.iac, Telnet.se]
+        }
+        if sbKeep && sbOption == Telnet.Option.newEnviron { answerEnvironment() }
+        dropSubnegotiationData()
+    }
+
+    private mutating func dropSubnegotiationData() {
+        sbKeep = false
+        if sbBuffer.capacity > 0 { sbBuffer = [] }  // frees it: the next one may be long away
+    }
+
+    private static let mttsNames: [[UInt8]] = [Array("UVPROXYD".utf8), Array("XTERM-256COLOR".utf8)]
+    private static let mttsUTF8 = Array("MTTS 909".utf8)  // ANSI, UTF-8, 256 colours, proxy, truecolour, MNES
+    private static let mttsNoUTF8 = Array("MTTS 905".utf8)  // the same without UTF-8
+
+    /// The MTTS cycle: name, terminal type, then the capability bits for good.
+    private mutating func nextTerminalType() -> [UInt8] {
+        let n = Int(ttypeAnswers)
+        if ttypeAnswers < 2 { ttypeAnswers += 1 }
+        if n < TelnetFilter.mttsNames.count { return TelnetFilter.mttsNames[n] }
+        return utf8 ? TelnetFilter.mttsUTF8 : TelnetFilter.mttsNoUTF8
+    }
+
+    private static let ipAddress = Array("IPADDRESS".utf8)
+
+    /// Answers `SEND` (the whole of `sbBuffer`) as the type's doc comment says.
+    private mutating func answerEnvironment() {
+        guard sbBuffer.first == Telnet.Environ.send else { return }  // IS, INFO: no question
+        // The byte past the bound, if any, ends the entry before it (a type) or belongs to the
+        // last one, which was cut.
+        let cut = sbBuffer.count > Telnet.environSendLimit
+        var answer: [UInt8] = [Telnet.iac, Telnet.sb, Telnet.Option.newEnviron, Telnet.Environ.is]
+        var entries = 0
+        var type: UInt8?  // of the entry being read; nil before the first
+        var name: [UInt8] = []
+        var inName = false  // false after a VALUE, which has no place in a SEND: skipped to the next type
+        var i = 1
+        while i < sbBuffer.count {
+            let b = sbBuffer[i]
+            i += 1
+            switch b {
+            case Telnet.Environ.var, Telnet.Environ.uservar:
+                if let type {
+                    entries += 1
+                    appendEnvironAnswer(type: type, name: name, to: &answer)
+                }
+                type = b
+                name.removeAll(keepingCapacity: true)
+                inName = true
+            case Telnet.Environ.value:
+                inName = false
+            case Telnet.Environ.esc:
+                if i < sbBuffer.count && inName { name.append(sbBuffer[i]) }
+                i += 1
+            default:
+                if inName { name.append(b) }
+            }
+        }
+        if let type, !cut {  // the last entry ends at IAC SE; after a cut it is not whole
+            entries += 1
+            appendEnvironAnswer(type: type, name: name, to: &answer)
+        }
+        if entries == 0 {
+            guard !cut else { return }  // nothing whole to answer
+            appendEnvironAnswer(type: Telnet.Environ.var, name: [], to: &answer)  // an empty list: everything
+        }
+        replies += answer
+        replies += [Telnet.iac, Telnet.se]
+    }
+
+    /// One entry's answer: `IPADDRESS` (and a nameless `VAR`: all well-known variables, which
+    /// is `IPADDRESS`) with the client's address, any other name with an empty value, a
+    /// nameless `USERVAR` with nothing (there are no user variables).
+    private func appendEnvironAnswer(type: UInt8, name: [UInt8], to out: inout [UInt8]) {
+        if name.isEmpty {
+            guard type == Telnet.Environ.var else { return }
+            return appendEnvironAnswer(type: type, name: TelnetFilter.ipAddress, to: &out)
+        }
+        out.append(type)
+        TelnetFilter.appendEnvironEscaped(name, to: &out)
+        out.append(Telnet.Environ.value)
+        if name == TelnetFilter.ipAddress { TelnetFilter.appendEnvironEscaped(clientAddress, to: &out) }
+    }
+
+    /// RFC 1572's escaping (`ESC` before `VAR`, `VALUE`, `ESC`, `USERVAR`) and 255 doubled.
+    private static func appendEnvironEscaped(_ bytes: [UInt8], to out: inout [UInt8]) {
+        for b in bytes {
+            if b <= Telnet.Environ.uservar { out.append(Telnet.Environ.esc) }
+            out.append(b)
+            if b == Telnet.iac { out.append(b) }
         }
     }
 
@@ -205,6 +372,7 @@ public struct TelnetFilter {
             guard let bit else { return reply(verb == Telnet.will ? Telnet.dont : Telnet.wont, option) }
             guard !on else { return }
             enabled |= bit
+            if verb == Telnet.do && option == Telnet.Option.ttype { ttypeAnswers = 0 }  // MTTS: from the name again
             reply(verb == Telnet.will ? Telnet.do : Telnet.will, option)
             if verb == Telnet.do && option == Telnet.Option.naws { sendWindowSize() }
         default:  // WONT, DONT
