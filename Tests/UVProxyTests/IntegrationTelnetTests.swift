@@ -50,6 +50,53 @@ final class IntegrationTelnetTests: XCTestCase {
         XCTAssertFalse(target.isReadable(within: 0.1), "and nothing else")
     }
 
+    /// SPEC §6: the target learns the player's address (MNES `IPADDRESS`, here a client on
+    /// loopback) and, by TTYPE, the MTTS cycle: name, terminal type, capability bits.
+    func testTargetLearnsTheClientAddressAndTheMTTSCycle() throws {
+        let NEWENV = Telnet.Option.newEnviron
+        let (_, _, _, _, target) = try sessionOnTestUpstream { $0.telnet = true }
+        try target.send([IAC, DO, NEWENV, IAC, DO, TTYPE])
+        XCTAssertEqual(try target.receive(exactly: 6), [IAC, WILL, NEWENV, IAC, WILL, TTYPE])
+
+        // SEND VAR "IPADDRESS", cut in the middle of the name.
+        try target.send([IAC, SB, NEWENV, 1, 0] + bytes("IPADD"))
+        try target.send(bytes("RESS") + [IAC, SE])
+        let address = [IAC, SB, NEWENV, 0, 0] + bytes("IPADDRESS") + [1] + bytes("127.0.0.1") + [IAC, SE]
+        XCTAssertEqual(try target.receive(exactly: address.count), address)
+        // An empty SEND (everything): the same variable.
+        try target.send([IAC, SB, NEWENV, 1, IAC, SE])
+        XCTAssertEqual(try target.receive(exactly: address.count), address)
+
+        for name in ["UVPROXYD", "XTERM-256COLOR", "MTTS 909", "MTTS 909"] {
+            try target.send([IAC, SB, TTYPE, 1, IAC, SE])
+            let answer = [IAC, SB, TTYPE, 0] + bytes(name) + [IAC, SE]
+            XCTAssertEqual(try target.receive(exactly: answer.count), answer, name)
+        }
+        // The cycle starts again once the target turns TTYPE off and on.
+        try target.send([IAC, DONT, TTYPE, IAC, DO, TTYPE, IAC, SB, TTYPE, 1, IAC, SE])
+        let again = [IAC, WONT, TTYPE, IAC, WILL, TTYPE, IAC, SB, TTYPE, 0] + bytes("UVPROXYD") + [IAC, SE]
+        XCTAssertEqual(try target.receive(exactly: again.count), again)
+        XCTAssertFalse(target.isReadable(within: 0.1), "and nothing else")
+    }
+
+    /// A target whose charset is not UTF-8 is told so by the MTTS bits (905: no UTF-8 bit).
+    func testMTTSWithoutUTF8ForALatin1Target() throws {
+        let up = try startUpstream()
+        let d = try startDaemon {
+            $0.upstream = "127.0.0.1:\(up.port)"
+            $0.targets["latin"] = TargetConfig(address: "127.0.0.1:\(up.port)", telnet: true, charset: .latin1)
+        }
+        _ = try d.client().createSession(target: "latin")
+        let target = try up.connection(0)
+        try target.send([IAC, DO, TTYPE])
+        XCTAssertEqual(try target.receive(exactly: 3), [IAC, WILL, TTYPE])
+        for name in ["UVPROXYD", "XTERM-256COLOR", "MTTS 905"] {
+            try target.send([IAC, SB, TTYPE, 1, IAC, SE])
+            let answer = [IAC, SB, TTYPE, 0] + bytes(name) + [IAC, SE]
+            XCTAssertEqual(try target.receive(exactly: answer.count), answer, name)
+        }
+    }
+
     func testPlainTargetsPassTelnetBytesThrough() throws {
         // One upstream, reached as a plain default target and as a telnet named one.
         let up = try startUpstream()

@@ -95,6 +95,34 @@ final class SessionTests: XCTestCase {
         XCTAssertTrue(table.session(s.id) === s)
     }
 
+    /// The client's address is on the session before its link is made (telnet mode reads it
+    /// when the link is made, for MNES), and apart from the per-client limit's key.
+    func testOriginIsSetBeforeTheLinkIsMade() throws {
+        var seen: [String] = []
+        var sessions: [Session] = []
+        table = SessionTable(settings: table.settings, deadlines: deadlines, clock: { [unowned self] in self.now }) { session in
+            seen.append(session.clientAddress)
+            sessions.append(session)
+            return FakeLink()
+        }
+        table.create(target: target, origin: "198.51.100.4") { _ in }
+        table.create(target: target) { _ in }
+        XCTAssertEqual(seen, ["198.51.100.4", ""])
+        XCTAssertEqual(sessions.map(\.clientAddress), ["198.51.100.4", ""])
+        XCTAssertNil(sessions[0].client, "no per-client limit here: the origin is not its key")
+    }
+
+    func testOriginFromTheClientHost() {
+        XCTAssertEqual(ProxyAPI.origin("127.0.0.1"), "127.0.0.1")
+        XCTAssertEqual(ProxyAPI.origin("-"), "", "unknown")
+        XCTAssertEqual(ProxyAPI.origin("[::1]"), "::1", "no brackets: an address, not a host:port part")
+        XCTAssertEqual(ProxyAPI.origin("[2001:db8::7]"), "2001:db8::7")
+        XCTAssertEqual(ProxyAPI.origin("[::ffff:192.0.2.9]"), "192.0.2.9", "a dual-stack listener's IPv4 client")
+        XCTAssertEqual(ProxyAPI.origin("::FFFF:192.0.2.9"), "192.0.2.9")
+        XCTAssertEqual(ProxyAPI.origin("::ffff:"), "::ffff:")
+        XCTAssertEqual(ProxyAPI.origin("203.0.113.5"), "203.0.113.5", "an X-Forwarded-For address (--trust-proxy)")
+    }
+
     func testRefusedConnectLeavesNoSessionAndNoSlot() {
         var result: Result<Session, CreateError>?
         table.create(target: target) { result = $0 }

@@ -67,6 +67,10 @@ public final class Session: DeadlineOwner {
     public internal(set) var openedAt: UInt64 = 0
     /// The client address that created it, while it counts against `max-sessions-per-client`.
     var client: String?
+    /// The IP address of the client that created it, as text without a port (`""` when
+    /// unknown). Set before its target connection is made: telnet mode tells it to the target
+    /// (MNES `IPADDRESS`, SPEC §6).
+    public internal(set) var clientAddress: String = ""
     /// Input bytes queued for the target (logs).
     public private(set) var sentBytes: UInt64 = 0
     var link: UpstreamLink?

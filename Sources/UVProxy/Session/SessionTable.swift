@@ -100,7 +100,9 @@ public final class SessionTable {
     // MARK: Create
 
     /// Connects a new session to `target`; `completion` runs once the outcome is known.
-    public func create(target: Target, client: String? = nil,
+    /// `client` is what `max-sessions-per-client` counts by (nil: not counted); `origin` is the
+    /// client's IP address text, without a port, for the session's `clientAddress`.
+    public func create(target: Target, client: String? = nil, origin: String = "",
                        completion: @escaping (Result<Session, CreateError>) -> Void) {
         guard openCount < settings.maxSessions else {
             completion(.failure(.full))
@@ -114,6 +116,7 @@ public final class SessionTable {
         var id = SessionID.random()
         while sessions.find(id) != nil { id = SessionID.random() }
         let session = Session(id: id, target: target, bufferSize: settings.bufferSize, now: clock(), table: self)
+        session.clientAddress = origin  // before the link: a telnet link reads it (MNES)
         let link: UpstreamLink
         do {
             link = try makeLink(session)

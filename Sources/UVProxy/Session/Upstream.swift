@@ -22,7 +22,7 @@ final class Upstream: UpstreamLink, TCPStreamDelegate, DeadlineOwner {
     init(loop: EventLoop, session: Session) throws {
         stream = try TCPStream(loop: loop)
         self.session = session
-        telnet = session.target.telnet ? TelnetState() : nil
+        telnet = session.target.telnet ? TelnetState(session) : nil
         stream.delegate = self
     }
 
@@ -130,5 +130,10 @@ final class Upstream: UpstreamLink, TCPStreamDelegate, DeadlineOwner {
 /// The telnet parser of one upstream connection, in its own object so that sessions without
 /// telnet hold none of it.
 private final class TelnetState {
-    var filter = TelnetFilter()
+    var filter: TelnetFilter
+
+    /// The session's client address (MNES) and whether its target speaks UTF-8 (MTTS).
+    init(_ session: Session) {
+        filter = TelnetFilter(clientAddress: session.clientAddress, utf8: session.target.charset == .utf8)
+    }
 }
