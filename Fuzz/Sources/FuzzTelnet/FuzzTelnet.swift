@@ -3,8 +3,10 @@ import FuzzSupport
 
 // The telnet filter in both directions (docs/RELIABILITY.md, "Fuzzing").
 //
-// Input: byte 0 seeds the cuts, the rest is what a target sends (and, for the other
-// direction, what a client sends as input).
+// Input: byte 0 seeds the cuts and picks the filter's settings (a client address for MNES:
+// none, an IPv4 one, or one full of NEW-ENVIRON's special bytes; a UTF-8 target or not, for
+// MTTS), the rest is what a target sends (and, for the other direction, what a client sends as
+// input).
 // Invariants, target → client (`receive`):
 // - the data and the replies do not depend on how the bytes are cut (whole, one byte at a
 //   time, random pieces);
@@ -12,7 +14,10 @@ import FuzzSupport
 // - the data holds no telnet command: encoded again (255 doubled, CR NUL as CR NUL NUL) and fed
 //   to a fresh filter it comes back unchanged, with no reply;
 // - the replies are only commands: fed to a fresh filter they give no data, and they are
-//   well formed (IAC verb option, or IAC SB … IAC SE with 255 doubled inside).
+//   well formed (IAC verb option, or IAC SB … IAC SE with 255 doubled inside);
+// - the subnegotiations among them are answers we may give: TTYPE IS with a name of the MTTS
+//   cycle, NEW-ENVIRON IS, NAWS with four bytes, each only while we have said WILL for it
+//   (RFC 1091, RFC 1572, RFC 1073).
 // Client → target (`escapeInput`): `needsEscaping` is true exactly when there is a 255; the
 // escaped bytes, cut anywhere, come out of a fresh filter as the input itself (with a NUL after
 // CR dropped, as RFC 854 says a receiver does), with no reply.
@@ -22,8 +27,15 @@ struct Run {
     var replies: [UInt8] = []
 }
 
-func filter(_ bytes: UnsafeRawBufferPointer, cut: (UnsafeRawBufferPointer, (UnsafeRawBufferPointer) -> Void) -> Void) -> Run {
-    var f = TelnetFilter()
+/// The filter for a seed (the same for every cut of one input).
+func makeFilter(_ seed: UInt8) -> TelnetFilter {
+    let addresses = ["", "192.0.2.1", "a\u{0}b\u{1}c\u{2}d\u{3}e"]
+    return TelnetFilter(clientAddress: addresses[Int(seed % 3)], utf8: seed & 4 == 0)
+}
+
+func filter(_ bytes: UnsafeRawBufferPointer, seed: UInt8,
+            cut: (UnsafeRawBufferPointer, (UnsafeRawBufferPointer) -> Void) -> Void) -> Run {
+    var f = makeFilter(seed)
     var run = Run()
     cut(bytes) { piece in
         var given = 0
@@ -73,6 +85,34 @@ func wellFormedReplies(_ r: [UInt8]) -> Bool {
     return true
 }
 
+/// The subnegotiations in well-formed replies, with IAC IAC undone, each with whether we had
+/// said WILL for its option (and not WONT since) when it was sent.
+func subnegotiations(_ r: [UInt8]) -> [(option: UInt8, data: [UInt8], willing: Bool)] {
+    var out: [(option: UInt8, data: [UInt8], willing: Bool)] = []
+    var will = Set<UInt8>()
+    var i = 0
+    while i + 2 < r.count {
+        switch r[i + 1] {
+        case Telnet.will: will.insert(r[i + 2]); i += 3
+        case Telnet.wont: will.remove(r[i + 2]); i += 3
+        case Telnet.sb:
+            let option = r[i + 2]
+            var data: [UInt8] = []
+            i += 3
+            while !(r[i] == Telnet.iac && r[i + 1] == Telnet.se) {
+                data.append(r[i])
+                i += r[i] == Telnet.iac ? 2 : 1
+            }
+            i += 2
+            out.append((option, data, will.contains(option)))
+        default: i += 3
+        }
+    }
+    return out
+}
+
+let mttsNames: Set<[UInt8]> = Set(["UVPROXYD", "XTERM-256COLOR", "MTTS 909", "MTTS 905"].map { Array($0.utf8) })
+
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzTelnet(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
     let input = fuzzInput(data, size)
@@ -81,10 +121,10 @@ public func fuzzTelnet(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
     let payload = UnsafeRawBufferPointer(rebasing: input[1...])
 
     // Target → client.
-    let a = filter(payload, cut: whole)
-    let b = filter(payload, cut: bytewise)
+    let a = filter(payload, seed: seed, cut: whole)
+    let b = filter(payload, seed: seed, cut: bytewise)
     var splitter = Splitter(seed: seed, length: payload.count)
-    let c = filter(payload) { bytes, body in forEachPiece(bytes, &splitter, body) }
+    let c = filter(payload, seed: seed) { bytes, body in forEachPiece(bytes, &splitter, body) }
     fuzzCheck(a.data == b.data && a.data == c.data, "data depends on the cuts: \(a.data) / \(b.data) / \(c.data)")
     fuzzCheck(a.replies == b.replies && a.replies == c.replies,
               "replies depend on the cuts: \(a.replies) / \(b.replies) / \(c.replies)")
@@ -97,10 +137,23 @@ public func fuzzTelnet(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
         if encoded[i] == 13 && encoded[i + 1] == 0 { encoded.insert(0, at: i + 1); i += 1 }
         i += 1
     }
-    let again = encoded.withUnsafeBytes { filter($0, cut: whole) }
+    let again = encoded.withUnsafeBytes { filter($0, seed: seed, cut: whole) }
     fuzzCheck(again.data == a.data && again.replies.isEmpty, "the data holds a telnet command: \(a.data)")
     fuzzCheck(wellFormedReplies(a.replies), "malformed replies: \(a.replies)")
-    let fromReplies = a.replies.withUnsafeBytes { filter($0, cut: whole) }
+    for sb in subnegotiations(a.replies) {
+        fuzzCheck(sb.willing, "a subnegotiation for option \(sb.option) we did not say WILL to: \(a.replies)")
+        switch sb.option {
+        case Telnet.Option.ttype:
+            fuzzCheck(sb.data.first == 0 && mttsNames.contains(Array(sb.data.dropFirst())), "a TTYPE answer off the MTTS cycle: \(sb.data)")
+        case Telnet.Option.newEnviron:
+            fuzzCheck(sb.data.first == 0, "a NEW-ENVIRON reply that is not IS: \(sb.data)")
+        case Telnet.Option.naws:
+            fuzzCheck(sb.data.count == 4, "a NAWS reply of \(sb.data.count) bytes")
+        default:
+            fuzzCheck(false, "a subnegotiation for option \(sb.option): \(a.replies)")
+        }
+    }
+    let fromReplies = a.replies.withUnsafeBytes { filter($0, seed: seed, cut: whole) }
     fuzzCheck(fromReplies.data.isEmpty, "replies carry data: \(a.replies)")
 
     // Client → target.
@@ -115,7 +168,7 @@ public func fuzzTelnet(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
         afterCR = byte == 13
     }
     var splitter2 = Splitter(seed: seed &+ 1, length: out.count)
-    let round = out.withUnsafeBytes { bytes in filter(bytes) { b, body in forEachPiece(b, &splitter2, body) } }
+    let round = out.withUnsafeBytes { bytes in filter(bytes, seed: seed) { b, body in forEachPiece(b, &splitter2, body) } }
     fuzzCheck(round.data == expected && round.replies.isEmpty,
               "escapeInput does not round-trip: \(Array(payload)) → \(out) → \(round.data)")
     return 0
