@@ -345,7 +345,8 @@ public enum ProxyProtocol {
 /// `.local` (not a TCP client address: the connection's own peer is used); any other value is
 /// refused. The length must hold the family's address block (12, 36, or 216 for UNIX) and
 /// `16 + length` must not exceed `maxLength`, both judged as soon as the length is read; the
-/// bytes after the addresses (TLVs) are skipped unread.
+/// bytes after the addresses (TLVs) are skipped unread. (`maxLength` is v2's alone: a v1 line
+/// is held to the spec's 107 bytes whatever it says.)
 ///
 /// After `.done`, a feed returns `.done` with the same header and `consumed: 0` (none of those
 /// bytes is header: all of them are the client's); after `.invalid`, the same `.invalid`.
