@@ -81,7 +81,7 @@ let package = Package(
 if Context.environment["UVPROXYD_FUZZ"] == "1" {
     package.targets += [
         .target(name: "FuzzSupport", dependencies: ["UVProxy"], path: "Fuzz/Sources/FuzzSupport"),
-    ] + ["FuzzHTTP", "FuzzTelnet", "FuzzParameters", "FuzzText"].map { name in
+    ] + ["FuzzHTTP", "FuzzTelnet", "FuzzParameters", "FuzzText", "FuzzProxyProtocol"].map { name in
         .executableTarget(name: name, dependencies: ["UVProxy", "FuzzSupport", "CUV"], path: "Fuzz/Sources/\(name)")
     }
 }
