@@ -35,14 +35,15 @@ public struct ConfigLoader: Sendable {
     public static let keys = [
         "listen", "upstream", "max-sessions", "buffer-size", "idle-timeout", "linger", "max-wait", "connect-timeout",
         "token", "cors-origin", "telnet", "charset", "log-level", "log-format", "trust-proxy", "demo", "web",
-        "shutdown-timeout", "max-connections", "max-sessions-per-client", "send-timeout", "allowed-host", "targets",
+        "shutdown-timeout", "max-connections", "max-sessions-per-client", "send-timeout", "allowed-host",
+        "accept-proxy-protocol", "proxy-protocol", "targets",
     ]
     /// Keys whose value is a list: in the file a YAML list or one text, in the environment
     /// comma-separated, as flags repeated.
     static let listKeys: Set<String> = ["allowed-host"]
     /// The keys of one entry of `targets`.
-    public static let targetKeys = ["host", "port", "telnet", "charset", "connect-timeout"]
-    static let boolKeys: Set<String> = ["telnet", "trust-proxy", "demo", "web"]
+    public static let targetKeys = ["host", "port", "telnet", "charset", "connect-timeout", "proxy-protocol"]
+    static let boolKeys: Set<String> = ["telnet", "trust-proxy", "demo", "web", "accept-proxy-protocol"]
 
     /// The file this loader reads, if any.
     public var filePath: String? { file ?? environment["UVPROXYD_CONFIG"] }
@@ -75,6 +76,8 @@ public struct ConfigLoader: Sendable {
         c.maxSessionsPerClient = try r.int("max-sessions-per-client") ?? c.maxSessionsPerClient
         c.sendTimeout = try r.double("send-timeout") ?? c.sendTimeout
         c.allowedHosts = try r.stringList("allowed-host") ?? c.allowedHosts
+        c.acceptProxyProtocol = try r.bool("accept-proxy-protocol") ?? c.acceptProxyProtocol
+        c.proxyProtocol = try r.proxyProtocol(["proxy-protocol"])
 
         // Targets: the file's map, then UVPROXYD_TARGET, then --target; a name given again
         // replaces the whole entry.
@@ -206,6 +209,16 @@ final class SettingsReader {
         return charset
     }
 
+    /// `v1` or `v2` (SPEC §6).
+    func proxyProtocol(_ path: [String], in layers: Layers? = nil) throws -> ProxyProtocol.Version? {
+        guard let text = try read(path, "text", in: layers ?? all, { $0.string(forKey: $1) }) else { return nil }
+        guard let version = ProxyProtocol.Version(rawValue: text.lowercased()) else {
+            throw problem(path, "'\(text)' is not a PROXY protocol version (v1 or v2)",
+                          source: origins[path.joined(separator: ".")] ?? .file)
+        }
+        return version
+    }
+
     /// One entry of the file's `targets` map.
     func fileTarget(_ name: String) throws -> TargetConfig {
         let file = fileOnly!
@@ -227,7 +240,8 @@ final class SettingsReader {
             address: host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)",
             telnet: try read(path + ["telnet"], "true or false", in: file, { $0.bool(forKey: $1) }),
             charset: try charset(path + ["charset"], in: file),
-            connectTimeout: try read(path + ["connect-timeout"], "a number", in: file, { $0.double(forKey: $1) })
+            connectTimeout: try read(path + ["connect-timeout"], "a number", in: file, { $0.double(forKey: $1) }),
+            proxyProtocol: try proxyProtocol(path + ["proxy-protocol"], in: file)
         )
     }
 

@@ -46,6 +46,11 @@ struct UVProxyCommand: ParsableCommand {
         A Host name accepted besides localhost and loopback addresses when there is no token and the listen address \
         is loopback (DNS rebinding check); repeatable.
         """) var allowedHost: [String] = []
+    @Flag(help: """
+        Every client connection starts with a PROXY protocol header, v1 or v2 (behind HAProxy, nginx stream or a         cloud balancer); one without a valid header is closed.
+        """) var acceptProxyProtocol = false
+    @Option(help: "Send the default target a PROXY protocol header (v1 or v2) naming the player first.")
+    var proxyProtocol: String?
 
     /// What was given on the command line, by config key; the loader puts it above the
     /// environment and the file. A boolean flag that is absent leaves the setting to them.
@@ -74,6 +79,8 @@ struct UVProxyCommand: ParsableCommand {
         set("max-sessions-per-client", maxSessionsPerClient.map { .int($0) })
         set("send-timeout", sendTimeout.map { .double($0) })
         set("allowed-host", allowedHost.isEmpty ? nil : .stringArray(allowedHost))
+        set("accept-proxy-protocol", acceptProxyProtocol ? .bool(true) : nil)
+        set("proxy-protocol", proxyProtocol.map { .string($0) })
         return ConfigLoader(flags: flags, flagTargets: target, file: config, environment: environment)
     }
 }

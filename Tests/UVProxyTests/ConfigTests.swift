@@ -133,7 +133,10 @@ final class ConfigTests: XCTestCase {
         XCTAssertEqual(c.targets, [
             "mud": TargetConfig(address: "127.0.0.1:4000", telnet: true, charset: .latin1),
             "classic": TargetConfig(address: "localhost:5000", telnet: true, charset: .cp437, connectTimeout: 5),
+            "modern": TargetConfig(address: "127.0.0.1:4100", proxyProtocol: .v2),
         ])
+        XCTAssertEqual(c.acceptProxyProtocol, false)
+        XCTAssertNil(c.proxyProtocol, "shown commented out: a game must expect the header")
         // Every key is shown (the token commented out, so that copying the file sets none).
         let text = try String(contentsOfFile: path, encoding: .utf8)
         let lines = text.split(separator: "\n").map { $0.hasPrefix("# ") ? $0.dropFirst(2) : $0[...] }
@@ -292,6 +295,44 @@ final class ConfigTests: XCTestCase {
         XCTAssertEqual(settings.defaultTarget.address.port, 4000)
         XCTAssertEqual(settings.defaultTarget.telnet, true)
         XCTAssertEqual(settings.defaultTarget.charset, .cp437)
+    }
+
+    func testProxyProtocolSettingsFromEverySource() throws {
+        let path = try writeFile("""
+            upstream: 127.0.0.1:4000
+            accept-proxy-protocol: true
+            proxy-protocol: V2
+            targets:
+              own:
+                host: 127.0.0.1
+                port: 4001
+                proxy-protocol: v1
+              plain:
+                host: 127.0.0.1
+                port: 4002
+            """)
+        let c = try ConfigLoader(file: path).load()
+        XCTAssertTrue(c.acceptProxyProtocol)
+        XCTAssertEqual(c.proxyProtocol, .v2)
+        let settings = try c.apiSettings()
+        XCTAssertEqual(settings.defaultTarget.proxyProtocol, .v2)
+        XCTAssertEqual(settings.targets["own"]?.proxyProtocol, .v1)
+        XCTAssertNil(settings.targets["plain"]?.proxyProtocol, "not inherited: a game must expect the header")
+
+        let env = try ConfigLoader(file: path, environment: ["UVPROXYD_PROXY_PROTOCOL": "v1",
+                                                             "UVPROXYD_ACCEPT_PROXY_PROTOCOL": "false"]).load()
+        XCTAssertEqual(env.proxyProtocol, .v1)
+        XCTAssertFalse(env.acceptProxyProtocol)
+        let flags = try ConfigLoader(flags: ["proxy-protocol": .string("v2"), "accept-proxy-protocol": .bool(true)],
+                                     file: path, environment: ["UVPROXYD_PROXY_PROTOCOL": "v1"]).load()
+        XCTAssertEqual(flags.proxyProtocol, .v2)
+        XCTAssertTrue(flags.acceptProxyProtocol)
+
+        XCTAssertEqual(loadError(ConfigLoader(environment: ["UVPROXYD_PROXY_PROTOCOL": "v3"])),
+                       "UVPROXYD_PROXY_PROTOCOL: 'v3' is not a PROXY protocol version (v1 or v2)")
+        let bad = try writeFile("targets:\n  t:\n    host: 127.0.0.1\n    port: 1\n    proxy-protocol: v9\n")
+        XCTAssertEqual(loadError(ConfigLoader(file: bad)),
+                       "config \(bad): targets.t.proxy-protocol: 'v9' is not a PROXY protocol version (v1 or v2)")
     }
 
     // MARK: Reload (ProxyDaemon.apply, in process)

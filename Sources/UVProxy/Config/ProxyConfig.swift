@@ -37,6 +37,10 @@ public struct ProxyConfig: Sendable, Equatable {
     /// SPEC §5: `Host` names accepted besides localhost and loopback addresses when there is no
     /// token and the listen address is loopback (DNS rebinding).
     public var allowedHosts: [String] = []
+    /// SPEC §6: every client connection starts with a PROXY header (v1 or v2).
+    public var acceptProxyProtocol = false
+    /// SPEC §6: the PROXY header sent first to the default target (named targets set their own).
+    public var proxyProtocol: ProxyProtocol.Version?
 
     public init() {}
 
@@ -125,6 +129,8 @@ public struct ProxyConfig: Sendable, Equatable {
         check("max-sessions-per-client", \.maxSessionsPerClient)
         check("send-timeout", \.sendTimeout)
         check("allowed-host", \.allowedHosts)
+        check("accept-proxy-protocol", \.acceptProxyProtocol)
+        check("proxy-protocol", \.proxyProtocol)
         return keys
     }
 
@@ -171,12 +177,14 @@ public struct ProxyConfig: Sendable, Equatable {
             throw ConfigError("upstream: \(error)")
         }
         var settings = APISettings(defaultTarget: Target(name: "default", address: address, telnet: telnet,
-                                                         charset: charset, connectTimeoutMs: timeout))
+                                                         charset: charset, connectTimeoutMs: timeout,
+                                                         proxyProtocol: proxyProtocol))
         for (name, t) in targets {
             do {
                 settings.targets[name] = Target(name: name, address: try resolve(t.address),
                                                 telnet: t.telnet ?? telnet, charset: t.charset ?? charset,
-                                                connectTimeoutMs: t.connectTimeout.map(ProxyConfig.ms) ?? timeout)
+                                                connectTimeoutMs: t.connectTimeout.map(ProxyConfig.ms) ?? timeout,
+                                                proxyProtocol: t.proxyProtocol)
             } catch {
                 throw ConfigError("targets.\(name): \(error)")
             }
@@ -192,19 +200,23 @@ public struct ProxyConfig: Sendable, Equatable {
 }
 
 /// One named target. Unset fields take the top-level setting (`telnet`, `charset`,
-/// `connect-timeout`).
+/// `connect-timeout`); `proxy-protocol` does not: the top-level one is the default target's
+/// alone, because a game that does not expect a PROXY header takes it for a player's input.
 public struct TargetConfig: Sendable, Equatable {
     /// `HOST:PORT`.
     public var address: String
     public var telnet: Bool?
     public var charset: Charset?
     public var connectTimeout: Double?
+    public var proxyProtocol: ProxyProtocol.Version?
 
-    public init(address: String, telnet: Bool? = nil, charset: Charset? = nil, connectTimeout: Double? = nil) {
+    public init(address: String, telnet: Bool? = nil, charset: Charset? = nil, connectTimeout: Double? = nil,
+                proxyProtocol: ProxyProtocol.Version? = nil) {
         self.address = address
         self.telnet = telnet
         self.charset = charset
         self.connectTimeout = connectTimeout
+        self.proxyProtocol = proxyProtocol
     }
 }
 

@@ -8,9 +8,12 @@ public struct Target: Sendable {
     /// What its bytes are in where they become text (SSE).
     public var charset: Charset
     public var connectTimeoutMs: UInt64
+    /// Send it a PROXY header first, naming the player (SPEC §6).
+    public var proxyProtocol: ProxyProtocol.Version?
 
     public init(name: String, address: SocketAddress, telnet: Bool = false, charset: Charset = .utf8,
-                connectTimeoutMs: UInt64 = 10_000) {
+                connectTimeoutMs: UInt64 = 10_000, proxyProtocol: ProxyProtocol.Version? = nil) {
+        self.proxyProtocol = proxyProtocol
         self.name = name
         self.address = address
         self.telnet = telnet
