@@ -61,6 +61,7 @@ public final class ProxyDaemon: SessionEventSink, HTTPServerObserver {
         limits.maxHeader = 8 * 1024
         limits.sendTimeoutMs = ProxyConfig.ms(config.sendTimeout)
         limits.maxConnections = config.maxConnections
+        limits.acceptProxyProtocol = config.acceptProxyProtocol
         server = HTTPServer(loop: loop, limits: limits, corsHeaders: ProxyDaemon.corsHeaders(config.corsOrigin))
         table = SessionTable(settings: config.sessionSettings, deadlines: loop.deadlines, clock: { loop.now }) { session in
             try Upstream(loop: loop, session: session)
@@ -87,6 +88,7 @@ public final class ProxyDaemon: SessionEventSink, HTTPServerObserver {
         }
         api.metricsText = { [unowned self] in self.metricsText() }
         api.clientAddress = { [unowned self] connection in self.clientHost(connection) }
+        api.clientOrigin = { [unowned self] connection in self.clientOrigin(connection) }
         do {
             self.listenAddress = try server.listen(on: listenAddress)
         } catch let error as UVError {
@@ -158,7 +160,8 @@ public final class ProxyDaemon: SessionEventSink, HTTPServerObserver {
     }
 
     /// Puts `new` in force. Targets, token, CORS, the web page, `max-wait`, `max-sessions` and
-    /// `buffer-size` apply to requests and sessions from now on; idle timeout and linger to every
+    /// `buffer-size` apply to requests and sessions from now on; `send-timeout`,
+    /// `max-connections` and `accept-proxy-protocol` to connections accepted from now on; idle timeout and linger to every
     /// session at its next deadline. Open sessions keep their connection, bytes and buffer size.
     /// `listen`, `demo` and `log-format` need a restart. Throws, changing nothing, if `new` is
     /// invalid or a target does not resolve.
@@ -178,6 +181,10 @@ public final class ProxyDaemon: SessionEventSink, HTTPServerObserver {
         api.settings = apiSettings
         table.apply(next.sessionSettings)
         server.corsHeaders = ProxyDaemon.corsHeaders(next.corsOrigin)
+        // Connections accepted from now on.
+        server.limits.sendTimeoutMs = ProxyConfig.ms(next.sendTimeout)
+        server.limits.maxConnections = next.maxConnections
+        server.limits.acceptProxyProtocol = next.acceptProxyProtocol
         if let level = Logger.Level(rawValue: next.logLevel.lowercased()) { logger.logLevel = level }
 
         let names = ["default"] + next.targets.keys.sorted()
@@ -262,6 +269,12 @@ public final class ProxyDaemon: SessionEventSink, HTTPServerObserver {
         ])
     }
 
+    public func proxyHeadersRejected(count: UInt64, peer: SocketAddress?, reason: String) {
+        logger.warning("PROXY header missing or invalid: \(count) connection\(count == 1 ? "" : "s") closed since the last warning", metadata: [
+            "count": "\(count)", "peer": "\(peer?.description ?? "-")", "reason": "\(reason)",
+        ])
+    }
+
     // MARK: Requests: latency histogram, access log
 
     public func requestFinished(_ connection: HTTPConnection, status: HTTPStatus, nanoseconds: UInt64, streamed: Bool) {
@@ -291,6 +304,13 @@ public final class ProxyDaemon: SessionEventSink, HTTPServerObserver {
     /// The same without the peer's port: what `max-sessions-per-client` counts by.
     func clientHost(_ connection: HTTPConnection) -> String {
         forwardedClient(connection) ?? connection.peerAddress?.host ?? "-"
+    }
+
+    /// The same as an address, for the PROXY header a target gets (SPEC §6). A forwarded client
+    /// has no port we know (0); one that is not an IP address is unknown (nil).
+    func clientOrigin(_ connection: HTTPConnection) -> SocketAddress? {
+        guard let forwarded = forwardedClient(connection) else { return connection.peerAddress }
+        return SocketAddress(literal: forwarded, port: 0)
     }
 
     private func forwardedClient(_ connection: HTTPConnection) -> String? {
@@ -326,6 +346,7 @@ public final class ProxyDaemon: SessionEventSink, HTTPServerObserver {
         metrics.count("uvproxyd_sessions_created_total", total: c.created)
         metrics.count("uvproxyd_upstream_connect_failures_total", total: c.connectFailures)
         metrics.count("uvproxyd_accept_errors_total", total: server.metrics.acceptErrors)
+        metrics.count("uvproxyd_proxy_header_errors_total", total: server.metrics.proxyHeaderErrors)
         metrics.count("uvproxyd_upstream_received_bytes_total", total: c.upstreamReceivedBytes)
         metrics.count("uvproxyd_upstream_sent_bytes_total", total: c.upstreamSentBytes)
         for (code, n) in server.metrics.statusCounts.enumerated() where n > 0 {

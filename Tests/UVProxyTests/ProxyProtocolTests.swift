@@ -588,4 +588,13 @@ final class ProxyProtocolTests: XCTestCase {
         }
         XCTAssertGreaterThan(accepted, 5000)
     }
+
+    func testTheLocalHeaderNamesNoClientAndParsesAsLocal() {
+        XCTAssertEqual(ProxyProtocol.localHeader(.v1), Array("PROXY UNKNOWN\r\n".utf8))
+        for version in [ProxyProtocol.Version.v1, .v2] {
+            let header = ProxyProtocol.localHeader(version)
+            var parser = ProxyHeaderParser()
+            XCTAssertEqual(header.withUnsafeBytes { parser.feed($0) }, .done(.local, consumed: header.count), "\(version)")
+        }
+    }
 }

@@ -105,7 +105,7 @@ final class SessionTests: XCTestCase {
             sessions.append(session)
             return FakeLink()
         }
-        table.create(target: target, origin: "198.51.100.4") { _ in }
+        table.create(target: target, origin: SocketAddress(literal: "198.51.100.4", port: 0)) { _ in }
         table.create(target: target) { _ in }
         XCTAssertEqual(seen, ["198.51.100.4", ""])
         XCTAssertEqual(sessions.map(\.clientAddress), ["198.51.100.4", ""])
@@ -113,14 +113,14 @@ final class SessionTests: XCTestCase {
     }
 
     func testOriginFromTheClientHost() {
-        XCTAssertEqual(ProxyAPI.origin("127.0.0.1"), "127.0.0.1")
-        XCTAssertEqual(ProxyAPI.origin("-"), "", "unknown")
-        XCTAssertEqual(ProxyAPI.origin("[::1]"), "::1", "no brackets: an address, not a host:port part")
-        XCTAssertEqual(ProxyAPI.origin("[2001:db8::7]"), "2001:db8::7")
-        XCTAssertEqual(ProxyAPI.origin("[::ffff:192.0.2.9]"), "192.0.2.9", "a dual-stack listener's IPv4 client")
-        XCTAssertEqual(ProxyAPI.origin("::FFFF:192.0.2.9"), "192.0.2.9")
-        XCTAssertEqual(ProxyAPI.origin("::ffff:"), "::ffff:")
-        XCTAssertEqual(ProxyAPI.origin("203.0.113.5"), "203.0.113.5", "an X-Forwarded-For address (--trust-proxy)")
+        XCTAssertEqual(Session.bareAddress("127.0.0.1"), "127.0.0.1")
+        XCTAssertEqual(Session.bareAddress("-"), "", "unknown")
+        XCTAssertEqual(Session.bareAddress("[::1]"), "::1", "no brackets: an address, not a host:port part")
+        XCTAssertEqual(Session.bareAddress("[2001:db8::7]"), "2001:db8::7")
+        XCTAssertEqual(Session.bareAddress("[::ffff:192.0.2.9]"), "192.0.2.9", "a dual-stack listener's IPv4 client")
+        XCTAssertEqual(Session.bareAddress("::FFFF:192.0.2.9"), "192.0.2.9")
+        XCTAssertEqual(Session.bareAddress("::ffff:"), "::ffff:")
+        XCTAssertEqual(Session.bareAddress("203.0.113.5"), "203.0.113.5", "an X-Forwarded-For address (--trust-proxy)")
     }
 
     func testRefusedConnectLeavesNoSessionAndNoSlot() {

@@ -43,6 +43,8 @@ public final class ProxyAPI: HTTPHandler {
     /// The client address of a request (SPEC §5), for `max-sessions-per-client`, and the
     /// session's `clientAddress` (`origin`).
     var clientAddress: (HTTPConnection) -> String = { $0.peerAddress?.host ?? "-" }
+    /// The same client as an address (a session's origin: the PROXY header sent to its target).
+    var clientOrigin: (HTTPConnection) -> SocketAddress? = { $0.peerAddress }
     private var tokenBytes: [UInt8]?
     /// Where SSE events are built, shared by every stream (one thread).
     var scratch: [UInt8] = []
@@ -154,20 +156,6 @@ public final class ProxyAPI: HTTPHandler {
 
     // MARK: Create
 
-    /// A session's `clientAddress` from `clientAddress(connection)`: the bare IP address that
-    /// MNES's `IPADDRESS` gives a game (SPEC §6). `-` (unknown) becomes `""`, an IPv6 address
-    /// loses the brackets of its `[v6]` form, and an IPv4-mapped one (`::ffff:a.b.c.d`, a
-    /// dual-stack listener's IPv4 client) is given as the IPv4 address.
-    static func origin(_ host: String) -> String {
-        guard host != "-" else { return "" }
-        var address = Substring(host)
-        if address.hasPrefix("[") && address.hasSuffix("]") { address = address.dropFirst().dropLast() }
-        let mapped = "::ffff:"
-        if address.count > mapped.count, address.lowercased().hasPrefix(mapped), address.contains(".") {
-            address = address.dropFirst(mapped.count)
-        }
-        return String(address)
-    }
 
     private func create(_ connection: HTTPConnection, _ params: Parameters, compat: Bool) {
         let name = compat ? nil : params.string("target")
@@ -175,9 +163,8 @@ public final class ProxyAPI: HTTPHandler {
             return error(connection, .badRequest, "unknown target '\(name ?? "")'")
         }
         connection.hold(until: nil)
-        let host = clientAddress(connection)
-        let client = table.settings.maxSessionsPerClient > 0 ? host : nil
-        table.create(target: target, client: client, origin: ProxyAPI.origin(host)) { [unowned self] result in
+        let client = table.settings.maxSessionsPerClient > 0 ? clientAddress(connection) : nil
+        table.create(target: target, client: client, origin: clientOrigin(connection)) { [unowned self] result in
             switch result {
             case .success(let session) where !connection.isOpen:
                 // The client left before it could learn the id: nobody can ever use this session.

@@ -30,6 +30,9 @@ public struct HTTPLimits: Sendable {
     public var sendTimeoutMs: UInt64 = 60_000
     /// Most client connections held at once (SPEC §5 `max-connections`).
     public var maxConnections = 10_000
+    /// Every connection starts with a PROXY protocol header, v1 or v2 (SPEC §6
+    /// `--accept-proxy-protocol`): one without a valid header is closed.
+    public var acceptProxyProtocol = false
     public init() {}
 }
 
@@ -72,7 +75,11 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
     private enum Phase { case open, lingering, closed }
     private var closeWhenDrained = false
     private var phase = Phase.open
-    private enum TimerKind { case idle, headers, held, linger }
+    private enum TimerKind { case idle, headers, held, linger, proxyHeader }
+    /// With `acceptProxyProtocol`, until the connection's PROXY header is read.
+    private var proxyHeader: ProxyHeaderParser?
+    /// The client's address from the PROXY header (nil: the TCP peer is the client).
+    public private(set) var proxiedAddress: SocketAddress?
     private var timerKind = TimerKind.idle
     public var deadline: UInt64 = 0
     public var deadlineSlot: Int = -1
@@ -88,19 +95,34 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
         parser.delegate = self
         stream.delegate = self
         stream.startReading()
-        schedule(.idle, at: lastActivity + limits.keepAliveTimeoutMs)
+        if limits.acceptProxyProtocol {
+            proxyHeader = ProxyHeaderParser()
+            schedule(.proxyHeader, at: lastActivity + limits.headerTimeoutMs)
+        } else {
+            schedule(.idle, at: lastActivity + limits.keepAliveTimeoutMs)
+        }
     }
 
     public var isOpen: Bool { phase == .open }
     /// The request being answered (valid until its response is finished).
     public var request: HTTPRequest { parser.request }
-    public var peerAddress: SocketAddress? { stream.peerAddress }
+    /// The client (SPEC §5 "client address"): the source of the PROXY header if there was one,
+    /// else the TCP peer.
+    public var peerAddress: SocketAddress? { proxiedAddress ?? stream.peerAddress }
+    /// The TCP peer itself (with a PROXY header, the balancer in front of us).
+    public var tcpPeerAddress: SocketAddress? { stream.peerAddress }
     var loop: EventLoop { stream.loop }
 
     // MARK: Bytes in
 
-    public func stream(_ stream: TCPStream, didRead bytes: UnsafeRawBufferPointer) {
+    public func stream(_ stream: TCPStream, didRead input: UnsafeRawBufferPointer) {
         lastActivity = loop.now
+        var bytes = input
+        if proxyHeader != nil {
+            guard let rest = readProxyHeader(input) else { return }
+            bytes = rest
+            if bytes.isEmpty { return }
+        }
         if !isQueuedForTurn { turnShare = HTTPConnection.requestsPerTurn }
         switch phase {
         case .closed, .lingering:
@@ -117,6 +139,25 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
         if consumed < bytes.count, phase == .open {
             unparsed.append(contentsOf: UnsafeRawBufferPointer(rebasing: bytes[consumed...]))
             if backlogIsFull { stream.stopReading() }
+        }
+    }
+
+    /// Feeds the PROXY header parser; returns the bytes after the header once it is complete,
+    /// nil while it is not (or when it was invalid: the connection is closed).
+    private func readProxyHeader(_ bytes: UnsafeRawBufferPointer) -> UnsafeRawBufferPointer? {
+        switch proxyHeader!.feed(bytes) {
+        case .needMore:
+            return nil
+        case .invalid(let reason):
+            proxyHeader = nil
+            server.proxyHeaderRejected(self, reason: reason)
+            close()
+            return nil
+        case .done(let header, let consumed):
+            proxyHeader = nil
+            if case .proxied(let source, _) = header { proxiedAddress = SocketAddress(source) }
+            schedule(.idle, at: lastActivity + limits.keepAliveTimeoutMs)
+            return UnsafeRawBufferPointer(rebasing: bytes[consumed...])
         }
     }
 
@@ -485,6 +526,11 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
             guard phase == .open, awaitingResponse else { return }
             timerKind = .idle
             server.handler?.heldRequestTimedOut(on: self)
+        case .proxyHeader:
+            guard phase == .open, proxyHeader != nil else { return }
+            proxyHeader = nil
+            server.proxyHeaderRejected(self, reason: "no complete PROXY header within \(limits.headerTimeoutMs / 1000) seconds")
+            close()
         case .linger:
             // A last response still on its way to a slow reader is not cut off while it reads.
             if phase == .lingering, stream.queuedWriteBytes > 0, !sendStalled(now: now) {

@@ -7,6 +7,8 @@ public struct HTTPMetrics {
     public var statusCounts = [UInt64](repeating: 0, count: 600)
     /// Client connections that could not be accepted (out of descriptors, mostly).
     public var acceptErrors: UInt64 = 0
+    /// Connections closed for a missing or invalid PROXY header (`--accept-proxy-protocol`).
+    public var proxyHeaderErrors: UInt64 = 0
 }
 
 /// Told of every response (metrics, access log).
@@ -17,10 +19,14 @@ public protocol HTTPServerObserver: AnyObject {
     /// Accepts failed: `count` since the last call, the last with libuv error `error`. Called at
     /// most once per `HTTPServer.acceptWarningIntervalMs` (a warning line, not one per failure).
     func acceptsFailed(count: UInt64, error: Int32)
+    /// Connections were closed for a missing or invalid PROXY header: `count` since the last
+    /// call, the last from `peer` for `reason`. At most once per `acceptWarningIntervalMs`.
+    func proxyHeadersRejected(count: UInt64, peer: SocketAddress?, reason: String)
 }
 
 extension HTTPServerObserver {
     public func acceptsFailed(count: UInt64, error: Int32) {}
+    public func proxyHeadersRejected(count: UInt64, peer: SocketAddress?, reason: String) {}
 }
 
 /// Accepts client connections and gives each an `HTTPConnection`.
@@ -42,6 +48,8 @@ public final class HTTPServer {
     /// Failed accepts not yet reported to the observer, and when it was last told.
     private var unreportedAcceptErrors: UInt64 = 0
     private var lastAcceptWarning: UInt64?
+    private var unreportedProxyHeaderErrors: UInt64 = 0
+    private var lastProxyHeaderWarning: UInt64?
     public static let acceptWarningIntervalMs: UInt64 = 10_000
 
     public init(loop: EventLoop, limits: HTTPLimits, corsHeaders: [UInt8]? = nil) {
@@ -77,6 +85,19 @@ public final class HTTPServer {
         let n = unreportedAcceptErrors
         unreportedAcceptErrors = 0
         observer?.acceptsFailed(count: n, error: error)
+    }
+
+    /// A connection without a valid PROXY header is being closed: counted, and the observer is
+    /// told at most once per `acceptWarningIntervalMs` (a client can cause this at will).
+    func proxyHeaderRejected(_ connection: HTTPConnection, reason: String) {
+        metrics.proxyHeaderErrors += 1
+        unreportedProxyHeaderErrors += 1
+        let now = loop.now
+        if let last = lastProxyHeaderWarning, now - last < HTTPServer.acceptWarningIntervalMs { return }
+        lastProxyHeaderWarning = now
+        let n = unreportedProxyHeaderErrors
+        unreportedProxyHeaderErrors = 0
+        observer?.proxyHeadersRejected(count: n, peer: connection.tcpPeerAddress, reason: reason)
     }
 
     /// Over `max-connections`: a 503 the client can read at once, then the descriptor goes back

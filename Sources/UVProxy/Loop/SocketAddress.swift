@@ -126,3 +126,50 @@ public struct AddressError: Error, CustomStringConvertible {
     public let description: String
     init(_ d: String) { description = d }
 }
+
+// MARK: PROXY protocol endpoints (SPEC §6)
+
+extension SocketAddress {
+    /// The address a PROXY header carries.
+    init(_ endpoint: ProxyProtocol.Endpoint) {
+        var storage = sockaddr_storage()
+        withUnsafeMutablePointer(to: &storage) { ptr in
+            if endpoint.isIPv4 {
+                ptr.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { a in
+                    a.pointee.sin_family = sa_family_t(AF_INET)
+                    a.pointee.sin_port = endpoint.port.bigEndian
+                    withUnsafeMutableBytes(of: &a.pointee.sin_addr) { $0.copyBytes(from: endpoint.address) }
+                }
+            } else {
+                ptr.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { a in
+                    a.pointee.sin6_family = sa_family_t(AF_INET6)
+                    a.pointee.sin6_port = endpoint.port.bigEndian
+                    withUnsafeMutableBytes(of: &a.pointee.sin6_addr) { $0.copyBytes(from: endpoint.address) }
+                }
+            }
+        }
+        self.storage = storage
+        host = endpoint.isIPv4 ? endpoint.addressText : "[\(endpoint.addressText)]"
+        port = Int(endpoint.port)
+    }
+
+    /// This address as a PROXY header carries it (nil for a family other than IPv4 and IPv6).
+    var endpoint: ProxyProtocol.Endpoint? {
+        withUnsafePointer(to: storage) { ptr in
+            switch Int32(storage.ss_family) {
+            case AF_INET:
+                return ptr.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { a in
+                    ProxyProtocol.Endpoint(address: withUnsafeBytes(of: a.pointee.sin_addr) { Array($0) },
+                                           port: UInt16(bigEndian: a.pointee.sin_port))
+                }
+            case AF_INET6:
+                return ptr.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { a in
+                    ProxyProtocol.Endpoint(address: withUnsafeBytes(of: a.pointee.sin6_addr) { Array($0) },
+                                           port: UInt16(bigEndian: a.pointee.sin6_port))
+                }
+            default:
+                return nil
+            }
+        }
+    }
+}

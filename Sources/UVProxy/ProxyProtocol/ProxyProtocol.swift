@@ -146,6 +146,15 @@ public enum ProxyProtocol {
         return out
     }
 
+    /// The header that names no client: v1 `PROXY UNKNOWN`, v2 `LOCAL` (a receiver then takes
+    /// the connection's own peer, us). For a session whose client's address is not known.
+    public static func localHeader(_ version: Version) -> [UInt8] {
+        switch version {
+        case .v1: Array("PROXY UNKNOWN\r\n".utf8)
+        case .v2: v2Signature + [0x20, 0x00, 0x00, 0x00]  // version 2, command LOCAL, UNSPEC, no addresses
+        }
+    }
+
     // MARK: Address text
 
     /// A dotted quad as the spec (and inet_pton) wants it: exactly four decimal numbers 0…255,

@@ -67,10 +67,28 @@ public final class Session: DeadlineOwner {
     public internal(set) var openedAt: UInt64 = 0
     /// The client address that created it, while it counts against `max-sessions-per-client`.
     var client: String?
-    /// The IP address of the client that created it, as text without a port (`""` when
-    /// unknown). Set before its target connection is made: telnet mode tells it to the target
-    /// (MNES `IPADDRESS`, SPEC §6).
-    public internal(set) var clientAddress: String = ""
+    /// The client that created it (SPEC §5 "client address"): the source of the PROXY header
+    /// sent to the target (SPEC §6). Nil when unknown.
+    public internal(set) var origin: SocketAddress?
+    /// Its IP address as text without a port (`""` when unknown): what telnet mode tells the
+    /// target (MNES `IPADDRESS`, SPEC §6).
+    public var clientAddress: String { origin.map { Session.bareAddress($0.host) } ?? "" }
+
+    /// The bare IP address that MNES's `IPADDRESS` gives a game (SPEC §6), from a
+    /// `SocketAddress.host`: `-` (unknown) becomes `""`, an IPv6 address
+    /// loses the brackets of its `[v6]` form, and an IPv4-mapped one (`::ffff:a.b.c.d`, a
+    /// dual-stack listener's IPv4 client) is given as the IPv4 address.
+    static func bareAddress(_ host: String) -> String {
+        guard host != "-" else { return "" }
+        var address = Substring(host)
+        if address.hasPrefix("[") && address.hasSuffix("]") { address = address.dropFirst().dropLast() }
+        let mapped = "::ffff:"
+        if address.count > mapped.count, address.lowercased().hasPrefix(mapped), address.contains(".") {
+            address = address.dropFirst(mapped.count)
+        }
+        return String(address)
+    }
+
     /// Input bytes queued for the target (logs).
     public private(set) var sentBytes: UInt64 = 0
     var link: UpstreamLink?

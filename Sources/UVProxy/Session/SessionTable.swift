@@ -101,8 +101,8 @@ public final class SessionTable {
 
     /// Connects a new session to `target`; `completion` runs once the outcome is known.
     /// `client` is what `max-sessions-per-client` counts by (nil: not counted); `origin` is the
-    /// client's IP address text, without a port, for the session's `clientAddress`.
-    public func create(target: Target, client: String? = nil, origin: String = "",
+    /// client's address (the session's `origin`: MNES, the PROXY header to the target).
+    public func create(target: Target, client: String? = nil, origin: SocketAddress? = nil,
                        completion: @escaping (Result<Session, CreateError>) -> Void) {
         guard openCount < settings.maxSessions else {
             completion(.failure(.full))
@@ -116,7 +116,7 @@ public final class SessionTable {
         var id = SessionID.random()
         while sessions.find(id) != nil { id = SessionID.random() }
         let session = Session(id: id, target: target, bufferSize: settings.bufferSize, now: clock(), table: self)
-        session.clientAddress = origin  // before the link: a telnet link reads it (MNES)
+        session.origin = origin  // before the link: a telnet link reads it (MNES)
         let link: UpstreamLink
         do {
             link = try makeLink(session)

@@ -103,8 +103,25 @@ final class Upstream: UpstreamLink, TCPStreamDelegate, DeadlineOwner {
     // MARK: TCPStreamDelegate
 
     func stream(_ stream: TCPStream, didConnect status: Int32) {
-        if status == 0 { stream.enableKeepAlive(seconds: 60) }
+        if status == 0 {
+            stream.enableKeepAlive(seconds: 60)
+            // Before the session opens: nothing of it can reach the target ahead of the header.
+            if let version = session.target.proxyProtocol { sendProxyHeader(version) }
+        }
         session.table.upstreamConnected(session, status: status)
+    }
+
+    /// The PROXY header (SPEC §6): the player who created the session, and the target. A
+    /// session whose client is unknown sends v1 `UNKNOWN` / v2 `LOCAL` (the game then sees us).
+    private func sendProxyHeader(_ version: ProxyProtocol.Version) {
+        let header: [UInt8]
+        if let source = session.origin?.endpoint, let destination = session.target.address.endpoint {
+            header = ProxyProtocol.header(version, source: source, destination: destination)
+        } else {
+            header = ProxyProtocol.localHeader(version)
+        }
+        header.withUnsafeBytes { _ = stream.write($0) }
+        session.table.counters.upstreamSentBytes += UInt64(header.count)
     }
 
     func stream(_ stream: TCPStream, didRead bytes: UnsafeRawBufferPointer) {

@@ -47,6 +47,16 @@ final class TestSocket: @unchecked Sendable {
         return Array(buf[0..<n])
     }
 
+    /// The local port this socket is bound to (the client's side of a connection).
+    var localPort: Int? {
+        var addr = sockaddr_in()
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let rc = withUnsafeMutablePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) }
+        }
+        return rc == 0 ? Int(UInt16(bigEndian: addr.sin_port)) : nil
+    }
+
     func shutdownWrite() { Glibc.shutdown(fd, Int32(SHUT_WR)) }
 
     /// Closes with RST (SO_LINGER 0), like a client that drops off the network.
