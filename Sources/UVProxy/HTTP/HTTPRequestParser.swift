@@ -30,6 +30,8 @@ final class HTTPRequestParser {
     private var field: [UInt8] = []
     private var value: [UInt8] = []
     private var inValue = false
+    /// What the header being read is (set when its value starts).
+    private var kind = HeaderKind.other
     private var failure: HTTPParseError?
     /// Checks each head's raw bytes before http_parser sees them (strict framing).
     private var head = RequestHeadValidator()
@@ -76,8 +78,12 @@ final class HTTPRequestParser {
         }
         settings.pointee.on_header_value = { p, at, len in
             HTTPRequestParser.with(p) { me in
-                me.inValue = true
-                me.value.append(contentsOf: UnsafeRawBufferPointer(start: at, count: len))
+                if !me.inValue {  // the name is complete: what is it to us?
+                    me.inValue = true
+                    me.kind = HeaderKind(me.field)
+                }
+                // Only the values the proxy reads are kept (most headers' are not: no copy).
+                if me.kind.keepsValue { me.value.append(contentsOf: UnsafeRawBufferPointer(start: at, count: len)) }
                 return 0
             }
         }
@@ -168,27 +174,47 @@ final class HTTPRequestParser {
             value.clear()
             inValue = false
         }
-        switch field.count {
-        case 4 where field[...].equalsIgnoringCase("host"):
+        switch kind {
+        case .host:
             request.hostCount += 1
             swap(&request.host, &value)  // no copy: `value` takes the old buffer, cleared below
-        case 6 where field[...].equalsIgnoringCase("expect"):
-            request.expectContinue = value[...].equalsIgnoringCase("100-continue")
-        case 12 where field[...].equalsIgnoringCase("content-type"):
-            request.contentType.keep(value)
-        case 13 where field[...].equalsIgnoringCase("authorization"):
-            request.authorization.keep(value)
-        case 13 where field[...].equalsIgnoringCase("last-event-id"):
-            request.lastEventID.keep(value)
-        case 14 where field[...].equalsIgnoringCase("content-length"):
-            request.contentLengthCount += 1
-        case 15 where field[...].equalsIgnoringCase("x-forwarded-for"):
-            request.forwardedFor.keep(value)
-        case 17 where field[...].equalsIgnoringCase("transfer-encoding"):
-            request.transferEncodingCount += 1
-        default:
-            break
+        case .expect: request.expectContinue = value[...].equalsIgnoringCase("100-continue")
+        case .contentType: request.contentType.keep(value)
+        case .authorization: request.authorization.keep(value)
+        case .lastEventID: request.lastEventID.keep(value)
+        case .contentLength: request.contentLengthCount += 1
+        case .forwardedFor: request.forwardedFor.keep(value)
+        case .transferEncoding: request.transferEncodingCount += 1
+        case .other: break
         }
         return true
+    }
+
+    /// The headers the proxy acts on, known by name once the name is complete.
+    private enum HeaderKind {
+        case other, host, expect, contentType, authorization, lastEventID, contentLength, forwardedFor, transferEncoding
+
+        init(_ name: [UInt8]) {
+            let n = name[...]
+            switch name.count {
+            case 4 where n.equalsIgnoringCase("host"): self = .host
+            case 6 where n.equalsIgnoringCase("expect"): self = .expect
+            case 12 where n.equalsIgnoringCase("content-type"): self = .contentType
+            case 13 where n.equalsIgnoringCase("authorization"): self = .authorization
+            case 13 where n.equalsIgnoringCase("last-event-id"): self = .lastEventID
+            case 14 where n.equalsIgnoringCase("content-length"): self = .contentLength
+            case 15 where n.equalsIgnoringCase("x-forwarded-for"): self = .forwardedFor
+            case 17 where n.equalsIgnoringCase("transfer-encoding"): self = .transferEncoding
+            default: self = .other
+            }
+        }
+
+        /// Whether the value's bytes are read (the counted ones need only to be seen).
+        var keepsValue: Bool {
+            switch self {
+            case .other, .contentLength, .transferEncoding: false
+            default: true
+            }
+        }
     }
 }
