@@ -280,7 +280,7 @@ public final class ProxyDaemon: SessionEventSink, HTTPServerObserver {
     public func requestFinished(_ connection: HTTPConnection, status: HTTPStatus, nanoseconds: UInt64, streamed: Bool) {
         #if !UVPROXYD_NO_REQUEST_METRICS  // scripts/bench-metrics builds without it, to measure its cost
         // A stream's duration is how long a player stayed, not how fast we answered.
-        if !streamed { metrics.requestDuration.record(Double(nanoseconds) / 1e9) }
+        if !streamed { metrics.requestDuration.record(nanoseconds: nanoseconds) }
         #endif
         guard logsRequests else { return }  // nothing is formatted unless it is logged
         let request = connection.request
