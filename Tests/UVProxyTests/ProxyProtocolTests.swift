@@ -597,4 +597,12 @@ final class ProxyProtocolTests: XCTestCase {
             XCTAssertEqual(header.withUnsafeBytes { parser.feed($0) }, .done(.local, consumed: header.count), "\(version)")
         }
     }
+
+    func testDecimalText() {
+        for v in [0, 1, 9, 10, 99, 100, 255, 1000, 9999, 10000, 65535] {
+            var out: [UInt8] = []
+            ProxyProtocol.appendDecimal(v, to: &out)
+            XCTAssertEqual(String(decoding: out, as: UTF8.self), "\(v)")
+        }
+    }
 }

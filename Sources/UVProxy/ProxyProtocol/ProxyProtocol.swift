@@ -321,8 +321,14 @@ public enum ProxyProtocol {
     }
 
     static func appendDecimal(_ v: Int, to out: inout [UInt8]) {
-        if v >= 10 { appendDecimal(v / 10, to: &out) }
-        out.append(UInt8(0x30 + v % 10))
+        var divisor = 1
+        while divisor <= v / 10 { divisor &*= 10 }
+        var rest = v
+        while divisor > 0 {
+            out.append(UInt8(truncatingIfNeeded: 0x30 + rest / divisor))
+            rest %= divisor
+            divisor /= 10
+        }
     }
 }
 
