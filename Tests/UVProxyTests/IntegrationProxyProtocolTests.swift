@@ -47,6 +47,19 @@ final class IntegrationProxyProtocolTests: XCTestCase {
                        "UNKNOWN is the TCP peer too, which already has its one session")
     }
 
+    func testAnIPv4MappedSourceIsTheIPv4Client() throws {
+        let up = try startUpstream()
+        let log = LogCapture()
+        let d = try startDaemon(log: log) {
+            $0.upstream = "127.0.0.1:\(up.port)"
+            $0.acceptProxyProtocol = true
+        }
+        let mapped = Array("PROXY TCP6 ::ffff:203.0.113.9 ::1 40010 8181\r\n".utf8)
+        XCTAssertEqual(try call(d.listenPort, header: mapped, create).status, 201)
+        let created = try XCTUnwrap(log.wait(for: "session created"))
+        XCTAssertEqual(created["client"] as? String, "203.0.113.9:40010", "a dual-stack balancer's IPv4 client")
+    }
+
     func testAConnectionWithoutAValidHeaderIsClosedUnanswered() throws {
         let d = try startDaemon { $0.acceptProxyProtocol = true }
         let port = d.listenPort

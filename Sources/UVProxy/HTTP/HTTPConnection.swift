@@ -155,7 +155,9 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
             return nil
         case .done(let header, let consumed):
             proxyHeader = nil
-            if case .proxied(let source, _) = header { proxiedAddress = SocketAddress(source) }
+            // An IPv4 client through a dual-stack balancer comes as ::ffff:a.b.c.d: the same
+            // client as a.b.c.d (logs, the per-client limit).
+            if case .proxied(let source, _) = header { proxiedAddress = SocketAddress(source.unmapped) }
             schedule(.idle, at: lastActivity + limits.keepAliveTimeoutMs)
             return UnsafeRawBufferPointer(rebasing: bytes[consumed...])
         }
