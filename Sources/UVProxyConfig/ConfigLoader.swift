@@ -36,7 +36,7 @@ public struct ConfigLoader: Sendable {
         "listen", "upstream", "max-sessions", "buffer-size", "idle-timeout", "linger", "max-wait", "connect-timeout",
         "token", "cors-origin", "telnet", "charset", "log-level", "log-format", "trust-proxy", "demo", "web",
         "shutdown-timeout", "max-connections", "max-sessions-per-client", "send-timeout", "allowed-host",
-        "accept-proxy-protocol", "proxy-protocol", "targets",
+        "accept-proxy-protocol", "proxy-protocol", "node-id", "drain-timeout", "targets",
     ]
     /// Keys whose value is a list: in the file a YAML list or one text, in the environment
     /// comma-separated, as flags repeated.
@@ -78,6 +78,8 @@ public struct ConfigLoader: Sendable {
         c.allowedHosts = try r.stringList("allowed-host") ?? c.allowedHosts
         c.acceptProxyProtocol = try r.bool("accept-proxy-protocol") ?? c.acceptProxyProtocol
         c.proxyProtocol = try r.proxyProtocol(["proxy-protocol"])
+        c.nodeId = try r.string("node-id")
+        c.drainTimeout = try r.double("drain-timeout") ?? c.drainTimeout
 
         // Targets: the file's map, then UVPROXYD_TARGET, then --target; a name given again
         // replaces the whole entry.

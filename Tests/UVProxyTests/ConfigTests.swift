@@ -335,6 +335,19 @@ final class ConfigTests: XCTestCase {
                        "config \(bad): targets.t.proxy-protocol: 'v9' is not a PROXY protocol version (v1 or v2)")
     }
 
+    func testNodeIDAndDrainTimeout() throws {
+        let c = try ConfigLoader(file: try writeFile("node-id: eu1\ndrain-timeout: 600\n")).load()
+        XCTAssertEqual(c.nodeId, "eu1")
+        XCTAssertEqual(c.drainTimeout, 600)
+        XCTAssertEqual(try c.apiSettings().idPrefix, Array("eu1-".utf8))
+        XCTAssertEqual(ProxyConfig().drainTimeout, 3600)
+        for bad in ["EU1", "eu-1", "", "abcdefghijklmnopq"] {
+            XCTAssertEqual(loadError(ConfigLoader(flags: ["node-id": .string(bad)])),
+                           "node-id: must be 1 to 16 characters of a-z and 0-9, got '\(bad)'")
+        }
+        XCTAssertTrue(loadError(ConfigLoader(environment: ["UVPROXYD_DRAIN_TIMEOUT": "0"])).hasPrefix("drain-timeout: "))
+    }
+
     // MARK: Reload (ProxyDaemon.apply, in process)
 
     func testReloadAddsATargetAndALiveSessionKeepsItsBytes() throws {

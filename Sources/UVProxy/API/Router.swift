@@ -36,7 +36,8 @@ public enum Route: Equatable, Sendable {
 public enum Router {
     /// `nil` when no route has that path (404). A syntactically valid id segment that is not
     /// one of ours routes with a nil id, so the API answers "unknown session".
-    public static func route(path: ArraySlice<UInt8>) -> Route? {
+    /// `idPrefix`: `NAME-` with `--node-id` (SPEC §9); an id without it is not one of ours.
+    public static func route(path: ArraySlice<UInt8>, idPrefix: [UInt8] = []) -> Route? {
         var p = path
         if p.count > 1, p.last == UInt8(ascii: "/") { p = p.dropLast() }
         if p.equals("/") { return .webPage }
@@ -52,7 +53,7 @@ public enum Router {
         let slash = rest.firstIndex(of: UInt8(ascii: "/")) ?? rest.endIndex
         let idText = rest[rest.startIndex..<slash]
         guard isIDSyntax(idText) else { return nil }
-        let id = SessionID(text: idText)
+        let id = SessionID(text: idText, prefix: idPrefix)
         let tail = rest[slash...]
         if tail.isEmpty { return .session(id) }
         if tail.equals("/input") { return .input(id) }

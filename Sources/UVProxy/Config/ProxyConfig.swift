@@ -41,6 +41,11 @@ public struct ProxyConfig: Sendable, Equatable {
     public var acceptProxyProtocol = false
     /// SPEC §6: the PROXY header sent first to the default target (named targets set their own).
     public var proxyProtocol: ProxyProtocol.Version?
+    /// SPEC §9: every session id starts with `NAME-` (`[a-z0-9]{1,16}`), so a front proxy routes
+    /// a request to the daemon that owns its session by the id alone.
+    public var nodeId: String?
+    /// SPEC §9: seconds a drain (SIGUSR1) waits for the last session before it closes the rest.
+    public var drainTimeout: Double = 3600
 
     public init() {}
 
@@ -75,6 +80,10 @@ public struct ProxyConfig: Sendable, Equatable {
         try positive("shutdown-timeout", shutdownTimeout)
         try positive("sse-keep-alive", sseKeepAlive)
         try positive("send-timeout", sendTimeout)
+        try positive("drain-timeout", drainTimeout)
+        if let nodeId, !ProxyConfig.isNodeID(nodeId) {
+            throw ConfigError("node-id: must be 1 to 16 characters of a-z and 0-9, got '\(nodeId)'")
+        }
         guard (1...10_000_000).contains(maxConnections) else {
             throw ConfigError("max-connections: must be 1 to 10000000, got \(maxConnections)")
         }
@@ -131,7 +140,14 @@ public struct ProxyConfig: Sendable, Equatable {
         check("allowed-host", \.allowedHosts)
         check("accept-proxy-protocol", \.acceptProxyProtocol)
         check("proxy-protocol", \.proxyProtocol)
+        check("node-id", \.nodeId)
+        check("drain-timeout", \.drainTimeout)
         return keys
+    }
+
+    /// `[a-z0-9]{1,16}` (SPEC §9).
+    public static func isNodeID(_ s: String) -> Bool {
+        (1...16).contains(s.utf8.count) && s.utf8.allSatisfy { c in (c >= 48 && c <= 57) || (c >= 97 && c <= 122) }
     }
 
     public static func isTargetName(_ s: String) -> Bool {
@@ -195,6 +211,7 @@ public struct ProxyConfig: Sendable, Equatable {
         settings.keepAliveMs = ProxyConfig.ms(sseKeepAlive)
         settings.serveWebPage = web || demo
         settings.hostCheck = token == nil && listenIsLoopback ? HostCheck(allowedHosts: allowedHosts) : nil
+        settings.idPrefix = nodeId.map { Array("\($0)-".utf8) } ?? []
         return settings
     }
 }

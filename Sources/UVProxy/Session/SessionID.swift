@@ -58,6 +58,20 @@ public struct SessionID: Hashable, Sendable, CustomStringConvertible {
         self.lo = lo
     }
 
+    /// Parses the form a node writes: `prefix` (`NAME-` with `--node-id`, else empty), then the
+    /// 22 characters. An id with another node's prefix, or none where one is due, is no id of ours.
+    public init?(text: ArraySlice<UInt8>, prefix: [UInt8]) {
+        guard !prefix.isEmpty else { self.init(text: text); return }
+        guard text.count == prefix.count + SessionID.textLength, text.starts(with: prefix) else { return nil }
+        self.init(text: text.dropFirst(prefix.count))
+    }
+
+    /// Appends the form a node writes: `prefix`, then the 22 characters.
+    public func write(to out: inout [UInt8], prefix: [UInt8]) {
+        out.append(contentsOf: prefix)
+        write(to: &out)
+    }
+
     /// Appends the 22-character form.
     public func write(to out: inout [UInt8]) {
         // 128 bits as 21 full sextets plus 2 bits padded with 4 zero bits.
