@@ -10,6 +10,8 @@ public struct APISettings: Sendable {
     public var serveWebPage = false
     /// Set when requests must pass the DNS rebinding check (no token, loopback listen address).
     public var hostCheck: HostCheck?
+    /// `NAME-` with `--node-id` (SPEC §9), else empty: the start of every session id's text.
+    public var idPrefix: [UInt8] = []
 
     public init(defaultTarget: Target, targets: [String: Target] = [:]) {
         self.defaultTarget = defaultTarget
@@ -29,6 +31,7 @@ public final class ProxyAPI: HTTPHandler {
         didSet {  // a reload may change them
             tokenBytes = settings.token.map { Array("Bearer \($0)".utf8) }
             hostCheck = settings.hostCheck
+            idPrefix = settings.idPrefix
             allowedHostSeen.clear()
         }
     }
@@ -56,13 +59,18 @@ public final class ProxyAPI: HTTPHandler {
         self.clock = clock
         tokenBytes = settings.token.map { Array("Bearer \($0)".utf8) }
         hostCheck = settings.hostCheck
+        idPrefix = settings.idPrefix
     }
 
     /// The last `Host` value the check allowed: nearly every request of a daemon carries the same
     /// one, so it is judged once and then compared (`HostCheck` is pure; a reload clears this).
     private var allowedHostSeen: [UInt8] = []
-    /// `settings.hostCheck`, kept apart so a request does not copy the settings to read it.
+    /// `settings.hostCheck` and `settings.idPrefix`, kept apart so a request does not copy the
+    /// settings to read them.
     private var hostCheck: HostCheck?
+    private var idPrefix: [UInt8] = []
+    /// SIGUSR1 (SPEC §9): creates answer 503 and /healthz `503 draining`; sessions go on.
+    public var draining = false
 
     @inline(__always) private func hostAllowed(_ request: HTTPRequest) -> Bool {
         if !request.host.isEmpty, request.host.sameBytes(as: allowedHostSeen) { return true }
@@ -87,7 +95,7 @@ public final class ProxyAPI: HTTPHandler {
             respondPreflight(connection)
             return
         }
-        guard let route = Router.route(path: path) else {
+        guard let route = Router.route(path: path, idPrefix: idPrefix) else {
             return error(connection, .notFound, "no such path")
         }
         if route == .webPage, !settings.serveWebPage {
@@ -123,7 +131,11 @@ public final class ProxyAPI: HTTPHandler {
         case .mud:
             mud(connection, request, params)
         case .healthz:
-            respond(connection, .ok, contentType: "text/plain", body: Array("ok".utf8))
+            if draining {  // a balancer's health check takes this node out of the rotation
+                error(connection, .serviceUnavailable, "draining")  // an error body is JSON (SPEC §2)
+            } else {
+                respond(connection, .ok, contentType: "text/plain", body: Array("ok".utf8))
+            }
         case .metrics:
             respond(connection, .ok, contentType: "text/plain; version=0.0.4", body: metricsText?() ?? [])
         case .webPage:
@@ -158,6 +170,10 @@ public final class ProxyAPI: HTTPHandler {
 
 
     private func create(_ connection: HTTPConnection, _ params: Parameters, compat: Bool) {
+        if draining {
+            return error(connection, .serviceUnavailable, "the proxy is draining: create the session again (another node takes it)",
+                         retryAfter: true)
+        }
         let name = compat ? nil : params.string("target")
         guard let target = settings.target(named: name) else {
             return error(connection, .badRequest, "unknown target '\(name ?? "")'")
@@ -172,7 +188,7 @@ public final class ProxyAPI: HTTPHandler {
             case .success(let session):
                 sessionCreated?(session, connection)
                 var id: [UInt8] = []
-                session.id.write(to: &id)
+                session.id.write(to: &id, prefix: idPrefix)
                 if compat {
                     connection.begin(.ok)
                     connection.header("X-Session-Id", bytes: id)
@@ -383,7 +399,7 @@ public final class ProxyAPI: HTTPHandler {
             return create(connection, params, compat: true)
         }
         // Ids are base64url: they never need percent-decoding.
-        guard let session = SessionID(text: idBytes).flatMap(table.session) else {
+        guard let session = SessionID(text: idBytes, prefix: idPrefix).flatMap(table.session) else {
             return error(connection, .notFound, "unknown session")
         }
         if params.has("cmd") {
