@@ -95,7 +95,8 @@ public final class ProxyAPI: HTTPHandler {
             respondPreflight(connection)
             return
         }
-        guard let route = Router.route(path: path, idPrefix: idPrefix) else {
+        // Without --node-id the prefix is empty: the plain parse, nothing retained (every request).
+        guard let route = idPrefix.isEmpty ? Router.route(path: path) : Router.route(path: path, idPrefix: idPrefix) else {
             return error(connection, .notFound, "no such path")
         }
         if route == .webPage, !settings.serveWebPage {
@@ -399,7 +400,8 @@ public final class ProxyAPI: HTTPHandler {
             return create(connection, params, compat: true)
         }
         // Ids are base64url: they never need percent-decoding.
-        guard let session = SessionID(text: idBytes, prefix: idPrefix).flatMap(table.session) else {
+        let id = idPrefix.isEmpty ? SessionID(text: idBytes) : SessionID(text: idBytes, prefix: idPrefix)
+        guard let session = id.flatMap(table.session) else {
             return error(connection, .notFound, "unknown session")
         }
         if params.has("cmd") {

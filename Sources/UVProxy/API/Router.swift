@@ -36,8 +36,18 @@ public enum Route: Equatable, Sendable {
 public enum Router {
     /// `nil` when no route has that path (404). A syntactically valid id segment that is not
     /// one of ours routes with a nil id, so the API answers "unknown session".
-    /// `idPrefix`: `NAME-` with `--node-id` (SPEC §9); an id without it is not one of ours.
-    public static func route(path: ArraySlice<UInt8>, idPrefix: [UInt8] = []) -> Route? {
+    public static func route(path: ArraySlice<UInt8>) -> Route? {
+        route(path, id: { SessionID(text: $0) })
+    }
+
+    /// With `--node-id` (SPEC §9): ids are `idPrefix` (`NAME-`) and 22 characters; an id
+    /// without it is not one of ours.
+    public static func route(path: ArraySlice<UInt8>, idPrefix: [UInt8]) -> Route? {
+        route(path, id: { SessionID(text: $0, prefix: idPrefix) })
+    }
+
+    @inline(__always)
+    private static func route(_ path: ArraySlice<UInt8>, id parse: (ArraySlice<UInt8>) -> SessionID?) -> Route? {
         var p = path
         if p.count > 1, p.last == UInt8(ascii: "/") { p = p.dropLast() }
         if p.equals("/") { return .webPage }
@@ -53,7 +63,7 @@ public enum Router {
         let slash = rest.firstIndex(of: UInt8(ascii: "/")) ?? rest.endIndex
         let idText = rest[rest.startIndex..<slash]
         guard isIDSyntax(idText) else { return nil }
-        let id = SessionID(text: idText, prefix: idPrefix)
+        let id = parse(idText)
         let tail = rest[slash...]
         if tail.isEmpty { return .session(id) }
         if tail.equals("/input") { return .input(id) }
