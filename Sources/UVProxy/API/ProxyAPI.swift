@@ -169,7 +169,6 @@ public final class ProxyAPI: HTTPHandler {
 
     // MARK: Create
 
-
     private func create(_ connection: HTTPConnection, _ params: Parameters, compat: Bool) {
         if draining {
             return error(connection, .serviceUnavailable, "the proxy is draining: create the session again (another node takes it)",
