@@ -112,15 +112,23 @@ final class SessionTests: XCTestCase {
         XCTAssertNil(sessions[0].client, "no per-client limit here: the origin is not its key")
     }
 
-    func testOriginFromTheClientHost() {
-        XCTAssertEqual(Session.bareAddress("127.0.0.1"), "127.0.0.1")
-        XCTAssertEqual(Session.bareAddress("-"), "", "unknown")
-        XCTAssertEqual(Session.bareAddress("[::1]"), "::1", "no brackets: an address, not a host:port part")
-        XCTAssertEqual(Session.bareAddress("[2001:db8::7]"), "2001:db8::7")
-        XCTAssertEqual(Session.bareAddress("[::ffff:192.0.2.9]"), "192.0.2.9", "a dual-stack listener's IPv4 client")
-        XCTAssertEqual(Session.bareAddress("::FFFF:192.0.2.9"), "192.0.2.9")
-        XCTAssertEqual(Session.bareAddress("::ffff:"), "::ffff:")
-        XCTAssertEqual(Session.bareAddress("203.0.113.5"), "203.0.113.5", "an X-Forwarded-For address (--trust-proxy)")
+    func testTheClientAddressIsABareIP() throws {
+        var sessions: [Session] = []
+        var settings = table.settings
+        settings.maxSessions = 100
+        table = SessionTable(settings: settings, deadlines: deadlines, clock: { [unowned self] in self.now }) { session in
+            sessions.append(session)
+            return FakeLink()
+        }
+        for text in ["127.0.0.1", "[::1]", "[2001:db8::7]", "[::ffff:192.0.2.9]", "::FFFF:192.0.2.9", "203.0.113.5"] {
+            table.create(target: target, origin: try XCTUnwrap(SocketAddress(literal: text, port: 4000))) { _ in }
+        }
+        XCTAssertEqual(sessions.map(\.clientAddress),
+                       ["127.0.0.1", "::1", "2001:db8::7", "192.0.2.9", "192.0.2.9", "203.0.113.5"],
+                       "no brackets; a dual-stack listener's IPv4 client as IPv4")
+        XCTAssertEqual(sessions.count, 6)
+        XCTAssertEqual(sessions.last?.origin, ProxyProtocol.Endpoint(address: [203, 0, 113, 5], port: 4000))
+        XCTAssertEqual(sessions.dropFirst(3).first?.origin, ProxyProtocol.Endpoint(address: [192, 0, 2, 9], port: 4000))
     }
 
     func testRefusedConnectLeavesNoSessionAndNoSlot() {

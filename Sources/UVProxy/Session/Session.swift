@@ -68,26 +68,13 @@ public final class Session: DeadlineOwner {
     /// The client address that created it, while it counts against `max-sessions-per-client`.
     var client: String?
     /// The client that created it (SPEC §5 "client address"): the source of the PROXY header
-    /// sent to the target (SPEC §6). Nil when unknown.
-    public internal(set) var origin: SocketAddress?
+    /// sent to the target (SPEC §6), and MNES. Nil when unknown. An endpoint (address bytes and
+    /// port), not a `SocketAddress`: a session keeps it for its whole life, and this is a tenth
+    /// of the size (the sockaddr_storage alone is 128 bytes).
+    public internal(set) var origin: ProxyProtocol.Endpoint?
     /// Its IP address as text without a port (`""` when unknown): what telnet mode tells the
-    /// target (MNES `IPADDRESS`, SPEC §6).
-    public var clientAddress: String { origin.map { Session.bareAddress($0.host) } ?? "" }
-
-    /// The bare IP address that MNES's `IPADDRESS` gives a game (SPEC §6), from a
-    /// `SocketAddress.host`: `-` (unknown) becomes `""`, an IPv6 address
-    /// loses the brackets of its `[v6]` form, and an IPv4-mapped one (`::ffff:a.b.c.d`, a
-    /// dual-stack listener's IPv4 client) is given as the IPv4 address.
-    static func bareAddress(_ host: String) -> String {
-        guard host != "-" else { return "" }
-        var address = Substring(host)
-        if address.hasPrefix("[") && address.hasSuffix("]") { address = address.dropFirst().dropLast() }
-        let mapped = "::ffff:"
-        if address.count > mapped.count, address.lowercased().hasPrefix(mapped), address.contains(".") {
-            address = address.dropFirst(mapped.count)
-        }
-        return String(address)
-    }
+    /// target (MNES `IPADDRESS`, SPEC §6). An IPv4-mapped address is given as IPv4.
+    public var clientAddress: String { origin?.unmapped.addressText ?? "" }
 
     /// Input bytes queued for the target (logs).
     public private(set) var sentBytes: UInt64 = 0

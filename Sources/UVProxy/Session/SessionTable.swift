@@ -116,7 +116,7 @@ public final class SessionTable {
         var id = SessionID.random()
         while sessions.find(id) != nil { id = SessionID.random() }
         let session = Session(id: id, target: target, bufferSize: settings.bufferSize, now: clock(), table: self)
-        session.origin = origin  // before the link: a telnet link reads it (MNES)
+        session.origin = origin?.endpoint?.unmapped  // before the link: a telnet link reads it (MNES)
         let link: UpstreamLink
         do {
             link = try makeLink(session)

@@ -115,7 +115,7 @@ final class Upstream: UpstreamLink, TCPStreamDelegate, DeadlineOwner {
     /// session whose client is unknown sends v1 `UNKNOWN` / v2 `LOCAL` (the game then sees us).
     private func sendProxyHeader(_ version: ProxyProtocol.Version) {
         let header: [UInt8]
-        if let source = session.origin?.endpoint, let destination = session.target.address.endpoint {
+        if let source = session.origin, let destination = session.target.address.endpoint {
             header = ProxyProtocol.header(version, source: source, destination: destination)
         } else {
             header = ProxyProtocol.localHeader(version)
