@@ -15,7 +15,8 @@
 - `Target(greeting)`: a target server that holds the connections it accepts (`next_connection()`).
 - `wait_until(predicate)`, `cpu_seconds(pid)`; `TestError` for a step that cannot go on.
 - `http(port, method, path, ...)`: one request on a new connection → `Response`.
-- `wait_for_port(port)`: until something accepts on 127.0.0.1:port.
+- `wait_for_port(port)`: until something accepts on 127.0.0.1:port; `free_port()`: one nothing uses.
+- `haproxy_server_status(stats_socket, backend, server)`: UP/DOWN/… from HAProxy's stats socket.
 - `rss_bytes(pid)`, `fd_count(pid)`: a process's resident memory and open descriptors (/proc).
 - `raise_file_limit()`: this process's soft open-file limit up to the hard one.
 """
@@ -148,6 +149,28 @@ def http(port, method, path, body=None, headers=None, timeout=10, host="127.0.0.
         return Response(r.status, r.getheaders(), r.read())
     finally:
         c.close()
+
+
+def free_port(host="127.0.0.1", family=socket.AF_INET):
+    """A TCP port nothing listens on right now (for a server the test starts)."""
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def haproxy_server_status(stats_socket, backend, server):
+    """A server's status in HAProxy's `show stat` (UP, DOWN, …) over its stats socket, or None."""
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(stats_socket)
+        s.sendall(b"show stat\n")
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    for row in data.decode().splitlines():
+        fields = row.split(",")
+        if len(fields) > 17 and fields[0] == backend and fields[1] == server:
+            return fields[17]
+    return None
 
 
 def wait_for_port(port, host="127.0.0.1", timeout=30):
