@@ -62,6 +62,24 @@ public final class TCPStream: LoopHandle {
     /// Bytes accepted by `write` that the kernel has not taken yet.
     public var queuedWriteBytes: Int { writing.count + waiting.count }
 
+    /// The bytes accepted by `write` that the kernel has not taken yet, in order: the end of
+    /// the write in flight that libuv has not written (its `write_queue_size` counts down as the
+    /// kernel takes parts of it), then the waiting bytes. For handing the connection to another
+    /// process (SPEC §9): true until the loop runs again, so take it in the turn that closes
+    /// this stream, or the bytes may reach the peer twice.
+    public func unwrittenBytes() -> [UInt8] {
+        var out: [UInt8] = []
+        out.reserveCapacity(queuedWriteBytes)
+        if writeInFlight, writing.count > 0, let base = writing.base {
+            let left = min(Int(uv_stream_get_write_queue_size(stream)), writing.count)
+            out.append(contentsOf: UnsafeBufferPointer(start: base + (writing.count - left), count: left))
+        }
+        if waiting.count > 0, let base = waiting.base {
+            out.append(contentsOf: UnsafeBufferPointer(start: base, count: waiting.count))
+        }
+        return out
+    }
+
     /// Memory this stream's send queue holds (its buffers' capacity).
     public var sendQueueCapacity: Int { writing.capacity + waiting.capacity }
     func setNoDelay() { uv_tcp_nodelay(tcp, 1) }

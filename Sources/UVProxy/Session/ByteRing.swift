@@ -125,3 +125,49 @@ public struct ByteRing {
         }
     }
 }
+
+// MARK: Hand-over (SPEC §9)
+
+extension ByteRing {
+    /// A ring as values: its offsets, its limit and the bytes `[base, end)` in order (the
+    /// circle's layout is not part of it). What an in-place upgrade carries (`SessionSnapshot`).
+    public struct State: Equatable, Sendable {
+        public var base: UInt64
+        public var acked: UInt64
+        /// `buffer-size` of the session.
+        public var limit: Int
+        /// The buffered bytes, `[base, end)`.
+        public var bytes: [UInt8]
+        public var end: UInt64 { base + UInt64(bytes.count) }
+
+        public init(base: UInt64, acked: UInt64, limit: Int, bytes: [UInt8]) {
+            self.base = base
+            self.acked = acked
+            self.limit = limit
+            self.bytes = bytes
+        }
+
+        /// Whether a ring can hold this: `limit > 0`, at most `limit` bytes, `acked` in
+        /// `[base, end]`, and `end` representable.
+        public var isConsistent: Bool {
+            guard limit > 0, bytes.count <= limit, UInt64.max - base >= UInt64(bytes.count) else { return false }
+            return acked >= base && acked <= end
+        }
+    }
+
+    public func snapshot() -> State {
+        State(base: base, acked: acked, limit: limit, bytes: bytes(from: base))
+    }
+
+    /// A ring holding what `state` describes (which must be consistent). Storage is sized for
+    /// the bytes only, as if they had just arrived.
+    public init(restoring state: State) {
+        precondition(state.isConsistent, "an inconsistent ring state")
+        self.init(limit: state.limit)
+        base = state.base
+        acked = state.base
+        end = state.base
+        state.bytes.withUnsafeBytes { append($0) }  // count <= limit = room: no eviction
+        acked = state.acked
+    }
+}

@@ -37,6 +37,30 @@ public protocol UpstreamLink: AnyObject {
     func close()
     /// Closes with a reset: the drain time is over and undelivered input is dropped.
     func abort()
+    /// What the connection holds of the session's state, for an in-place upgrade (SPEC §9):
+    /// the telnet filter's state and the bytes owed to the target that the kernel has not
+    /// taken. Valid until the loop runs again: take it in the turn that lets the connection go.
+    func handOverState() -> UpstreamHandOver
+}
+
+/// The part of a session's state that its connection holds (`UpstreamLink.handOverState`).
+public struct UpstreamHandOver: Equatable, Sendable {
+    /// Telnet mode: the filter's state.
+    public var telnet: TelnetFilter.State?
+    /// Bytes owed to the target (input, telnet replies, the PROXY header) that the kernel has
+    /// not taken yet, as they go on the wire (input already escaped): the new process writes
+    /// them first, as they are.
+    public var unwrittenOutput: [UInt8]
+
+    public init(telnet: TelnetFilter.State? = nil, unwrittenOutput: [UInt8] = []) {
+        self.telnet = telnet
+        self.unwrittenOutput = unwrittenOutput
+    }
+}
+
+extension UpstreamLink {
+    /// A link that holds no state of its own (test and fuzz fakes).
+    public func handOverState() -> UpstreamHandOver { UpstreamHandOver() }
 }
 
 /// Someone waiting for a session to change: a held long-poll (an SSE stream, later).
@@ -211,5 +235,51 @@ public final class Session: DeadlineOwner {
 
     public func deadlineReached(now: UInt64) {
         table.sessionDeadlineReached(self, now: now)
+    }
+
+    // MARK: Hand-over (SPEC §9)
+
+    /// The session's state as values (`SessionSnapshot`), with its link's part; nil while it
+    /// is still connecting (such a session is in no table yet: its create has no answer).
+    /// Times become ages and the deadline a remaining time, relative to `now`, so that a
+    /// process with another loop clock can take them.
+    public func snapshot(now: UInt64) -> SessionSnapshot? {
+        let status: SessionSnapshot.Status
+        switch state {
+        case .connecting: return nil
+        case .open: status = .open
+        case .closed(let reason): status = .closed(reason, agoMs: now - min(closedAt, now))
+        }
+        let link = self.link?.handOverState() ?? UpstreamHandOver()
+        return SessionSnapshot(
+            id: id, targetName: target.name, status: status, ring: ring.snapshot(), delivered: delivered,
+            lastSeq: lastSeq, lastTouchedAgoMs: now - min(lastTouched, now), openedAgoMs: now - min(openedAt, now),
+            deadlineInMs: deadlineSlot >= 0 ? deadline - min(deadline, now) : nil,
+            sentBytes: sentBytes, readingPaused: readingPaused, origin: origin?.endpoint, client: client,
+            telnet: link.telnet, unwrittenOutput: link.unwrittenOutput)
+    }
+
+    /// A session rebuilt from a snapshot, with no link yet (`SessionTable.adopt` attaches it).
+    /// Ages become loop times before `now` (at 0 at the earliest).
+    init(restoring snapshot: SessionSnapshot, target: Target, now: UInt64, table: SessionTable) {
+        self.id = snapshot.id
+        self.target = target
+        self.ring = ByteRing(restoring: snapshot.ring)
+        self.table = table
+        lastTouched = now - min(snapshot.lastTouchedAgoMs, now)
+        openedAt = now - min(snapshot.openedAgoMs, now)
+        switch snapshot.status {
+        case .open:
+            state = .open
+            readingPaused = snapshot.readingPaused
+        case .closed(let reason, let ago):
+            state = .closed(reason)
+            closedAt = now - min(ago, now)
+        }
+        delivered = snapshot.delivered
+        lastSeq = snapshot.lastSeq
+        sentBytes = snapshot.sentBytes
+        origin = snapshot.origin.map { SocketAddress($0) }
+        client = snapshot.client
     }
 }

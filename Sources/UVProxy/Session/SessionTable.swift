@@ -298,4 +298,58 @@ public final class SessionTable {
         }
         return draining
     }
+
+    // MARK: In-place upgrade (SPEC §9)
+
+    /// Why `adopt` refused a session.
+    public enum AdoptError: Error, Equatable {
+        /// A session with this id is in the table already.
+        case duplicateID
+        /// An open session needs its target connection; a closed one takes none.
+        case linkMismatch
+    }
+
+    /// Takes over a session that an older process handed over (SPEC §9): rebuilds it from its
+    /// snapshot with `target` (the new configuration's target of that name) and `link`, the
+    /// connection made from the handle received with it (nil for a closed, lingering session).
+    ///
+    /// The caller makes `link` first, restoring in it what the snapshot holds of the connection:
+    /// the telnet filter (`TelnetFilter(restoring:)`) and `unwrittenOutput`, written to the
+    /// stream as it is (already escaped) before anything else. Then this counts the session
+    /// like one it created (`max-sessions` is not checked: an upgrade drops no session; a lower
+    /// limit refuses creates until enough have ended), sets its deadline to the time that was
+    /// left, and starts reading from the target unless the buffer was full.
+    @discardableResult
+    public func adopt(_ snapshot: SessionSnapshot, target: Target, link: UpstreamLink?) throws(AdoptError) -> Session {
+        guard sessions.find(snapshot.id) == nil else { throw .duplicateID }
+        let isOpen = snapshot.status == .open
+        guard isOpen == (link != nil) else { throw .linkMismatch }
+        let now = clock()
+        let session = Session(restoring: snapshot, target: target, now: now, table: self)
+        sessions.insert(session)
+        bufferedBytes += session.ring.count
+        if isOpen {
+            openCount += 1
+            if settings.maxSessionsPerClient > 0, let client = session.client {
+                perClient[client, default: 0] += 1
+            } else {
+                session.client = nil  // counted nowhere here
+            }
+            session.link = link
+        } else {
+            closedCount += 1
+            session.client = nil
+        }
+        if let remaining = snapshot.deadlineInMs {
+            deadlines.schedule(session, at: now + remaining)
+        } else if isOpen {
+            scheduleIdleCheck(session)
+        } else {
+            deadlines.schedule(session, at: session.closedAt + settings.lingerMs)
+        }
+        if let link {
+            if session.readingPaused { link.pauseReading() } else { link.resumeReading() }
+        }
+        return session
+    }
 }

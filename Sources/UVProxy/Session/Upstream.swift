@@ -44,6 +44,10 @@ final class Upstream: UpstreamLink, TCPStreamDelegate, DeadlineOwner {
 
     var queuedBytes: Int { stream.queuedWriteBytes }
 
+    func handOverState() -> UpstreamHandOver {
+        UpstreamHandOver(telnet: telnet?.filter.snapshot(), unwrittenOutput: stream.unwrittenBytes())
+    }
+
     func pauseReading() {
         pausedForRoom = true
         stream.stopReading()

@@ -100,7 +100,8 @@ public enum Telnet {
 public struct TelnetFilter {
     public enum Side { case us, him }
 
-    private enum State: UInt8 {
+    /// Where the parser is between two bytes.
+    public enum Phase: Equatable, Sendable {
         case data
         case iac
         case option       // after IAC WILL/WONT/DO/DONT
@@ -119,7 +120,7 @@ public struct TelnetFilter {
     private var sbBuffer: [UInt8] = []
     public let width: UInt16
     public let height: UInt16
-    private var state = State.data
+    private var state = Phase.data
     /// The last data byte was CR: a NUL now is padding.
     private var afterCR = false
     /// WILL, WONT, DO or DONT, waiting for its option.
@@ -419,5 +420,101 @@ public struct TelnetFilter {
             start = i + 1
         }
         out.append(contentsOf: input[start...])
+    }
+}
+
+// MARK: Hand-over (SPEC §9)
+
+extension TelnetFilter {
+    /// Everything a filter holds, as plain values: what an in-place upgrade carries to the new
+    /// process (`SessionSnapshot`), so that a filter rebuilt from it answers and filters what
+    /// follows exactly as this one would have. Options are listed by code rather than as the
+    /// filter's own bits, so that its layout may change without changing the upgrade format.
+    public struct State: Equatable, Sendable {
+        public var phase: Phase
+        /// The last data byte was CR (a NUL now is padding).
+        public var afterCR: Bool
+        /// WILL, WONT, DO or DONT waiting for its option (meaningful in `.option`).
+        public var verb: UInt8
+        /// The current subnegotiation's option, its data length so far (saturating at 255),
+        /// its first data byte, and whether its data is being kept in `subnegotiationData`.
+        public var subnegotiationOption: UInt8
+        public var subnegotiationLength: UInt8
+        public var subnegotiationFirst: UInt8
+        public var keepsSubnegotiation: Bool
+        public var subnegotiationData: [UInt8]
+        /// The options that are on: ours (we said WILL) and the target's (we said DO), by code,
+        /// ascending. On import, an option this filter does not accept is left off.
+        public var enabledUs: [UInt8]
+        public var enabledHim: [UInt8]
+        /// `SB TTYPE SEND`s answered since TTYPE turned on (the MTTS cycle's place, 0…2).
+        public var terminalTypeAnswers: UInt8
+        /// Replies not yet handed to the target (normally empty between reads).
+        public var replies: [UInt8]
+        /// What the filter was made with.
+        public var clientAddress: [UInt8]
+        public var utf8: Bool
+        public var width: UInt16
+        public var height: UInt16
+
+        public init(phase: Phase = .data, afterCR: Bool = false, verb: UInt8 = 0, subnegotiationOption: UInt8 = 0,
+                    subnegotiationLength: UInt8 = 0, subnegotiationFirst: UInt8 = 0, keepsSubnegotiation: Bool = false,
+                    subnegotiationData: [UInt8] = [], enabledUs: [UInt8] = [], enabledHim: [UInt8] = [],
+                    terminalTypeAnswers: UInt8 = 0, replies: [UInt8] = [], clientAddress: [UInt8] = [],
+                    utf8: Bool = true, width: UInt16 = 80, height: UInt16 = 24) {
+            self.phase = phase
+            self.afterCR = afterCR
+            self.verb = verb
+            self.subnegotiationOption = subnegotiationOption
+            self.subnegotiationLength = subnegotiationLength
+            self.subnegotiationFirst = subnegotiationFirst
+            self.keepsSubnegotiation = keepsSubnegotiation
+            self.subnegotiationData = subnegotiationData
+            self.enabledUs = enabledUs
+            self.enabledHim = enabledHim
+            self.terminalTypeAnswers = terminalTypeAnswers
+            self.replies = replies
+            self.clientAddress = clientAddress
+            self.utf8 = utf8
+            self.width = width
+            self.height = height
+        }
+    }
+
+    /// Every option code the filter can turn on, per side.
+    private static let acceptedOptions: [UInt8] = [
+        Telnet.Option.echo, Telnet.Option.sga, Telnet.Option.ttype, Telnet.Option.naws, Telnet.Option.newEnviron,
+    ].sorted()
+
+    /// This filter's state as values.
+    public func snapshot() -> State {
+        State(phase: state, afterCR: afterCR, verb: verb, subnegotiationOption: sbOption,
+              subnegotiationLength: sbLength, subnegotiationFirst: sbFirst, keepsSubnegotiation: sbKeep,
+              subnegotiationData: sbBuffer,
+              enabledUs: TelnetFilter.acceptedOptions.filter { isEnabled($0, .us) },
+              enabledHim: TelnetFilter.acceptedOptions.filter { isEnabled($0, .him) },
+              terminalTypeAnswers: ttypeAnswers, replies: replies, clientAddress: clientAddress,
+              utf8: utf8, width: width, height: height)
+    }
+
+    /// A filter that goes on where the one `state` was taken from left off.
+    public init(restoring state: State) {
+        clientAddress = state.clientAddress
+        utf8 = state.utf8
+        width = state.width
+        height = state.height
+        replies = state.replies
+        sbBuffer = state.subnegotiationData
+        self.state = state.phase
+        afterCR = state.afterCR
+        verb = state.verb
+        sbOption = state.subnegotiationOption
+        sbLength = state.subnegotiationLength
+        sbFirst = state.subnegotiationFirst
+        sbKeep = state.keepsSubnegotiation
+        ttypeAnswers = state.terminalTypeAnswers
+        enabled = 0
+        for option in state.enabledUs { enabled |= TelnetFilter.bit(option, .us) ?? 0 }
+        for option in state.enabledHim { enabled |= TelnetFilter.bit(option, .him) ?? 0 }
     }
 }
