@@ -255,7 +255,7 @@ public final class Session: DeadlineOwner {
             id: id, targetName: target.name, status: status, ring: ring.snapshot(), delivered: delivered,
             lastSeq: lastSeq, lastTouchedAgoMs: now - min(lastTouched, now), openedAgoMs: now - min(openedAt, now),
             deadlineInMs: deadlineSlot >= 0 ? deadline - min(deadline, now) : nil,
-            sentBytes: sentBytes, readingPaused: readingPaused, origin: origin?.endpoint, client: client,
+            sentBytes: sentBytes, readingPaused: readingPaused, origin: origin, client: client,
             telnet: link.telnet, unwrittenOutput: link.unwrittenOutput)
     }
 
@@ -279,7 +279,7 @@ public final class Session: DeadlineOwner {
         delivered = snapshot.delivered
         lastSeq = snapshot.lastSeq
         sentBytes = snapshot.sentBytes
-        origin = snapshot.origin.map { SocketAddress($0) }
+        origin = snapshot.origin
         client = snapshot.client
     }
 }
