@@ -11,17 +11,6 @@ private let SB = Telnet.sb, SE = Telnet.se, GA = Telnet.ga
 private let ECHO = Telnet.Option.echo, SGA = Telnet.Option.sga, TTYPE = Telnet.Option.ttype
 private let NAWS = Telnet.Option.naws, NEWENV = Telnet.Option.newEnviron, MSSP: UInt8 = 70
 
-/// SplitMix64: the same "random" snapshots on every run.
-struct SeededRandom: RandomNumberGenerator {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
 
 /// A link that hands over what a real `Upstream` holds: a telnet filter and unwritten bytes.
 final class HandOverLink: UpstreamLink {
@@ -81,11 +70,11 @@ final class SessionSnapshotTests: XCTestCase {
         return w.out
     }
 
-    func randomBytes(_ count: Int, _ rng: inout SeededRandom) -> [UInt8] {
+    func randomBytes(_ count: Int, _ rng: inout SplitMix64) -> [UInt8] {
         (0..<count).map { _ in UInt8.random(in: 0...255, using: &rng) }
     }
 
-    func randomTelnet(_ rng: inout SeededRandom) -> TelnetFilter.State {
+    func randomTelnet(_ rng: inout SplitMix64) -> TelnetFilter.State {
         let phases: [TelnetFilter.Phase] = [.data, .iac, .option, .sbOption, .sbData, .sbIAC]
         return TelnetFilter.State(
             phase: phases.randomElement(using: &rng)!, afterCR: .random(using: &rng),
@@ -99,7 +88,7 @@ final class SessionSnapshotTests: XCTestCase {
             width: .random(in: 0...UInt16.max, using: &rng), height: .random(in: 0...UInt16.max, using: &rng))
     }
 
-    func randomSnapshot(_ rng: inout SeededRandom) -> SessionSnapshot {
+    func randomSnapshot(_ rng: inout SplitMix64) -> SessionSnapshot {
         let reasons: [CloseReason] = [.eof, .reset, .error("ECONNREFUSED"), .error("EÜ✓"), .error(""), .idleTimeout,
                                       .deleted, .shutdown]
         let limit = Int.random(in: 1...5000, using: &rng)
@@ -130,7 +119,7 @@ final class SessionSnapshotTests: XCTestCase {
     // MARK: The format
 
     func testEveryFieldRoundTrips() throws {
-        var rng = SeededRandom(state: 11)
+        var rng = SplitMix64(seed: 11)
         for _ in 0..<300 {
             let snapshot = randomSnapshot(&rng)
             let bytes = encode(snapshot)
@@ -151,14 +140,14 @@ final class SessionSnapshotTests: XCTestCase {
             XCTAssertEqual($0 as? SnapshotError, .badMagic)
         }
         var session: [UInt8] = []
-        var rng = SeededRandom(state: 1)
+        var rng = SplitMix64(seed: 1)
         randomSnapshot(&rng).encode(into: &session)
         XCTAssertThrowsError(try DaemonSnapshot.decode(session)) { XCTAssertEqual($0 as? SnapshotError, .badMagic) }
     }
 
     /// Every cut of a record throws, and says so; nothing traps.
     func testEveryTruncationThrows() {
-        var rng = SeededRandom(state: 2)
+        var rng = SplitMix64(seed: 2)
         for _ in 0..<8 {
             var snapshot = randomSnapshot(&rng)
             snapshot.telnet = randomTelnet(&rng)
@@ -180,7 +169,7 @@ final class SessionSnapshotTests: XCTestCase {
     /// Random damage either throws or decodes to some snapshot: never a trap, never a ring that
     /// could not exist.
     func testDamagedRecordsNeverTrap() {
-        var rng = SeededRandom(state: 3)
+        var rng = SplitMix64(seed: 3)
         var accepted = 0
         for _ in 0..<3000 {
             var bytes = encode(randomSnapshot(&rng))
@@ -204,7 +193,7 @@ final class SessionSnapshotTests: XCTestCase {
     /// A newer writer's fields are skipped, in the record and in the telnet group; one marked
     /// must-understand is refused.
     func testUnknownFieldsAreSkipped() throws {
-        var rng = SeededRandom(state: 4)
+        var rng = SplitMix64(seed: 4)
         var snapshot = randomSnapshot(&rng)
         snapshot.telnet = randomTelnet(&rng)
         let bytes = encode(snapshot)
@@ -230,7 +219,7 @@ final class SessionSnapshotTests: XCTestCase {
     }
 
     func testMalformedRecordsAreRefused() {
-        var rng = SeededRandom(state: 5)
+        var rng = SplitMix64(seed: 5)
         var snapshot = randomSnapshot(&rng)
         snapshot.status = .open
         let bytes = encode(snapshot)
@@ -407,7 +396,7 @@ final class SessionSnapshotTests: XCTestCase {
     // MARK: Records on a stream
 
     func testTheStreamReaderCutsRecordsHoweverTheReadsAreSplit() throws {
-        var rng = SeededRandom(state: 6)
+        var rng = SplitMix64(seed: 6)
         var stream: [UInt8] = []
         let header = DaemonSnapshot(nodeID: "", sessionCount: 3, loopTimeMs: 7, writerVersion: "x")
         header.encode(into: &stream)
@@ -445,7 +434,7 @@ extension SessionSnapshotTests {
     func testAWrappedRingRestoresItsBytesAndOffsets() {
         var ring = ByteRing(limit: 300)
         var all: [UInt8] = []
-        var rng = SeededRandom(state: 7)
+        var rng = SplitMix64(seed: 7)
         for round in 0..<40 {  // past the 512-byte circle several times, evicting history
             let chunk = randomBytes(Int.random(in: 1...ring.room, using: &rng), &rng)
             chunk.withUnsafeBytes { ring.append($0) }
@@ -736,7 +725,7 @@ extension SessionSnapshotTests {
         // flight, the second waits behind it.
         // (16 MiB: more than Linux's largest send buffer by default, 4 MiB.)
         func pattern(_ count: Int, _ seed: UInt64) -> [UInt8] {
-            var rng = SeededRandom(state: seed)
+            var rng = SplitMix64(seed: seed)
             return [UInt8](unsafeUninitializedCapacity: count) { buffer, initialized in
                 var i = 0
                 while i < count {
