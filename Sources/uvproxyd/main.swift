@@ -125,9 +125,21 @@ do {
 let level = Logger.Level(rawValue: config.logLevel.lowercased()) ?? .info
 ProxyLogging.bootstrap(format: config.logFormat, level: level)
 
+// Started by an older uvproxyd's SIGUSR2 (SPEC §9): take over its socket and sessions. The
+// variable is not passed on to a later upgrade's process.
+var takeOver: ProxyDaemon.TakeOver?
+if let value = getenv(ProxyDaemon.takeOverVariable) {
+    let text = String(cString: value)
+    unsetenv(ProxyDaemon.takeOverVariable)
+    guard let parsed = ProxyDaemon.TakeOver(parsing: text) else {
+        fail("\(ProxyDaemon.takeOverVariable)=\(text): expected CHANNEL,LISTENER descriptors")
+    }
+    takeOver = parsed
+}
+
 let daemon: ProxyDaemon
 do {
-    daemon = try ProxyDaemon(config: config, logger: Logger(label: "uvproxyd"))
+    daemon = try ProxyDaemon(config: config, logger: Logger(label: "uvproxyd"), takeOver: takeOver)
 } catch {
     fail("\(error)")
 }

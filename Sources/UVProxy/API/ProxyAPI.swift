@@ -163,6 +163,19 @@ public final class ProxyAPI: HTTPHandler {
         }
     }
 
+    /// An upgrade has handed every session to a new process (SPEC §9): the connection gets what
+    /// it waits for now (a held read is answered with what its session has, an event stream
+    /// ends silently; the client resumes at the new process with its cursor) and closes after
+    /// its current response (the server accepts no more, so every response says `close`).
+    public func releaseForUpgrade(_ connection: HTTPConnection) {
+        switch connection.attachment {
+        case .eventStream(let stream): stream.end(event: nil)
+        case .longPoll(let pending): pending.answer()
+        case .none: break
+        }
+        connection.closeWhenIdle()
+    }
+
     public func connectionDidDrain(_ connection: HTTPConnection) {
         if case .eventStream(let stream) = connection.attachment { stream.connectionDrained() }
     }

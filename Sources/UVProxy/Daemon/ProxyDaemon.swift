@@ -45,12 +45,43 @@ public final class ProxyDaemon: SessionEventSink, HTTPServerObserver {
     var fileLimit: UInt64 = 0
     /// Requests get the DNS rebinding check while there is no token (`listen` needs a restart).
     let listenIsLoopback: Bool
+    /// SIGUSR2 (`Upgrade.swift`): the old process's side of an upgrade in progress, and the new
+    /// one's while it takes over (`takeOverChannel`: its end of the channel, until `run`).
+    var upgradeOut: UpgradeOut?
+    var takeOverIn: TakeOverIn?
+    private var takeOverChannel: Int32?
+    /// What an upgrade starts: this binary's path as it was at start, and its arguments.
+    public var executablePath = ProxyDaemon.ownExecutablePath()
+    public var arguments = CommandLine.arguments
+    /// How long the new process has to say `ready`, and then `taken` (10 s; tests shorten it).
+    var upgradeTimeoutMs: UInt64 = 10_000
     /// Creates that failed for lack of descriptors since the last warning about it.
     var descriptorFailures: UInt64 = 0
     var lastDescriptorWarning: UInt64?
 
-    /// Builds everything and binds. Throws `ConfigError`/`UVError` with a one-line message.
-    public init(config: ProxyConfig, logger: Logger) throws {
+    /// What a new process takes over from an old one (SPEC §9): its end of the channel and the
+    /// listening socket, as descriptors (`UVPROXYD_TAKE_OVER`, `Upgrade.swift`).
+    public struct TakeOver: Sendable {
+        public var channel: Int32
+        public var listener: Int32
+        public init(channel: Int32, listener: Int32) {
+            self.channel = channel
+            self.listener = listener
+        }
+
+        /// `UVPROXYD_TAKE_OVER`'s value, `CHANNEL,LISTENER`.
+        public init?(parsing text: String) {
+            let parts = text.split(separator: ",")
+            guard parts.count == 2, let channel = Int32(parts[0]), let listener = Int32(parts[1]),
+                  channel >= 3, listener >= 3, channel != listener else { return nil }
+            self.init(channel: channel, listener: listener)
+        }
+    }
+
+    /// Builds everything and binds (with `takeOver`, takes the old process's listening socket
+    /// instead, accepting on it once the sessions are in). Throws `ConfigError`/`UVError` with
+    /// a one-line message.
+    public init(config: ProxyConfig, logger: Logger, takeOver: TakeOver? = nil) throws {
         try config.validate()
         self.config = config
         self.logger = logger
@@ -97,11 +128,26 @@ public final class ProxyDaemon: SessionEventSink, HTTPServerObserver {
         api.metricsText = { [unowned self] in self.metricsText() }
         api.clientAddress = { [unowned self] connection in self.clientHost(connection) }
         api.clientOrigin = { [unowned self] connection in self.clientOrigin(connection) }
+        if let takeOver {
+            guard !config.demo else { throw ConfigError("an upgrade cannot take over a daemon with the demo game") }
+            let inherited = try server.listen(adopting: takeOver.listener)
+            self.listenAddress = inherited
+            takeOverChannel = takeOver.channel
+            if !ProxyDaemon.sameListenAddress(inherited, listenAddress) {
+                logger.warning("listen changed to \(config.listen); the upgrade keeps the listening socket \(inherited) (a change of listen needs a restart)")
+            }
+            return
+        }
         do {
             self.listenAddress = try server.listen(on: listenAddress)
         } catch let error as UVError {
             throw ConfigError("cannot listen on \(config.listen): \(error.message)")
         }
+    }
+
+    /// Whether a socket bound to `actual` serves `configured` (whose port 0 means any).
+    static func sameListenAddress(_ actual: SocketAddress, _ configured: SocketAddress) -> Bool {
+        actual.host == configured.host && (configured.port == 0 || actual.port == configured.port)
     }
 
     /// Logs the start-up lines, installs signal handlers and runs until shut down.
@@ -124,7 +170,16 @@ public final class ProxyDaemon: SessionEventSink, HTTPServerObserver {
         if let w = try? SignalWatcher(loop: loop, signal: SIGUSR1, { [unowned self] _ in self.drain() }) {
             signals.append(w)
         }
-        logger.notice("uvproxyd ready: listening on \(listenAddress!)")
+        if let w = try? SignalWatcher(loop: loop, signal: SIGUSR2, { [unowned self] _ in self.upgrade() }) {
+            signals.append(w)
+        }
+        if let channel = takeOverChannel {
+            takeOverChannel = nil
+            logger.notice("uvproxyd taking over on \(listenAddress!) (upgrade)")
+            startTakeOver(channel: channel)
+        } else {
+            logger.notice("uvproxyd ready: listening on \(listenAddress!)")
+        }
         loop.run()
         finish()
     }

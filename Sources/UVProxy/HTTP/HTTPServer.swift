@@ -62,17 +62,50 @@ public final class HTTPServer {
     /// Binds and listens; returns the address actually bound.
     @discardableResult
     public func listen(on address: SocketAddress) throws -> SocketAddress {
-        let listener = try TCPListener(loop: loop, address: address) { [unowned self] stream in
-            guard self.connections.count < self.limits.maxConnections else { return self.reject(stream) }
-            let connection = HTTPConnection(stream: stream, server: self)
-            self.connections[ObjectIdentifier(connection)] = connection
-            self.metrics.connections = self.connections.count
-        }
+        try start(TCPListener(loop: loop, address: address, onAccept: { [unowned self] in self.accepted($0) }))
+    }
+
+    /// Serves on `fd`, a socket an older process listened on (SPEC §9), accepting nothing until
+    /// `resumeAccepting()`. Returns its address.
+    @discardableResult
+    public func listen(adopting fd: Int32) throws -> SocketAddress {
+        let address = try start(TCPListener(loop: loop, listening: fd, polling: false, onAccept: { [unowned self] in self.accepted($0) }))
+        isAccepting = false
+        return address
+    }
+
+    private func start(_ listener: TCPListener) -> SocketAddress {
         listener.onAcceptError = { [unowned self] error, count in self.acceptFailed(error: error, count: count) }
         self.listener = listener
         isAccepting = true
         return listener.localAddress
     }
+
+    private func accepted(_ stream: TCPStream) {
+        guard connections.count < limits.maxConnections else { return reject(stream) }
+        let connection = HTTPConnection(stream: stream, server: self)
+        connections[ObjectIdentifier(connection)] = connection
+        metrics.connections = connections.count
+    }
+
+    /// The listening socket, while there is one.
+    public var listenerDescriptor: Int32? { listener?.fileDescriptor }
+
+    /// Accepts nothing for now (connections wait in the backlog); responses from now on close
+    /// their connection, as after `stopAccepting`.
+    public func pauseAccepting() {
+        isAccepting = false
+        listener?.pausePolling()
+    }
+
+    public func resumeAccepting() {
+        guard let listener else { return }
+        isAccepting = true
+        listener.resumePolling()
+    }
+
+    /// Every open client connection (the upgrade answers what each one waits for).
+    public var allConnections: [HTTPConnection] { Array(connections.values) }
 
     /// Counts failed accepts; tells the observer at most once per `acceptWarningIntervalMs`
     /// (the first failure at once, later ones summed until the interval has passed).

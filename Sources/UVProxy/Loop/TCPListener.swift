@@ -25,7 +25,7 @@ public final class TCPListener: LoopHandle {
     /// Accepts per wake-up, so a connection flood cannot hold the loop.
     static let acceptsPerTurn = 256
 
-    public init(loop: EventLoop, address: SocketAddress, backlog: Int32 = 1024,
+    public convenience init(loop: EventLoop, address: SocketAddress, backlog: Int32 = 1024,
                 onAccept: @escaping (TCPStream) -> Void) throws {
         let family = address.withSockaddr { Int32($0.pointee.sa_family) }
         let fd = socket(family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
@@ -38,8 +38,17 @@ public final class TCPListener: LoopHandle {
             Glibc.close(fd)
             throw UVError(code, "bind \(address)")
         }
+        try self.init(loop: loop, listening: fd, polling: true, onAccept: onAccept)
+    }
+
+    /// Takes over `fd`, a socket that listens already (handed over by an older process, SPEC
+    /// §9): the listener owns it from now on. Without `polling` it accepts nothing until
+    /// `resumePolling()`; connections wait in the backlog meanwhile.
+    public init(loop: EventLoop, listening fd: Int32, polling: Bool, onAccept: @escaping (TCPStream) -> Void) throws {
         self.fd = fd
         super.init(loop: loop, byteCount: MemoryLayout<uv_poll_t>.size)
+        _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+        _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
         let rc = uv_poll_init_socket(loop.raw, raw.assumingMemoryBound(to: uv_poll_t.self), fd)
         guard rc == 0 else {
             Glibc.close(fd)
@@ -48,6 +57,27 @@ public final class TCPListener: LoopHandle {
         adopt()
         self.onAccept = onAccept
         spare = open("/dev/null", O_RDONLY | O_CLOEXEC)
+        self.polling = polling
+        if polling { startPolling() }
+    }
+
+    /// The listening socket (to hand to a new process, which gets its own descriptor for it).
+    public var fileDescriptor: Int32 { fd }
+
+    /// Whether the listener accepts (`pausePolling`/`resumePolling`).
+    public private(set) var polling = false
+
+    /// Accepts nothing until `resumePolling()`: new connections wait in the kernel's backlog.
+    public func pausePolling() {
+        guard polling, !isClosing else { return }
+        polling = false
+        pauseTimer?.stop()
+        uv_poll_stop(raw.assumingMemoryBound(to: uv_poll_t.self))
+    }
+
+    public func resumePolling() {
+        guard !polling, !isClosing else { return }
+        polling = true
         startPolling()
     }
 
@@ -72,7 +102,7 @@ public final class TCPListener: LoopHandle {
             pauseTimer = try? LoopTimer(loop: loop)
             pauseTimer?.onFire = { [unowned self] in
                 if self.spare < 0 { self.spare = open("/dev/null", O_RDONLY | O_CLOEXEC) }
-                self.startPolling()
+                if self.polling { self.startPolling() }
             }
         }
         guard let pauseTimer else { return startPolling() }  // no timer: better busy than deaf

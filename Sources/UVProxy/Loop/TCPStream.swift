@@ -57,6 +57,26 @@ public final class TCPStream: LoopHandle {
     }
 
     var stream: UnsafeMutablePointer<uv_stream_t> { raw.assumingMemoryBound(to: uv_stream_t.self) }
+
+    /// A second stream on a duplicate of this one's socket, for sending it to another process
+    /// (`IPCPipe.write(_:handle:)`): this stream can close at once, the socket stays open
+    /// (no FIN, no reset) until the duplicate closes too.
+    public func duplicate() throws -> TCPStream {
+        var fd: uv_os_fd_t = -1
+        guard !isClosing else { throw UVError(UVError.cancelled, "duplicate") }
+        let rc = uv_fileno(handle, &fd)
+        guard rc == 0 else { throw UVError(rc, "uv_fileno") }
+        let copy = fcntl(fd, F_DUPFD_CLOEXEC, 0)
+        guard copy >= 0 else { throw UVError(-errno, "dup") }
+        let other = try TCPStream(loop: loop)
+        let opened = uv_tcp_open(other.tcp, copy)
+        guard opened == 0 else {
+            Glibc.close(copy)
+            other.close()
+            throw UVError(opened, "uv_tcp_open")
+        }
+        return other
+    }
     var tcp: UnsafeMutablePointer<uv_tcp_t> { raw.assumingMemoryBound(to: uv_tcp_t.self) }
 
     /// Bytes accepted by `write` that the kernel has not taken yet.

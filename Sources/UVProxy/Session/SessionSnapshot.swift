@@ -352,6 +352,56 @@ public struct DaemonSnapshot: Equatable, Sendable {
     }
 }
 
+/// What the new process tells the old one during an upgrade (SPEC §9), in the same record
+/// shape with the magic "UVPR": first `ready` (its configuration is read, its targets resolved:
+/// the old process may hand over now), then `taken` once it has every session and serves.
+public struct HandOverReply: Equatable, Sendable {
+    public static let formatVersion: UInt16 = 1
+    static let magic: [UInt8] = Array("UVPR".utf8)
+
+    public enum Kind: UInt8, Sendable { case ready = 1, taken = 2 }
+
+    public var kind: Kind
+    /// The new process's `--node-id` (empty without one): the old one hands over only to the same.
+    public var nodeID: String
+    /// `taken`: how many sessions the new process serves now.
+    public var sessionCount: UInt64
+    /// The new binary's version (logs).
+    public var version: String
+
+    public init(kind: Kind, nodeID: String, sessionCount: UInt64 = 0, version: String) {
+        self.kind = kind
+        self.nodeID = nodeID
+        self.sessionCount = sessionCount
+        self.version = version
+    }
+
+    enum Tag {
+        static let kind: UInt16 = 1           // u8
+        static let nodeID: UInt16 = 2         // text
+        static let sessionCount: UInt16 = 3   // u64
+        static let version: UInt16 = 4        // text
+        static let known: Set<UInt16> = Set(1...4)
+    }
+
+    public func encode(into out: inout [UInt8]) {
+        SnapshotWriter.record(magic: HandOverReply.magic, version: HandOverReply.formatVersion, into: &out) { w in
+            w.u8(Tag.kind, kind.rawValue)
+            w.text(Tag.nodeID, nodeID)
+            w.u64(Tag.sessionCount, sessionCount)
+            w.text(Tag.version, version)
+        }
+    }
+
+    public static func decode(_ bytes: some Collection<UInt8>) throws(SnapshotError) -> HandOverReply {
+        let record = Array(bytes)
+        let f = try SnapshotReader.record(record, magic: magic, version: formatVersion, known: Tag.known)
+        guard let kind = Kind(rawValue: try f.requiredU8(Tag.kind)) else { throw .malformed(Tag.kind) }
+        return HandOverReply(kind: kind, nodeID: try f.requiredText(Tag.nodeID),
+                             sessionCount: try f.requiredU64(Tag.sessionCount), version: try f.requiredText(Tag.version))
+    }
+}
+
 /// Why a snapshot record was refused.
 public enum SnapshotError: Error, Equatable, Sendable {
     /// The bytes end before the record (or a field) does.
@@ -413,7 +463,9 @@ public struct SnapshotStreamReader {
         let available = buffer.count - start
         guard available >= SnapshotReader.headerSize else { return nil }
         let magic = Array(buffer[start..<start + 4])
-        guard magic == SessionSnapshot.magic || magic == DaemonSnapshot.magic else { throw .badMagic }
+        guard magic == SessionSnapshot.magic || magic == DaemonSnapshot.magic || magic == HandOverReply.magic else {
+            throw .badMagic
+        }
         let length = UInt64(SnapshotReader.u32(buffer, at: start + 6))
         let total = UInt64(SnapshotReader.headerSize) + length
         guard total <= UInt64(maxRecordBytes) else { throw .tooLong(total) }

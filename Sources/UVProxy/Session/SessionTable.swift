@@ -285,12 +285,7 @@ public final class SessionTable {
     /// Returns how many still deliver input.
     @discardableResult
     public func closeAll(reason: CloseReason) -> Int {
-        let creates = pendingCreates
-        pendingCreates.removeAll()
-        for (session, completion) in creates.values {
-            deadlines.cancel(session)
-            failCreate(session, .shuttingDown, completion)
-        }
+        failPendingCreates(.shuttingDown)
         var draining = 0
         for session in sessions.all where session.state == .open {
             close(session, reason: reason, drain: true)
@@ -300,6 +295,34 @@ public final class SessionTable {
     }
 
     // MARK: In-place upgrade (SPEC §9)
+
+    /// The old process's side: `session` now belongs to another process. It leaves the table
+    /// as if it had never been here: no close, no event, no counter; its link, already closed by
+    /// the caller, is dropped. Requests still holding the object read it as it was.
+    public func release(_ session: Session) {
+        guard !session.isRemoved else { return }
+        deadlines.cancel(session)
+        session.link = nil
+        if session.state == .open {
+            openCount -= 1
+            releaseClientSlot(session)
+        }
+        session.isRemoved = true
+        sessions.remove(session.id)
+        bufferedBytes -= session.ring.count
+        if session.closeReason != nil { closedCount -= 1 }
+    }
+
+    /// Fails every create still connecting with `error` (an upgrade: the new process cannot
+    /// take a half-open connection); the client creates again.
+    public func failPendingCreates(_ error: CreateError) {
+        let creates = pendingCreates
+        pendingCreates.removeAll()
+        for (session, completion) in creates.values {
+            deadlines.cancel(session)
+            failCreate(session, error, completion)
+        }
+    }
 
     /// Why `adopt` refused a session.
     public enum AdoptError: Error, Equatable {
@@ -321,11 +344,23 @@ public final class SessionTable {
     /// left, and starts reading from the target unless the buffer was full.
     @discardableResult
     public func adopt(_ snapshot: SessionSnapshot, target: Target, link: UpstreamLink?) throws(AdoptError) -> Session {
+        try adopt(snapshot, target: target) { _ in link }
+    }
+
+    /// `adopt`, with the link made by `makeLink` from the rebuilt session (a link that needs
+    /// its session, as `Upstream` does). `makeLink` is called once, before anything is counted.
+    @discardableResult
+    func adopt(_ snapshot: SessionSnapshot, target: Target,
+               makeLink: (Session) -> UpstreamLink?) throws(AdoptError) -> Session {
         guard sessions.find(snapshot.id) == nil else { throw .duplicateID }
         let isOpen = snapshot.status == .open
-        guard isOpen == (link != nil) else { throw .linkMismatch }
         let now = clock()
         let session = Session(restoring: snapshot, target: target, now: now, table: self)
+        let link = makeLink(session)
+        guard isOpen == (link != nil) else {
+            link?.close()
+            throw .linkMismatch
+        }
         sessions.insert(session)
         bufferedBytes += session.ring.count
         if isOpen {

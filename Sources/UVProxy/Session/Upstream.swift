@@ -26,6 +26,25 @@ final class Upstream: UpstreamLink, TCPStreamDelegate, DeadlineOwner {
         stream.delegate = self
     }
 
+    /// The new process's side of an upgrade (SPEC §9): the connection `stream`, received from
+    /// the old process, already connected. The telnet filter carries on from `telnet`, and
+    /// `unwrittenOutput` (what the old process owed the target, escaped already) goes out
+    /// first, as it is. Reading starts when the table adopts the session.
+    init(session: Session, adopting stream: TCPStream, telnet: TelnetFilter.State?, unwrittenOutput: [UInt8]) {
+        self.stream = stream
+        self.session = session
+        self.telnet = session.target.telnet ? TelnetState(restoring: telnet, session) : nil
+        stream.delegate = self
+        if !unwrittenOutput.isEmpty {
+            unwrittenOutput.withUnsafeBytes { _ = stream.write($0) }
+            checkOwed()
+        }
+    }
+
+    /// A second handle on the target connection, to send to a new process; this one may close
+    /// at once without the target seeing anything.
+    func duplicateStream() throws -> TCPStream { try stream.duplicate() }
+
     func connect(to address: SocketAddress) { stream.connect(to: address) }
 
     func send(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer) {
@@ -156,5 +175,15 @@ private final class TelnetState {
     /// The session's client address (MNES) and whether its target speaks UTF-8 (MTTS).
     init(_ session: Session) {
         filter = TelnetFilter(clientAddress: session.clientAddress, utf8: session.target.charset == .utf8)
+    }
+
+    /// Carries on from a handed-over state; a session that had none (its old target did not
+    /// speak telnet) starts afresh.
+    init(restoring state: TelnetFilter.State?, _ session: Session) {
+        if let state {
+            filter = TelnetFilter(restoring: state)
+        } else {
+            filter = TelnetFilter(clientAddress: session.clientAddress, utf8: session.target.charset == .utf8)
+        }
     }
 }

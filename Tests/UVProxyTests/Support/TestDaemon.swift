@@ -58,7 +58,9 @@ final class TestDaemon: @unchecked Sendable {
 
     /// Starts the daemon with `configure` applied to a config listening on an ephemeral port.
     /// With `log`, the daemon logs JSON lines at debug level into it.
-    init(log: LogCapture? = nil, _ configure: (inout ProxyConfig) -> Void = { _ in }) throws {
+    /// With `takeOver`, it takes over from an older daemon (SPEC §9) instead of binding.
+    init(log: LogCapture? = nil, takeOver: ProxyDaemon.TakeOver? = nil,
+         _ configure: (inout ProxyConfig) -> Void = { _ in }) throws {
         var config = ProxyConfig()
         config.listen = "127.0.0.1:0"
         config.logLevel = "error"
@@ -75,7 +77,7 @@ final class TestDaemon: @unchecked Sendable {
                 }
             }
             do {
-                let daemon = try ProxyDaemon(config: frozen, logger: logger)
+                let daemon = try ProxyDaemon(config: frozen, logger: logger, takeOver: takeOver)
                 let handle = try daemon.makeStopHandle()
                 let runner = try LoopWaker(loop: daemon.loop) { [self] in
                     lock.lock()
