@@ -19,6 +19,9 @@
 - `haproxy_server_status(stats_socket, backend, server)`: UP/DOWN/… from HAProxy's stats socket.
 - `rss_bytes(pid)`, `fd_count(pid)`: a process's resident memory and open descriptors (/proc).
 - `raise_file_limit()`: this process's soft open-file limit up to the hard one.
+- `Daemon.upgrade()`: SIGUSR2 (SPEC §9), waits until the new process serves and the old one has
+  exited, and follows the new one (`proc` becomes an `Adopted`: the script is made the
+  subreaper of its descendants, so the new process becomes its child once the old one exits).
 """
 
 import atexit
@@ -86,6 +89,51 @@ def _on_signal(signum, _frame):
 
 
 signal.signal(signal.SIGTERM, _on_signal)
+
+
+def become_subreaper():
+    """This process reaps its orphaned descendants (PR_SET_CHILD_SUBREAPER): a uvproxyd started
+    by an upgrade becomes its child once the old one exits, so it can be waited for."""
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(36, 1)
+
+
+class Adopted:
+    """A process this script did not start but will reap (`become_subreaper`), with the part of
+    Popen's interface the helpers use: `pid`, `poll`, `wait`, `send_signal`, `terminate`, `kill`."""
+
+    def __init__(self, pid):
+        self.pid = pid
+        self.returncode = None
+
+    def poll(self):
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:  # not ours yet (its parent still runs) or gone
+                if not os.path.exists(f"/proc/{self.pid}"):
+                    self.returncode = -1
+                return self.returncode
+            if pid == self.pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout=None):
+        deadline = None if timeout is None else time.time() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.time() > deadline:
+                raise subprocess.TimeoutExpired(str(self.pid), timeout)
+            time.sleep(0.02)
+        return self.returncode
+
+    def send_signal(self, sig):
+        if self.poll() is None:
+            os.kill(self.pid, sig)
+
+    def terminate(self):
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self):
+        self.send_signal(signal.SIGKILL)
 
 
 class TestError(Exception):
@@ -369,6 +417,27 @@ class Daemon:
     def open_fds(self):
         """How many descriptors the daemon has open (/proc/PID/fd)."""
         return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
+
+    def upgrade(self, timeout=20):
+        """SIGUSR2: waits for the new process to serve and the old one to exit, then follows the
+        new one. Returns (seconds until the new one served, seconds until the old one exited,
+        the old one's exit status). Raises `TestError` if the upgrade does not happen."""
+        become_subreaper()
+        start = self.mark()
+        old = self.proc
+        t0 = time.time()
+        old.send_signal(signal.SIGUSR2)
+        line = self.expect_log(r"upgrade: sessions handed over to the new process", start, timeout)
+        self.expect_log(r"upgrade: took over from the old process; serving", start, timeout)
+        served = time.time() - t0
+        try:
+            rc = old.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise TestError("the old process did not exit after the upgrade")
+        exited = time.time() - t0
+        self.proc = Adopted(int(re.search(r"pid\W+(\d+)", line).group(1)))
+        _children.append(self.proc)
+        return served, exited, rc
 
     def stop(self, sig=signal.SIGTERM, timeout=30):
         if self.proc.poll() is None:

@@ -179,6 +179,7 @@ public final class ProxyDaemon: SessionEventSink, HTTPServerObserver {
             startTakeOver(channel: channel)
         } else {
             logger.notice("uvproxyd ready: listening on \(listenAddress!)")
+            SystemdNotify.send("READY=1")
         }
         loop.run()
         finish()

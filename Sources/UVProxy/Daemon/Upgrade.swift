@@ -196,6 +196,8 @@ extension ProxyDaemon {
 
     private func upgradeChannelEnded() {
         guard let out = upgradeOut, out.phase != .done else { return }
+        // A process that is exiting closes its channel first: its exit status says more.
+        if let child = out.child, !child.hasExited { return }
         abortUpgrade("the new process closed its channel")
     }
 
@@ -314,6 +316,8 @@ extension ProxyDaemon {
         // Handles that came without a record that took them.
         while let stray = try? inbound.pipe.acceptStream() { stray.close() }
         server.resumeAccepting()
+        // systemd follows this process as the unit's main one from now on (before the old exits).
+        SystemdNotify.send("MAINPID=\(getpid())\nREADY=1")
         var taken: [UInt8] = []
         HandOverReply(kind: .taken, nodeID: config.nodeId ?? "", sessionCount: UInt64(inbound.taken),
                       version: ProxyDaemon.versionText).encode(into: &taken)
