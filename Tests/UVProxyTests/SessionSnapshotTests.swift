@@ -145,6 +145,41 @@ final class SessionSnapshotTests: XCTestCase {
         XCTAssertThrowsError(try DaemonSnapshot.decode(session)) { XCTAssertEqual($0 as? SnapshotError, .badMagic) }
     }
 
+    /// The new process's replies (`ready`, `taken`): the same record shape, "UVPR", golden
+    /// bytes, every cut refused, and an unknown kind refused rather than guessed.
+    func testHandOverRepliesRoundTripAndTheGoldenOneDecodes() throws {
+        let taken = HandOverReply(kind: .taken, nodeID: "eu1", sessionCount: 15_000, version: "v")
+        var bytes: [UInt8] = []
+        taken.encode(into: &bytes)
+        XCTAssertEqual(try HandOverReply.decode(bytes), taken)
+        for n in 0..<bytes.count {
+            XCTAssertThrowsError(try HandOverReply.decode(bytes.prefix(n)), "cut at \(n)")
+        }
+        let golden: [UInt8] = [
+            0x55, 0x56, 0x50, 0x52, 0x01, 0x00, 0x21, 0x00, 0x00, 0x00,  // "UVPR", version 1, 33 bytes
+            0x01, 0x00, 0x01, 0x00, 0x00, 0x00, 0x01,                    // 1 kind: ready
+            0x02, 0x00, 0x00, 0x00, 0x00, 0x00,                          // 2 node id: none
+            0x03, 0x00, 0x08, 0x00, 0x00, 0x00, 0, 0, 0, 0, 0, 0, 0, 0,  // 3 sessions: 0
+            0x04, 0x00, 0x00, 0x00, 0x00, 0x00,                          // 4 version: ""
+        ]
+        XCTAssertEqual(try HandOverReply.decode(golden), HandOverReply(kind: .ready, nodeID: "", version: ""))
+        var unknownKind = golden
+        unknownKind[16] = 9
+        XCTAssertThrowsError(try HandOverReply.decode(unknownKind)) { XCTAssertEqual($0 as? SnapshotError, .malformed(1)) }
+        var reader = SnapshotStreamReader(maxRecordBytes: 1024)
+        golden.withUnsafeBytes { reader.append($0) }
+        XCTAssertEqual(try reader.next(), golden, "the stream reader takes replies too")
+    }
+
+    /// `UVPROXYD_TAKE_OVER`: two descriptors past stdio, not the same.
+    func testTheTakeOverVariableNamesTwoDescriptors() {
+        XCTAssertEqual(ProxyDaemon.TakeOver(parsing: "3,4")?.channel, 3)
+        XCTAssertEqual(ProxyDaemon.TakeOver(parsing: "3,4")?.listener, 4)
+        for bad in ["", "3", "3,3", "2,4", "3,4,5", "a,4", "3,-1"] {
+            XCTAssertNil(ProxyDaemon.TakeOver(parsing: bad), bad)
+        }
+    }
+
     /// Every cut of a record throws, and says so; nothing traps.
     func testEveryTruncationThrows() {
         var rng = SplitMix64(seed: 2)

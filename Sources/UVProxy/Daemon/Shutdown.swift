@@ -9,6 +9,7 @@ extension ProxyDaemon {
     /// reads), let queued input reach targets, then stop within `shutdown-timeout`.
     public func shutdown() {
         guard shutdownTimer == nil else { return }
+        if let out = upgradeOut, out.phase == .starting { abortUpgrade("the daemon is shutting down") }
         shutdownStarted = loop.now
         server.stopAccepting()
         table.closeAll(reason: .shutdown)

@@ -122,37 +122,45 @@ extension ProxyDaemon {
         server.pauseAccepting()
         for connection in server.allConnections { api.releaseForUpgrade(connection) }
         table.failPendingCreates(.shuttingDown)
-        let now = loop.now
-        var records: [(SessionSnapshot, TCPStream?)] = []
-        records.reserveCapacity(table.openCount + table.closedCount)
+        // First a second descriptor for every target connection, so that the header can say
+        // how many records follow. A session that cannot have one (out of descriptors) is closed
+        // here and handed over closed: its client reads its bytes and the reason.
+        var handed: [(Session, TCPStream?)] = []
+        handed.reserveCapacity(table.openCount + table.closedCount)
         var closed = 0
         for session in table.allSessions {
-            guard let snapshot = session.snapshot(now: now) else { continue }
-            var socket: TCPStream?
-            if snapshot.status == .open {
-                guard let upstream = session.link as? Upstream, let copy = try? upstream.duplicateStream() else {
-                    table.close(session, reason: .shutdown)  // no descriptor to send it with
-                    closed += 1
-                    continue
-                }
-                socket = copy
+            guard session.state == .open else {
+                handed.append((session, nil))
+                continue
             }
-            session.link?.close()
-            table.release(session)
-            records.append((snapshot, socket))
+            do {
+                guard let upstream = session.link as? Upstream else { throw UVError(UVError.cancelled, "no target connection") }
+                handed.append((session, try upstream.duplicateStream()))
+            } catch {
+                table.close(session, reason: .shutdown)
+                handed.append((session, nil))
+                closed += 1
+            }
         }
+        let now = loop.now
         var header: [UInt8] = []
-        DaemonSnapshot(nodeID: config.nodeId ?? "", sessionCount: UInt64(records.count), loopTimeMs: now,
+        DaemonSnapshot(nodeID: config.nodeId ?? "", sessionCount: UInt64(handed.count), loopTimeMs: now,
                        writerVersion: ProxyDaemon.versionText).encode(into: &header)
         out.pipe.write(header)
-        for (snapshot, socket) in records {
+        // Then each session: its snapshot and the close of its own handle in this same turn
+        // (`TCPStream.unwrittenBytes` holds only until libuv writes again). The record is encoded
+        // at once and the snapshot dropped, so the buffered bytes are held once, in the record
+        // waiting for the pipe, not twice.
+        for (session, socket) in handed {
             var bytes: [UInt8] = []
-            snapshot.encode(into: &bytes)
+            session.snapshot(now: now)?.encode(into: &bytes)
+            session.link?.close()
+            table.release(session)
             out.pipe.write(bytes, handle: socket) { _ in socket?.close() }
         }
-        out.sent = records.count
+        out.sent = handed.count
         var metadata: Logger.Metadata = [
-            "sessions": "\(records.count)", "pid": "\(out.child?.pid ?? 0)",
+            "sessions": "\(handed.count)", "pid": "\(out.child?.pid ?? 0)",
             "handover_ms": "\((EventLoop.hrtime - started) / 1_000_000)",
         ]
         if closed > 0 { metadata["closed_no_descriptor"] = "\(closed)" }
@@ -171,7 +179,7 @@ extension ProxyDaemon {
     }
 
     /// The upgrade failed: the new process is stopped and this one serves on.
-    private func abortUpgrade(_ why: String) {
+    func abortUpgrade(_ why: String) {
         guard let out = upgradeOut, out.phase != .done else { return }
         upgradeOut = nil
         out.timer?.close()
