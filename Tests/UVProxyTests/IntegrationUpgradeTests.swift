@@ -142,6 +142,29 @@ final class IntegrationUpgradeTests: XCTestCase {
         XCTAssertTrue(waitUntil { old.hasFinished })
     }
 
+    /// More sessions than records in flight at once: they go over in batches, each whole, and
+    /// a session waiting for its turn goes on reading its target meanwhile.
+    func testSessionsGoOverInBatches() throws {
+        let up = try startUpstream(greeting: "hi\r\n")
+        let configure: (inout ProxyConfig) -> Void = { $0.upstream = "127.0.0.1:\(up.port)" }
+        let oldLog = LogCapture()
+        let old = try startDaemon(log: oldLog, configure)
+        let c = try old.client()
+        let ids = try (0..<40).map { _ in try c.createSession() }
+        for id in ids { XCTAssertEqual(try c.readBytes(id, from: 0, count: 4), bytes("hi\r\n")) }
+        try old.onLoop { $0.handOverBatch = 3 }
+        let new = try upgrade(old, configure)
+        XCTAssertNotNil(oldLog.wait(for: "upgrade: sessions handed over to the new process") { $0["sessions"] as? String == "40" })
+        let c2 = try new.client()
+        for (k, id) in ids.enumerated() {
+            let target = try up.connection(k)
+            try target.send("n\(k)\r\n")
+            XCTAssertEqual(try c2.readBytes(id, from: 4, count: "n\(k)\r\n".utf8.count), bytes("n\(k)\r\n"))
+        }
+        XCTAssertEqual(up.connectionCount, 40)
+        XCTAssertTrue(waitUntil { old.hasFinished })
+    }
+
     /// Input the target has not read yet: what the old process still queued goes out first
     /// from the new one, as it was, once.
     func testInputTheTargetHadNotTakenIsWrittenOnceByTheNewProcess() throws {

@@ -55,6 +55,11 @@ public final class ProxyDaemon: SessionEventSink, HTTPServerObserver {
     public var arguments = CommandLine.arguments
     /// How long the new process has to say `ready`, and then `taken` (10 s; tests shorten it).
     var upgradeTimeoutMs: UInt64 = 10_000
+    /// Most hand-over records in flight at once (`Upgrade.swift`). Each holds a second
+    /// descriptor for its target connection until the kernel has it, and a descriptor in flight
+    /// counts against the open-file limit too: batches keep the hand-over within a process's
+    /// spare descriptors, however many sessions it has.
+    var handOverBatch = 1024
     /// Creates that failed for lack of descriptors since the last warning about it.
     var descriptorFailures: UInt64 = 0
     var lastDescriptorWarning: UInt64?

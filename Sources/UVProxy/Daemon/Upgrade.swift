@@ -115,55 +115,70 @@ extension ProxyDaemon {
         }
     }
 
-    /// The point of no return: every session goes to the new process, in this loop turn.
+    /// The point of no return. In this turn the clients are let go and the header says how many
+    /// records follow; then the sessions go over in batches (`sendSessions`).
     private func handOver(_ out: UpgradeOut) {
-        let started = EventLoop.hrtime
+        out.handOverStarted = EventLoop.hrtime
         out.phase = .handedOver
         server.pauseAccepting()
         for connection in server.allConnections { api.releaseForUpgrade(connection) }
         table.failPendingCreates(.shuttingDown)
-        // First a second descriptor for every target connection, so that the header can say
-        // how many records follow. A session that cannot have one (out of descriptors) is closed
-        // here and handed over closed: its client reads its bytes and the reason.
-        var handed: [(Session, TCPStream?)] = []
-        handed.reserveCapacity(table.openCount + table.closedCount)
-        var closed = 0
-        for session in table.allSessions {
-            guard session.state == .open else {
-                handed.append((session, nil))
-                continue
-            }
-            do {
-                guard let upstream = session.link as? Upstream else { throw UVError(UVError.cancelled, "no target connection") }
-                handed.append((session, try upstream.duplicateStream()))
-            } catch {
-                table.close(session, reason: .shutdown)
-                handed.append((session, nil))
-                closed += 1
-            }
-        }
-        let now = loop.now
+        out.queue = table.allSessions
         var header: [UInt8] = []
-        DaemonSnapshot(nodeID: config.nodeId ?? "", sessionCount: UInt64(handed.count), loopTimeMs: now,
+        DaemonSnapshot(nodeID: config.nodeId ?? "", sessionCount: UInt64(out.queue.count), loopTimeMs: loop.now,
                        writerVersion: ProxyDaemon.versionText).encode(into: &header)
         out.pipe.write(header)
-        // Then each session: its snapshot and the close of its own handle in this same turn
-        // (`TCPStream.unwrittenBytes` holds only until libuv writes again). The record is encoded
-        // at once and the snapshot dropped, so the buffered bytes are held once, in the record
-        // waiting for the pipe, not twice.
-        for (session, socket) in handed {
-            var bytes: [UInt8] = []
-            session.snapshot(now: now)?.encode(into: &bytes)
+        sendSessions(out)
+    }
+
+    /// Sends sessions until `handOverBatch` records are in flight; each write's completion
+    /// sends more. A session waiting for its turn is served as before (no client request comes
+    /// any more: only its target's bytes, which go into the record when its turn comes).
+    ///
+    /// Each session, in one turn: a second descriptor for its target connection, its snapshot
+    /// (`TCPStream.unwrittenBytes` holds only until libuv writes again), the close of its own
+    /// handle (no FIN: the duplicate holds the socket), and the record, encoded at once so that
+    /// the buffered bytes are held once, in the record waiting for the pipe. A session that can
+    /// have no second descriptor while none is in flight (out of descriptors) is closed and
+    /// handed over closed: its client reads its bytes and the reason.
+    private func sendSessions(_ out: UpgradeOut) {
+        guard out.phase == .handedOver else { return }
+        while out.sent < out.queue.count && out.inFlight < handOverBatch {
+            let session = out.queue[out.sent]
+            var socket: TCPStream?
+            if session.state == .open, let upstream = session.link as? Upstream {
+                do {
+                    socket = try upstream.duplicateStream()
+                } catch {
+                    if out.inFlight > 0 { break }  // descriptors come back as writes complete
+                    table.close(session, reason: .shutdown)
+                    out.closedForLackOfDescriptors += 1
+                }
+            }
+            var record: [UInt8] = []
+            session.snapshot(now: loop.now)?.encode(into: &record)
             session.link?.close()
             table.release(session)
-            out.pipe.write(bytes, handle: socket) { _ in socket?.close() }
+            out.sent += 1
+            out.inFlight += 1
+            let rc = out.pipe.write(record, handle: socket) { [unowned self] _ in
+                socket?.close()
+                out.inFlight -= 1
+                self.sendSessions(out)
+            }
+            if rc != 0 {
+                socket?.close()
+                return abortUpgrade("cannot write to the new process: \(UVError.name(rc))")
+            }
         }
-        out.sent = handed.count
+        guard !out.allSent, out.sent == out.queue.count else { return }
+        out.allSent = true
+        out.queue = []
         var metadata: Logger.Metadata = [
-            "sessions": "\(handed.count)", "pid": "\(out.child?.pid ?? 0)",
-            "handover_ms": "\((EventLoop.hrtime - started) / 1_000_000)",
+            "sessions": "\(out.sent)", "pid": "\(out.child?.pid ?? 0)",
+            "handover_ms": "\((EventLoop.hrtime - out.handOverStarted) / 1_000_000)",
         ]
-        if closed > 0 { metadata["closed_no_descriptor"] = "\(closed)" }
+        if out.closedForLackOfDescriptors > 0 { metadata["closed_no_descriptor"] = "\(out.closedForLackOfDescriptors)" }
         logger.notice("upgrade: sessions handed over to the new process", metadata: metadata)
     }
 
@@ -182,13 +197,16 @@ extension ProxyDaemon {
     func abortUpgrade(_ why: String) {
         guard let out = upgradeOut, out.phase != .done else { return }
         upgradeOut = nil
+        let phase = out.phase
+        out.phase = .aborted  // no more records: the sessions not sent yet stay here
+        out.queue = []
         out.timer?.close()
         out.pipe.close()
         out.child?.kill(SIGKILL)
         server.resumeAccepting()
-        if out.phase == .handedOver {
-            logger.error("upgrade failed after the hand-over: \(why); the sessions handed over are lost; accepting again", metadata: [
-                "sessions": "\(out.sent)",
+        if phase == .handedOver {
+            logger.error("upgrade failed after the hand-over began: \(why); the sessions handed over are lost; accepting again", metadata: [
+                "sessions": "\(out.sent)", "kept": "\(table.openCount + table.closedCount)",
             ])
         } else {
             logger.warning("upgrade failed: \(why); still serving")
@@ -345,14 +363,21 @@ extension ProxyDaemon {
 
 /// The old process's side of an upgrade in progress.
 final class UpgradeOut {
-    enum Phase { case starting, handedOver, done }
+    enum Phase { case starting, handedOver, done, aborted }
     let pipe: IPCPipe
     let child: ChildProcess?
     let started: UInt64
     var timer: LoopTimer?
     var phase = Phase.starting
     var reader = SnapshotStreamReader(maxRecordBytes: 64 * 1024)
+    /// The hand-over: the sessions in the order they go, how many went, how many records the
+    /// pipe has not taken yet.
+    var queue: [Session] = []
     var sent = 0
+    var inFlight = 0
+    var allSent = false
+    var closedForLackOfDescriptors = 0
+    var handOverStarted: UInt64 = 0
 
     init(pipe: IPCPipe, child: ChildProcess?, started: UInt64) {
         self.pipe = pipe

@@ -68,10 +68,10 @@ public final class IPCPipe: LoopHandle {
     /// Writes `bytes`, with `handle`'s socket if given (the receiver gets its own descriptor for
     /// it; this side's stays open until closed). `completion` gets 0 or a libuv error once the
     /// kernel has the bytes. Writes go out in order.
-    public func write(_ bytes: [UInt8], handle: TCPStream? = nil, completion: ((Int32) -> Void)? = nil) {
-        let request = WriteRequest(bytes: bytes, completion: completion)
-        let rc = request.start(on: stream, sendHandle: handle?.stream)
-        if rc != 0 { completion?(rc) }
+    @discardableResult
+    public func write(_ bytes: [UInt8], handle: TCPStream? = nil, completion: ((Int32) -> Void)? = nil) -> Int32 {
+        guard !isClosing else { return UVError.cancelled }
+        return WriteRequest(bytes: bytes, completion: completion).start(on: stream, sendHandle: handle?.stream)
     }
 
     /// Handles received and not taken yet.
