@@ -253,6 +253,49 @@ final class IntegrationUpgradeTests: XCTestCase {
         XCTAssertEqual(try old.client().readBytes(id, from: 0, count: 4), bytes("hi\r\n"))
     }
 
+    /// A new process that dies while sessions are on their way: those not sent yet stay with
+    /// the old process, which accepts again and serves them.
+    func testANewProcessLostDuringTheHandOverLeavesTheRestWithTheOldOne() throws {
+        let up = try startUpstream()
+        let log = LogCapture()
+        let old = try startDaemon(log: log) { $0.upstream = "127.0.0.1:\(up.port)" }
+        let c = try old.client()
+        let ids = try (0..<8).map { _ in try c.createSession() }
+        let chunk = [UInt8](repeating: UInt8(ascii: "x"), count: 200_000)
+        for k in ids.indices {
+            try up.connection(k).send(chunk)
+            XCTAssertEqual(try c.readBytes(ids[k], from: 0, count: chunk.count).count, chunk.count)
+        }
+        // A new process of our own: says ready, reads the header and a little, and is gone.
+        let (mine, theirs) = try makeSocketPair()
+        try old.onLoop {
+            $0.handOverBatch = 1
+            try $0.beginUpgrade(channel: mine, child: nil)
+        }
+        let fake = TestSocket(fd: theirs)
+        var ready: [UInt8] = []
+        HandOverReply(kind: .ready, nodeID: "", version: "test").encode(into: &ready)
+        try fake.send(ready)
+        XCTAssertFalse(try fake.receive(max: 1000).isEmpty)
+        fake.close()
+        // The write that fails (EPIPE) or the channel's end, whichever the old process sees first.
+        var failed: [String: Any]?
+        XCTAssertTrue(waitUntil {
+            failed = log.objects.compactMap { $0 }.first {
+                ($0["message"] as? String)?.hasPrefix("upgrade failed after the hand-over began: ") == true
+            }
+            return failed != nil
+        })
+        let sent = Int(failed?["sessions"] as? String ?? "") ?? -1
+        XCTAssertTrue((1..<8).contains(sent), "some went, some stayed: \(sent)")
+        // The old process accepts again and serves what it kept, as before.
+        let c2 = try old.client()
+        var kept = 0
+        for id in ids where try c2.call("GET", "/sessions/\(id)?since=0").status == 200 { kept += 1 }
+        XCTAssertEqual(kept, 8 - sent)
+        XCTAssertFalse(old.hasFinished)
+    }
+
     func testTheNewProcessMustHaveTheSameNodeID() throws {
         let up = try startUpstream(greeting: "hi\r\n")
         let log = LogCapture()

@@ -6,9 +6,11 @@ import Glibc
 /// The whole daemon on one loop: HTTP server, session table, API, optional demo game, signals.
 ///
 /// Its life cycle has a file per path, beside this one: start (`init`, `run`, here), reload
-/// (SIGHUP, `Reload.swift`), drain (SIGUSR1, `Drain.swift`), shutdown (SIGINT/SIGTERM,
+/// (SIGHUP, `Reload.swift`), drain (SIGUSR1, `Drain.swift`), upgrade in place, both the old
+/// process's side and the new one's (SIGUSR2, `Upgrade.swift`), shutdown (SIGINT/SIGTERM,
 /// `Shutdown.swift`); what it tells and counts: `Events.swift` (sessions, accept failures),
-/// `AccessLog.swift` (requests, client addresses), `Metrics.swift` (`/metrics`).
+/// `AccessLog.swift` (requests, client addresses), `Metrics.swift` (`/metrics`),
+/// `SystemdNotify.swift` (readiness to systemd).
 public final class ProxyDaemon: SessionEventSink, HTTPServerObserver {
     public let loop: EventLoop
     /// The config in force (a reload replaces it).

@@ -161,9 +161,12 @@ extension ProxyDaemon {
             table.release(session)
             out.sent += 1
             out.inFlight += 1
-            let rc = out.pipe.write(record, handle: socket) { [unowned self] _ in
+            let rc = out.pipe.write(record, handle: socket) { [unowned self] status in
                 socket?.close()
                 out.inFlight -= 1
+                guard status == 0 else {
+                    return self.abortUpgrade("cannot write to the new process: \(UVError.name(status))")
+                }
                 self.sendSessions(out)
             }
             if rc != 0 {
