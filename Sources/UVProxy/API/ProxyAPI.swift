@@ -129,6 +129,8 @@ public final class ProxyAPI: HTTPHandler {
         case .events(let id):
             guard let session = lookup(id, connection) else { return }
             events(connection, session, request, params)
+        case .gmcp, .gmcpState, .webSocket, .webSocketCreate:
+            error(connection, .notFound, "no such path")  // GMCP and WebSocket: being built (issue 12)
         case .mud:
             mud(connection, request, params)
         case .healthz:

@@ -4,6 +4,10 @@ public enum Route: Equatable, Sendable {
     case session(SessionID?)            // /sessions/{id}
     case input(SessionID?)              // /sessions/{id}/input
     case events(SessionID?)             // /sessions/{id}/events
+    case gmcp(SessionID?)               // /sessions/{id}/gmcp (SPEC §7)
+    case gmcpState(SessionID?)          // /sessions/{id}/gmcp/state
+    case webSocket(SessionID?)          // /sessions/{id}/ws (SPEC §8)
+    case webSocketCreate                // /ws: create and attach in one step
     case mud                            // /mud
     case healthz
     case metrics
@@ -15,7 +19,8 @@ public enum Route: Equatable, Sendable {
         case .sessions: return "POST"
         case .session: return "GET, DELETE"
         case .input: return "POST"
-        case .events: return "GET"
+        case .events, .gmcpState, .webSocket, .webSocketCreate: return "GET"
+        case .gmcp: return "GET, POST"
         case .mud: return "GET, POST"
         case .healthz, .metrics, .webPage: return "GET"
         }
@@ -24,6 +29,7 @@ public enum Route: Equatable, Sendable {
     public func allows(_ method: HTTPMethod) -> Bool {
         switch (self, method) {
         case (.sessions, .post), (.session, .get), (.session, .delete), (.input, .post), (.events, .get),
+             (.gmcp, .get), (.gmcp, .post), (.gmcpState, .get), (.webSocket, .get), (.webSocketCreate, .get),
              (.mud, .get), (.mud, .post), (.healthz, .get), (.metrics, .get), (.webPage, .get):
             return true
         default:
@@ -54,6 +60,7 @@ public enum Router {
         if p.equals("/mud") { return .mud }
         if p.equals("/healthz") { return .healthz }
         if p.equals("/metrics") { return .metrics }
+        if p.equals("/ws") { return .webSocketCreate }
         let prefix: StaticString = "/sessions"
         guard p.hasPrefix(prefix) else { return nil }
         var rest = p.dropFirst(prefix.utf8CodeUnitCount)
@@ -68,6 +75,9 @@ public enum Router {
         if tail.isEmpty { return .session(id) }
         if tail.equals("/input") { return .input(id) }
         if tail.equals("/events") { return .events(id) }
+        if tail.equals("/gmcp") { return .gmcp(id) }
+        if tail.equals("/gmcp/state") { return .gmcpState(id) }
+        if tail.equals("/ws") { return .webSocket(id) }
         return nil
     }
 

@@ -38,6 +38,13 @@ public struct HTTPLimits: Sendable {
 
 /// One client connection: bytes in → http_parser → one request at a time to the handler →
 /// responses out, in request order.
+/// What took a connection over after `101 Switching Protocols` (a WebSocket): every byte read
+/// from then on goes to it, not to the HTTP parser.
+public protocol ConnectionTakeover: AnyObject {
+    /// Bytes from the client (valid during the call only).
+    func connectionDidRead(_ bytes: UnsafeRawBufferPointer)
+}
+
 public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate, DeadlineOwner, TurnTask {
     let stream: TCPStream
     private let parser: HTTPRequestParser
@@ -59,6 +66,8 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
     public private(set) var awaitingResponse = false
     /// The response is a stream (SSE) whose head is sent and whose end is not.
     public private(set) var isStreaming = false
+    /// After a `101`: the protocol that reads the connection now (`switchProtocols`).
+    private var takeover: ConnectionTakeover?
     /// When the request being answered was dispatched (`EventLoop.hrtime`), and the status
     /// its response began with.
     private var requestStart: UInt64 = 0
@@ -130,6 +139,7 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
         case .open:
             break
         }
+        if let takeover { return takeover.connectionDidRead(bytes) }
         if awaitingResponse || unparsed.count > unparsedStart {
             unparsed.append(contentsOf: bytes)
             if backlogIsFull { stream.stopReading() }  // enough queued; resume when parsed
@@ -137,6 +147,8 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
         }
         let consumed = parseLoop(bytes)
         if consumed < bytes.count, phase == .open {
+            // Bytes that came with the request that switched protocols are the new protocol's.
+            if let takeover { return takeover.connectionDidRead(UnsafeRawBufferPointer(rebasing: bytes[consumed...])) }
             unparsed.append(contentsOf: UnsafeRawBufferPointer(rebasing: bytes[consumed...]))
             if backlogIsFull { stream.stopReading() }
         }
@@ -223,6 +235,13 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
             parseLoop(UnsafeRawBufferPointer(rebasing: all[unparsedStart...]))
         }
         unparsedStart += consumed
+        if let takeover, phase == .open, unparsedStart < unparsed.count {
+            let rest = Array(unparsed[unparsedStart...])
+            unparsed = []
+            unparsedStart = 0
+            rest.withUnsafeBytes { takeover.connectionDidRead($0) }
+            return
+        }
         if unparsedStart >= unparsed.count {
             unparsed.removeAll(keepingCapacity: unparsed.capacity <= 16 * 1024)
             unparsedStart = 0
@@ -387,6 +406,29 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
         stream.write(head.bytes)
     }
 
+    /// Answers the request with `head` (a whole `101 Switching Protocols` head, its blank line
+    /// included) and hands the connection to `takeover`: every byte read from now on, those
+    /// that came after the request included, goes to it. Writes go through `writeStream`, and
+    /// the connection stays held (`hold`, `heldRequestTimedOut`) until it closes.
+    public func switchProtocols(head bytes: [UInt8], to takeover: ConnectionTakeover) {
+        guard phase == .open, awaitingResponse, !isStreaming else { return }
+        keepAlive = false
+        responseStatus = .switchingProtocols
+        server.metrics.statusCounts[HTTPStatus.switchingProtocols.rawValue] += 1
+        isStreaming = true
+        self.takeover = takeover
+        cancelTimer()
+        noteSendStart()
+        bytes.withUnsafeBytes { _ = stream.write($0) }
+    }
+
+    /// Reading from the client stops (input waits in TCP) until `resumeReading`.
+    public func pauseReading() { stream.stopReading() }
+
+    public func resumeReading() {
+        if phase == .open, !stream.isReading { stream.startReading() }
+    }
+
     public func writeStream(_ bytes: UnsafeRawBufferPointer) {
         guard phase == .open, isStreaming else { return }
         noteSendStart()
@@ -480,6 +522,7 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
         }
         phase = .closed
         awaitingResponse = false
+        takeover = nil
         cancelTimer()
         stream.close()
         server.connectionClosed(self)

@@ -1,6 +1,7 @@
 /// The status codes the proxy sends, with their reason phrases.
 public enum HTTPStatus: Int, Sendable {
     case `continue` = 100
+    case switchingProtocols = 101
     case ok = 200
     case created = 201
     case noContent = 204
@@ -12,6 +13,7 @@ public enum HTTPStatus: Int, Sendable {
     case requestTimeout = 408
     case conflict = 409
     case payloadTooLarge = 413
+    case upgradeRequired = 426
     case tooManyRequests = 429
     case headersTooLarge = 431
     case internalServerError = 500
@@ -24,6 +26,7 @@ public enum HTTPStatus: Int, Sendable {
     var statusLine: StaticString {
         switch self {
         case .continue: return "HTTP/1.1 100 Continue\r\n"
+        case .switchingProtocols: return "HTTP/1.1 101 Switching Protocols\r\n"
         case .ok: return "HTTP/1.1 200 OK\r\n"
         case .created: return "HTTP/1.1 201 Created\r\n"
         case .noContent: return "HTTP/1.1 204 No Content\r\n"
@@ -35,6 +38,7 @@ public enum HTTPStatus: Int, Sendable {
         case .requestTimeout: return "HTTP/1.1 408 Request Timeout\r\n"
         case .conflict: return "HTTP/1.1 409 Conflict\r\n"
         case .payloadTooLarge: return "HTTP/1.1 413 Payload Too Large\r\n"
+        case .upgradeRequired: return "HTTP/1.1 426 Upgrade Required\r\n"
         case .tooManyRequests: return "HTTP/1.1 429 Too Many Requests\r\n"
         case .headersTooLarge: return "HTTP/1.1 431 Request Header Fields Too Large\r\n"
         case .internalServerError: return "HTTP/1.1 500 Internal Server Error\r\n"
