@@ -18,11 +18,12 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.0.0"),
     ],
     targets: [
-        // libuv (found with pkg-config) and http_parser (Debian ships no .pc; the module map links it).
+        // libuv (found with pkg-config), http_parser (Debian ships no .pc; the module map links it)
+        // and OpenSSL's libcrypto (SHA-1 and base64 for the WebSocket handshake; linked by the module map).
         .systemLibrary(
             name: "CUV",
             pkgConfig: "libuv",
-            providers: [.apt(["libuv1-dev", "libhttp-parser-dev"])]
+            providers: [.apt(["libuv1-dev", "libhttp-parser-dev", "libssl-dev"])]
         ),
         .target(
             name: "UVProxy",
