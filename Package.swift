@@ -82,7 +82,7 @@ let package = Package(
 if Context.environment["UVPROXYD_FUZZ"] == "1" {
     package.targets += [
         .target(name: "FuzzSupport", dependencies: ["UVProxy"], path: "Fuzz/Sources/FuzzSupport"),
-    ] + ["FuzzHTTP", "FuzzTelnet", "FuzzParameters", "FuzzText", "FuzzProxyProtocol"].map { name in
+    ] + ["FuzzHTTP", "FuzzTelnet", "FuzzParameters", "FuzzText", "FuzzProxyProtocol", "FuzzWebSocket"].map { name in
         .executableTarget(name: name, dependencies: ["UVProxy", "FuzzSupport", "CUV"], path: "Fuzz/Sources/\(name)")
     }
 }
