@@ -18,11 +18,12 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.0.0"),
     ],
     targets: [
-        // libuv (found with pkg-config) and http_parser (Debian ships no .pc; the module map links it).
+        // libuv (found with pkg-config), http_parser (Debian ships no .pc; the module map links it)
+        // and OpenSSL's libcrypto (SHA-1 and base64 for the WebSocket handshake; linked by the module map).
         .systemLibrary(
             name: "CUV",
             pkgConfig: "libuv",
-            providers: [.apt(["libuv1-dev", "libhttp-parser-dev"])]
+            providers: [.apt(["libuv1-dev", "libhttp-parser-dev", "libssl-dev"])]
         ),
         .target(
             name: "UVProxy",
@@ -81,7 +82,7 @@ let package = Package(
 if Context.environment["UVPROXYD_FUZZ"] == "1" {
     package.targets += [
         .target(name: "FuzzSupport", dependencies: ["UVProxy"], path: "Fuzz/Sources/FuzzSupport"),
-    ] + ["FuzzHTTP", "FuzzTelnet", "FuzzParameters", "FuzzText", "FuzzProxyProtocol"].map { name in
+    ] + ["FuzzHTTP", "FuzzTelnet", "FuzzParameters", "FuzzText", "FuzzProxyProtocol", "FuzzWebSocket"].map { name in
         .executableTarget(name: name, dependencies: ["UVProxy", "FuzzSupport", "CUV"], path: "Fuzz/Sources/\(name)")
     }
 }

@@ -6,6 +6,10 @@
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+/* libcrypto (OpenSSL): SHA-1 and base64 for the WebSocket handshake's Sec-WebSocket-Accept
+ * (RFC 6455 §4.2.2); nothing else of OpenSSL is used. */
+#include <openssl/sha.h>
+#include <openssl/evp.h>
 
 /* accept4 is a GNU extension that the Glibc module does not declare. Used by TCPListener:
  * the accepted socket is non-blocking and close-on-exec from the start. */
