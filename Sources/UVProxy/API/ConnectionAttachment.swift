@@ -6,4 +6,5 @@ enum ConnectionAttachment {
     case none
     case longPoll(PendingRequest)
     case eventStream(EventStream)
+    case webSocket(WebSocketStream)
 }

@@ -40,6 +40,7 @@ public final class ProxyAPI: HTTPHandler {
     /// Held long-polls right now.
     public internal(set) var longPolls = 0
     public internal(set) var eventStreams = 0
+    public internal(set) var webSockets = 0
     var metricsText: (() -> [UInt8])?
     /// Told of each session created (the daemon logs it with the client's address).
     var sessionCreated: ((Session, HTTPConnection) -> Void)?
@@ -106,7 +107,8 @@ public final class ProxyAPI: HTTPHandler {
             return error(connection, .methodNotAllowed, "method not allowed", allow: route.allow)
         }
         // The page is public (it holds no secret; it asks the player for the token).
-        if route != .healthz, route != .webPage, let tokenBytes, !constantTimeEquals(request.authorization, tokenBytes) {
+        if route != .healthz, route != .webPage, let tokenBytes, !constantTimeEquals(request.authorization, tokenBytes),
+           !queryTokenAllowed(route, query, tokenBytes) {
             connection.begin(.unauthorized)
             connection.header("WWW-Authenticate", "Bearer")
             return connection.finishError("missing or wrong bearer token")
@@ -129,8 +131,17 @@ public final class ProxyAPI: HTTPHandler {
         case .events(let id):
             guard let session = lookup(id, connection) else { return }
             events(connection, session, request, params)
-        case .gmcp, .gmcpState, .webSocket, .webSocketCreate:
-            error(connection, .notFound, "no such path")  // GMCP and WebSocket: being built (issue 12)
+        case .webSocket(let id):
+            guard let handshake = webSocketHandshake(connection, request) else { return }
+            guard let session = lookup(id, connection) else { return }
+            attachWebSocket(connection, session, params, handshake, sessionID: nil)
+        case .webSocketCreate:
+            guard let handshake = webSocketHandshake(connection, request) else { return }
+            createSession(connection, params, compat: false) { [unowned self] session, id in
+                attachWebSocket(connection, session, params, handshake, sessionID: id)
+            }
+        case .gmcp, .gmcpState:
+            error(connection, .notFound, "no such path")  // GMCP: being built (issue 12)
         case .mud:
             mud(connection, request, params)
         case .healthz:
@@ -152,6 +163,7 @@ public final class ProxyAPI: HTTPHandler {
     public func heldRequestTimedOut(on connection: HTTPConnection) {
         switch connection.attachment {
         case .eventStream(let stream): stream.keepAlive()
+        case .webSocket(let socket): socket.keepAlive()
         case .longPoll(let pending): pending.answer()
         case .none: break
         }
@@ -160,6 +172,7 @@ public final class ProxyAPI: HTTPHandler {
     public func connectionWillClose(_ connection: HTTPConnection) {
         switch connection.attachment {
         case .eventStream(let stream): stream.detach()
+        case .webSocket(let socket): socket.detach()
         case .longPoll(let pending): pending.cancel()
         case .none: break
         }
@@ -172,6 +185,7 @@ public final class ProxyAPI: HTTPHandler {
     public func releaseForUpgrade(_ connection: HTTPConnection) {
         switch connection.attachment {
         case .eventStream(let stream): stream.end(event: nil)
+        case .webSocket(let socket): socket.sendClose(WebSocket.CloseCode.goingAway, "the proxy is being upgraded: connect again")
         case .longPoll(let pending): pending.answer()
         case .none: break
         }
@@ -179,12 +193,40 @@ public final class ProxyAPI: HTTPHandler {
     }
 
     public func connectionDidDrain(_ connection: HTTPConnection) {
-        if case .eventStream(let stream) = connection.attachment { stream.connectionDrained() }
+        switch connection.attachment {
+        case .eventStream(let stream): stream.connectionDrained()
+        case .webSocket(let socket): socket.connectionDrained()
+        default: break
+        }
     }
 
     // MARK: Create
 
     private func create(_ connection: HTTPConnection, _ params: Parameters, compat: Bool) {
+        createSession(connection, params, compat: compat) { [unowned self] session, id in
+            if compat {
+                connection.begin(.ok)
+                connection.header("X-Session-Id", bytes: id)
+                connection.finish(contentType: "text/plain", body: id)
+            } else {
+                var body: [UInt8] = []
+                body.append("{\"id\": ")
+                body.appendJSONString(id)
+                body.append(", \"target\": ")
+                body.appendJSONString(session.target.name.utf8)
+                body.append(", \"state\": ")
+                body.append(session.isOpen ? "\"open\"}" : "\"closed\"}")
+                connection.begin(.created)
+                connection.header("Location", bytes: Array("/sessions/".utf8) + id)
+                connection.finish(contentType: "application/json", body: body)
+            }
+        }
+    }
+
+    /// Creates a session on the target the request names and calls `created` with it and its id
+    /// text; answers the failures itself (SPEC §2, Create).
+    private func createSession(_ connection: HTTPConnection, _ params: Parameters, compat: Bool,
+                               created: @escaping (Session, [UInt8]) -> Void) {
         if draining {
             return error(connection, .serviceUnavailable, "the proxy is draining: create the session again (another node takes it)",
                          retryAfter: true)
@@ -204,22 +246,7 @@ public final class ProxyAPI: HTTPHandler {
                 sessionCreated?(session, connection)
                 var id: [UInt8] = []
                 session.id.write(to: &id, prefix: idPrefix)
-                if compat {
-                    connection.begin(.ok)
-                    connection.header("X-Session-Id", bytes: id)
-                    connection.finish(contentType: "text/plain", body: id)
-                } else {
-                    var body: [UInt8] = []
-                    body.append("{\"id\": ")
-                    body.appendJSONString(id)
-                    body.append(", \"target\": ")
-                    body.appendJSONString(target.name.utf8)
-                    body.append(", \"state\": ")
-                    body.append(session.isOpen ? "\"open\"}" : "\"closed\"}")
-                    connection.begin(.created)
-                    connection.header("Location", bytes: Array("/sessions/".utf8) + id)
-                    connection.finish(contentType: "application/json", body: body)
-                }
+                created(session, id)
             case .failure(.full):
                 error(connection, .serviceUnavailable, "session limit reached (\(table.settings.maxSessions) open)",
                       retryAfter: true)
@@ -237,6 +264,74 @@ public final class ProxyAPI: HTTPHandler {
                       "no connection to target '\(target.name)' within \(target.connectTimeoutMs / 1000) s")
             }
         }
+    }
+
+    // MARK: WebSocket (SPEC §8)
+
+    /// The upgrade request's checks (RFC 6455 §4.2.1); answers 400 or 426 itself and returns nil.
+    private func webSocketHandshake(_ connection: HTTPConnection, _ request: HTTPRequest) -> (accept: [UInt8], subprotocol: String?)? {
+        func value(_ v: [UInt8]) -> [UInt8]? { v.isEmpty ? nil : v }
+        let handshake = WebSocketHandshake.Request(
+            upgrade: value(request.upgrade), connection: value(request.connection),
+            version: value(request.webSocketVersion), key: value(request.webSocketKey),
+            protocols: value(request.webSocketProtocol), extensions: value(request.webSocketExtensions))
+        switch WebSocketHandshake.evaluate(handshake, subprotocols: WebSocketStream.subprotocols) {
+        case .accept(let accept, let subprotocol):
+            guard !request.isHTTP10 else {
+                error(connection, .badRequest, "a WebSocket upgrade needs HTTP/1.1")
+                return nil
+            }
+            return (accept, subprotocol)
+        case .badRequest(let why):
+            error(connection, .badRequest, "not a WebSocket upgrade: \(why)")
+        case .upgradeRequired:
+            connection.begin(.upgradeRequired)
+            connection.header("Sec-WebSocket-Version", "13")
+            connection.finishError("only WebSocket version 13 is served")
+        }
+        return nil
+    }
+
+    /// Answers 101 and attaches a `WebSocketStream` at the start offset (the rules of Stream:
+    /// `since`, else `delivered`; 400/409 before the upgrade). `sessionID`: the id of a session
+    /// created by this request (`GET /ws`), sent as `X-Session-Id`.
+    private func attachWebSocket(_ connection: HTTPConnection, _ session: Session, _ params: Parameters,
+                                 _ handshake: (accept: [UInt8], subprotocol: String?), sessionID: [UInt8]?) {
+        var start = session.delivered
+        switch params.unsigned("since") {
+        case .failure(let e)?: return error(connection, .badRequest, e.reason)
+        case .success(let n)?: start = n
+        case nil: break
+        }
+        guard isReadable(start, session, connection) else { return }
+        session.lastTouched = clock()
+        session.acknowledge(upTo: start)
+        var extra: [(String, String)] = []
+        if let sessionID { extra.append(("X-Session-Id", String(decoding: sessionID, as: UTF8.self))) }
+        if let cors = settings.corsOrigin { extra.append(("Access-Control-Allow-Origin", cors)) }
+        let head = WebSocketHandshake.responseHead(accept: handshake.accept, subprotocol: handshake.subprotocol,
+                                                   extraHeaders: extra)
+        let socket = WebSocketStream(connection: connection, api: self, session: session, cursor: start,
+                                     subprotocol: handshake.subprotocol, maxMessageSize: connection.maxBody)
+        connection.switchProtocols(head: head, to: socket)
+        // The head's write can fail (the client reset) and close the connection at once.
+        guard connection.isStreaming else { return }
+        connection.attachment = .webSocket(socket)
+        webSockets += 1
+        connection.hold(until: clock() + WebSocketStream.pingIntervalMs)
+        socket.pump()
+    }
+
+    /// A WebSocket may carry the token as `token` in the query (browsers cannot set headers on
+    /// one), on its two paths only (SPEC §8).
+    private func queryTokenAllowed(_ route: Route, _ query: ArraySlice<UInt8>, _ tokenBytes: [UInt8]) -> Bool {
+        switch route {
+        case .webSocket, .webSocketCreate: break
+        default: return false
+        }
+        guard let token = Parameters(query: query, form: nil).rawQuery("token") else { return false }
+        let expected = tokenBytes.dropFirst("Bearer ".utf8.count)
+        return constantTimeEquals(Parameters.decode(token), Array(expected))
     }
 
     // MARK: Read

@@ -435,6 +435,16 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
         stream.write(bytes)
     }
 
+    /// Two buffers, in order, as one write (a frame's header and its payload: no copy).
+    public func writeStream(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer) {
+        guard phase == .open, isStreaming else { return }
+        noteSendStart()
+        stream.write(a, b)
+    }
+
+    /// The largest request body (a WebSocket message may be no larger: SPEC §8).
+    public var maxBody: Int { limits.maxBody }
+
     /// Bytes written that the client's kernel has not taken yet (a stream writes more only
     /// below a limit, so a slow client holds back its session instead of growing memory).
     public var queuedBytes: Int { stream.queuedWriteBytes }

@@ -36,6 +36,14 @@ public final class HTTPRequest {
     /// The `Host` header (empty without one); checked against DNS rebinding.
     public var host: [UInt8] = []
     public var expectContinue = false
+    /// The headers of a WebSocket upgrade (SPEC §8), empty when absent; a header sent on
+    /// several lines is kept joined with ", ".
+    public var upgrade: [UInt8] = []
+    public var connection: [UInt8] = []
+    public var webSocketVersion: [UInt8] = []
+    public var webSocketKey: [UInt8] = []
+    public var webSocketProtocol: [UInt8] = []
+    public var webSocketExtensions: [UInt8] = []
     var transferEncodingCount = 0
     var contentLengthCount = 0
     var hostCount = 0
@@ -52,6 +60,12 @@ public final class HTTPRequest {
         forwardedFor.clear()
         host.clear()
         expectContinue = false
+        upgrade.clear()
+        connection.clear()
+        webSocketVersion.clear()
+        webSocketKey.clear()
+        webSocketProtocol.clear()
+        webSocketExtensions.clear()
         transferEncodingCount = 0
         contentLengthCount = 0
         hostCount = 0

@@ -185,14 +185,28 @@ final class HTTPRequestParser {
         case .contentLength: request.contentLengthCount += 1
         case .forwardedFor: request.forwardedFor.keep(value)
         case .transferEncoding: request.transferEncodingCount += 1
+        case .upgrade: HTTPRequestParser.join(&request.upgrade, value)
+        case .connection: HTTPRequestParser.join(&request.connection, value)
+        case .webSocketVersion: HTTPRequestParser.join(&request.webSocketVersion, value)
+        case .webSocketKey: HTTPRequestParser.join(&request.webSocketKey, value)
+        case .webSocketProtocol: HTTPRequestParser.join(&request.webSocketProtocol, value)
+        case .webSocketExtensions: HTTPRequestParser.join(&request.webSocketExtensions, value)
         case .other: break
         }
         return true
     }
 
+    /// A list header's value: a second line of the same name is joined with ", " (RFC 9110 §5.3).
+    private static func join(_ kept: inout [UInt8], _ value: [UInt8]) {
+        if kept.isEmpty { return kept.keep(value) }
+        kept.append(contentsOf: [UInt8(ascii: ","), UInt8(ascii: " ")])
+        kept.append(contentsOf: value)
+    }
+
     /// The headers the proxy acts on, known by name once the name is complete.
     private enum HeaderKind {
         case other, host, expect, contentType, authorization, lastEventID, contentLength, forwardedFor, transferEncoding
+        case upgrade, connection, webSocketVersion, webSocketKey, webSocketProtocol, webSocketExtensions
 
         init(_ name: [UInt8]) {
             let n = name[...]
@@ -205,6 +219,12 @@ final class HTTPRequestParser {
             case 14 where n.equalsIgnoringCase("content-length"): self = .contentLength
             case 15 where n.equalsIgnoringCase("x-forwarded-for"): self = .forwardedFor
             case 17 where n.equalsIgnoringCase("transfer-encoding"): self = .transferEncoding
+            case 7 where n.equalsIgnoringCase("upgrade"): self = .upgrade
+            case 10 where n.equalsIgnoringCase("connection"): self = .connection
+            case 21 where n.equalsIgnoringCase("sec-websocket-version"): self = .webSocketVersion
+            case 17 where n.equalsIgnoringCase("sec-websocket-key"): self = .webSocketKey
+            case 22 where n.equalsIgnoringCase("sec-websocket-protocol"): self = .webSocketProtocol
+            case 24 where n.equalsIgnoringCase("sec-websocket-extensions"): self = .webSocketExtensions
             default: self = .other
             }
         }

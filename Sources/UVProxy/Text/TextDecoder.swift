@@ -9,6 +9,9 @@
 /// U+10FFFF are invalid.
 public struct TextDecoder {
     public let charset: Charset
+    /// JSON string contents (SSE, the default), or plain UTF-8 text (WebSocket text frames:
+    /// nothing escaped; invalid bytes still become U+FFFD).
+    public let escapesJSON: Bool
     /// The code point so far of an incomplete UTF-8 character, and how many continuation
     /// bytes it still needs and has.
     private var codePoint: UInt32 = 0
@@ -18,8 +21,9 @@ public struct TextDecoder {
     private var lower: UInt8 = 0x80
     private var upper: UInt8 = 0xBF
 
-    public init(charset: Charset) {
+    public init(charset: Charset, escapesJSON: Bool = true) {
         self.charset = charset
+        self.escapesJSON = escapesJSON
     }
 
     /// Bytes of an incomplete UTF-8 character held from the end of the input so far (0…3).
@@ -47,10 +51,14 @@ public struct TextDecoder {
             if needed == 0 {
                 // The common case: a run of ASCII that JSON takes as it is, appended at once.
                 let start = i
-                while i < n {
-                    let b = bytes[i]
-                    if b < 0x20 || b >= 0x80 || b == 0x22 || b == 0x5C { break }
-                    i += 1
+                if escapesJSON {
+                    while i < n {
+                        let b = bytes[i]
+                        if b < 0x20 || b >= 0x80 || b == 0x22 || b == 0x5C { break }
+                        i += 1
+                    }
+                } else {
+                    while i < n, bytes[i] < 0x80 { i += 1 }
                 }
                 if i > start { out.append(contentsOf: UnsafeRawBufferPointer(rebasing: bytes[start..<i])) }
                 guard i < n else { return }
@@ -61,8 +69,8 @@ public struct TextDecoder {
                     continue
                 }
                 switch charset {
-                case .latin1: TextDecoder.appendScalar(UInt32(b), &out)
-                case .cp437: TextDecoder.appendScalar(UInt32(TextDecoder.cp437High[Int(b) - 0x80]), &out)
+                case .latin1: TextDecoder.appendScalar(UInt32(b), &out, escapesJSON)
+                case .cp437: TextDecoder.appendScalar(UInt32(TextDecoder.cp437High[Int(b) - 0x80]), &out, escapesJSON)
                 case .utf8: lead(b, &out)
                 }
             } else {
@@ -81,7 +89,7 @@ public struct TextDecoder {
                 if seen == needed {
                     let scalar = codePoint
                     reset()
-                    TextDecoder.appendScalar(scalar, &out)
+                    TextDecoder.appendScalar(scalar, &out, escapesJSON)
                 }
             }
         }
@@ -113,13 +121,13 @@ public struct TextDecoder {
         out.append(0xEF); out.append(0xBF); out.append(0xBD)
     }
 
-    /// A scalar at or above 0x80, as UTF-8 (U+2028 and U+2029 escaped).
-    private static func appendScalar(_ c: UInt32, _ out: inout [UInt8]) {
+    /// A scalar at or above 0x80, as UTF-8 (U+2028 and U+2029 escaped for JSON).
+    private static func appendScalar(_ c: UInt32, _ out: inout [UInt8], _ escapesJSON: Bool) {
         if c < 0x800 {
             out.append(UInt8(0xC0 | c >> 6))
             out.append(UInt8(0x80 | c & 0x3F))
         } else if c < 0x10000 {
-            if c == 0x2028 || c == 0x2029 {
+            if escapesJSON, c == 0x2028 || c == 0x2029 {
                 appendUnicodeEscape(UInt16(c), &out)
                 return
             }

@@ -39,6 +39,9 @@ public enum WebSocket {
         public static let messageTooBig: UInt16 = 1009
         public static let mandatoryExtension: UInt16 = 1010
         public static let internalError: UInt16 = 1011
+        /// "Try again later" (IANA's registry, after RFC 6455): sent when a client's input is
+        /// over what the session may hold for its target.
+        public static let tryAgainLater: UInt16 = 1013
     }
 
     /// The most payload a control frame (close, ping, pong) may carry (RFC 6455 §5.5).

@@ -1,0 +1,134 @@
+import Foundation
+import XCTest
+@testable import UVProxy
+
+/// SPEC §8 over real sockets: the upgrade on the session paths, the subprotocols, input and
+/// output both ways, the close rules and the client's violations.
+final class IntegrationWebSocketTests: XCTestCase {
+    private func bytes(_ s: String) -> [UInt8] { Array(s.utf8) }
+
+    func testBinaryCarriesTheSessionBytesBothWaysFromAnOffset() throws {
+        let (_, d, c, id, target) = try sessionOnTestUpstream()
+        try target.send("hello\r\n")
+        XCTAssertEqual(try c.readBytes(id, from: 0, count: 7), bytes("hello\r\n"))
+        let ws = try WebSocketTestClient(port: d.listenPort, path: "/sessions/\(id)/ws?since=2", protocols: ["binary"])
+        XCTAssertEqual(ws.status, 101)
+        XCTAssertEqual(ws.headers["sec-websocket-accept"], "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
+        XCTAssertEqual(ws.headers["sec-websocket-protocol"], "binary")
+        XCTAssertEqual(try ws.next(), .init(fin: true, opcode: 2, payload: bytes("llo\r\n")), "from since, in a binary frame")
+        try ws.send(2, bytes("look"))
+        XCTAssertEqual(try target.receive(exactly: 4), bytes("look"), "binary input goes raw: no line ending added")
+        try target.send([0xFF, 0x00, 0x80])
+        XCTAssertEqual(try ws.next()?.payload, [0xFF, 0x00, 0x80])
+        // What the socket delivered counts as delivered: a plain read without since starts after it.
+        XCTAssertEqual(try c.call("GET", "/sessions/\(id)").header("X-Offset"), "10")
+    }
+
+    func testTerminalTextIsDecodedAndEachMessageIsACommand() throws {
+        let (_, d, _, id, target) = try sessionOnTestUpstream()
+        let ws = try WebSocketTestClient(port: d.listenPort, path: "/sessions/\(id)/ws",
+                                         protocols: ["terminal.mudstandards.org"])
+        XCTAssertEqual(ws.headers["sec-websocket-protocol"], "terminal.mudstandards.org")
+        try target.send(bytes("caf") + [0xC3])
+        try target.send([0xA9] + bytes(" \"ok\"\r\n"))
+        XCTAssertEqual(String(decoding: try ws.read(until: "\n"), as: UTF8.self), "café \"ok\"\r\n",
+                       "text frames carry plain UTF-8, a character cut between reads whole")
+        try ws.sendText("say hi")
+        XCTAssertEqual(try target.receive(exactly: 8), bytes("say hi\r\n"), "a command gets its line ending")
+        let none = try WebSocketTestClient(port: d.listenPort, path: "/sessions/\(id)/ws", protocols: [])
+        XCTAssertNil(none.headers["sec-websocket-protocol"], "no subprotocol offered: none chosen, text frames")
+        XCTAssertEqual(try ws.next()?.close?.reason, "replaced by a newer reader", "a newer attachment ends the older")
+    }
+
+    func testCreateAndAttachInOneStepWithTheTokenInTheQuery() throws {
+        let up = try startUpstream(greeting: "welcome\r\n")
+        let d = try startDaemon {
+            $0.upstream = "127.0.0.1:\(up.port)"
+            $0.token = "s3cret"
+        }
+        let refused = try WebSocketTestClient(port: d.listenPort, path: "/ws")
+        XCTAssertEqual(refused.status, 401)
+        let ws = try WebSocketTestClient(port: d.listenPort, path: "/ws?token=s3cret", protocols: ["gmcp.mudstandards.org", "binary"])
+        XCTAssertEqual(ws.status, 101)
+        XCTAssertEqual(ws.headers["sec-websocket-protocol"], "gmcp.mudstandards.org")
+        let id = try XCTUnwrap(ws.headers["x-session-id"])
+        XCTAssertEqual(try ws.next()?.payload, bytes("welcome\r\n"))
+        let c = try d.client()
+        XCTAssertEqual(try c.call("GET", "/sessions/\(id)", headers: ["Authorization": "Bearer s3cret"]).status, 200)
+        XCTAssertEqual(try c.call("GET", "/sessions/\(id)?token=s3cret").status, 401, "the query token is for the WebSocket paths only")
+    }
+
+    func testTheTargetsCloseComesAfterItsLastBytes() throws {
+        let (_, d, _, id, target) = try sessionOnTestUpstream()
+        let ws = try WebSocketTestClient(port: d.listenPort, path: "/sessions/\(id)/ws", protocols: ["binary"])
+        try target.send("bye\r\n")
+        target.close()
+        XCTAssertEqual(try ws.read(until: "bye"), bytes("bye\r\n"))
+        let close = try XCTUnwrap(try ws.next())
+        XCTAssertEqual(close.close?.code, 1000)
+        XCTAssertEqual(close.close?.reason, "eof")
+        XCTAssertNil(try ws.next(), "then the connection ends")
+    }
+
+    func testPingsArePongedAndTheClosingHandshakeIsEchoed() throws {
+        let (_, d, _, id, _) = try sessionOnTestUpstream()
+        let ws = try WebSocketTestClient(port: d.listenPort, path: "/sessions/\(id)/ws")
+        try ws.send(9, bytes("are you there"))
+        XCTAssertEqual(try ws.next(), .init(fin: true, opcode: 10, payload: bytes("are you there")))
+        try ws.send(8, [0x03, 0xE8] + bytes("done"))
+        XCTAssertEqual(try ws.next()?.close?.code, 1000)
+        XCTAssertNil(try ws.next())
+    }
+
+    func testFragmentedMessagesWithAPingBetweenAreOneCommand() throws {
+        let (_, d, _, id, target) = try sessionOnTestUpstream()
+        let ws = try WebSocketTestClient(port: d.listenPort, path: "/sessions/\(id)/ws")
+        try ws.send(1, bytes("lo"), fin: false)
+        try ws.send(9, [])
+        try ws.send(0, bytes("ok"), fin: true)
+        XCTAssertEqual(try ws.next()?.opcode, 10)
+        XCTAssertEqual(try target.receive(exactly: 6), bytes("look\r\n"))
+    }
+
+    /// RFC 6455 §5.1, §8.1, §10.4: what a client may not send, and the close code it gets.
+    func testViolationsCloseWithTheirCodes() throws {
+        let (_, d, _, id, _) = try sessionOnTestUpstream()
+        let cases: [(String, [UInt8], UInt16)] = [
+            ("unmasked", WebSocketTestClient.frame(1, bytes("x"), masked: false), 1002),
+            ("invalid UTF-8", WebSocketTestClient.frame(1, [0xC3, 0x28]), 1007),
+            ("over max-body", WebSocketTestClient.frame(2, [UInt8](repeating: 1, count: 64 * 1024 + 1)), 1009),
+            ("a reserved opcode", WebSocketTestClient.frame(3, []), 1002),
+        ]
+        for (what, frame, code) in cases {
+            let ws = try WebSocketTestClient(port: d.listenPort, path: "/sessions/\(id)/ws")
+            try ws.socket.send(frame)
+            var got: UInt16?
+            while let f = try ws.next() {
+                if let close = f.close { got = close.code; break }
+            }
+            XCTAssertEqual(got, code, what)
+        }
+    }
+
+    func testTheUpgradeIsCheckedBeforeAnything() throws {
+        let (_, d, _, id, _) = try sessionOnTestUpstream()
+        let old = try WebSocketTestClient(port: d.listenPort, path: "/sessions/\(id)/ws", headers: [
+            "Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "8",
+            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+        ])
+        XCTAssertEqual(old.status, 426)
+        XCTAssertEqual(old.headers["sec-websocket-version"], "13")
+        let noKey = try WebSocketTestClient(port: d.listenPort, path: "/sessions/\(id)/ws", headers: [
+            "Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+        ])
+        XCTAssertEqual(noKey.status, 400)
+        XCTAssertEqual(try WebSocketTestClient(port: d.listenPort, path: "/sessions/AAAAAAAAAAAAAAAAAAAAAA/ws").status, 404)
+        XCTAssertEqual(try WebSocketTestClient(port: d.listenPort, path: "/sessions/\(id)/ws?since=99").status, 400)
+        let deflate = try WebSocketTestClient(port: d.listenPort, path: "/sessions/\(id)/ws", headers: [
+            "Upgrade": "websocket", "Connection": "keep-alive, Upgrade", "Sec-WebSocket-Version": "13",
+            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", "Sec-WebSocket-Extensions": "permessage-deflate",
+        ])
+        XCTAssertEqual(deflate.status, 101)
+        XCTAssertNil(deflate.headers["sec-websocket-extensions"], "permessage-deflate is declined")
+    }
+}
