@@ -62,17 +62,17 @@ struct ConfigFile {
         }
     }
 
-    /// `targets`: a map from name to `{host, port, telnet, charset, connect-timeout, proxy-protocol}`.
+    /// `targets`: a map from name to `{host, port, telnet, charset, connect-timeout, proxy-protocol, gmcp}`.
     private static func targets(_ node: Node, _ fail: (String) -> ConfigError) throws -> [String] {
         if isNull(node) { return [] }
         guard let mapping = node.mapping else {
-            throw fail("targets: expected a map from target name to {host, port, telnet, charset, connect-timeout, proxy-protocol}")
+            throw fail("targets: expected a map from target name to {host, port, telnet, charset, connect-timeout, proxy-protocol, gmcp}")
         }
         var names: [String] = []
         for (nameNode, entry) in mapping {
             guard let name = nameNode.string else { throw fail("targets: a name that is not text") }
             guard let fields = entry.mapping else {
-                throw fail("targets.\(name): expected {host, port, telnet, charset, connect-timeout, proxy-protocol}")
+                throw fail("targets.\(name): expected {host, port, telnet, charset, connect-timeout, proxy-protocol, gmcp}")
             }
             for (fieldNode, value) in fields {
                 let field = fieldNode.string ?? "?"

@@ -36,14 +36,14 @@ public struct ConfigLoader: Sendable {
         "listen", "upstream", "max-sessions", "buffer-size", "idle-timeout", "linger", "max-wait", "connect-timeout",
         "token", "cors-origin", "telnet", "charset", "log-level", "log-format", "trust-proxy", "demo", "web",
         "shutdown-timeout", "max-connections", "max-sessions-per-client", "send-timeout", "allowed-host",
-        "accept-proxy-protocol", "proxy-protocol", "node-id", "drain-timeout", "targets",
+        "accept-proxy-protocol", "proxy-protocol", "gmcp", "node-id", "drain-timeout", "targets",
     ]
     /// Keys whose value is a list: in the file a YAML list or one text, in the environment
     /// comma-separated, as flags repeated.
     static let listKeys: Set<String> = ["allowed-host"]
     /// The keys of one entry of `targets`.
-    public static let targetKeys = ["host", "port", "telnet", "charset", "connect-timeout", "proxy-protocol"]
-    static let boolKeys: Set<String> = ["telnet", "trust-proxy", "demo", "web", "accept-proxy-protocol"]
+    public static let targetKeys = ["host", "port", "telnet", "charset", "connect-timeout", "proxy-protocol", "gmcp"]
+    static let boolKeys: Set<String> = ["telnet", "trust-proxy", "demo", "web", "accept-proxy-protocol", "gmcp"]
 
     /// The file this loader reads, if any.
     public var filePath: String? { file ?? environment["UVPROXYD_CONFIG"] }
@@ -78,6 +78,7 @@ public struct ConfigLoader: Sendable {
         c.allowedHosts = try r.stringList("allowed-host") ?? c.allowedHosts
         c.acceptProxyProtocol = try r.bool("accept-proxy-protocol") ?? c.acceptProxyProtocol
         c.proxyProtocol = try r.proxyProtocol(["proxy-protocol"])
+        c.gmcp = try r.bool("gmcp") ?? c.gmcp
         c.nodeId = try r.string("node-id")
         c.drainTimeout = try r.double("drain-timeout") ?? c.drainTimeout
 
@@ -243,7 +244,8 @@ final class SettingsReader {
             telnet: try read(path + ["telnet"], "true or false", in: file, { $0.bool(forKey: $1) }),
             charset: try charset(path + ["charset"], in: file),
             connectTimeout: try read(path + ["connect-timeout"], "a number", in: file, { $0.double(forKey: $1) }),
-            proxyProtocol: try proxyProtocol(path + ["proxy-protocol"], in: file)
+            proxyProtocol: try proxyProtocol(path + ["proxy-protocol"], in: file),
+            gmcp: try read(path + ["gmcp"], "true or false", in: file, { $0.bool(forKey: $1) })
         )
     }
 

@@ -51,6 +51,8 @@ struct UVProxyCommand: ParsableCommand {
         """) var acceptProxyProtocol = false
     @Option(help: "Send the default target a PROXY protocol header (v1 or v2) naming the player first.")
     var proxyProtocol: String?
+    @Flag(help: "Speak GMCP (telnet option 201) with the default target; implies --telnet for it (SPEC §7).")
+    var gmcp = false
     @Option(help: "This daemon's name among several ([a-z0-9]{1,16}): session ids start with NAME- (SPEC §9).")
     var nodeId: String?
     @Option(help: "Seconds a drain (SIGUSR1) waits for the last session to end. Default 3600.")
@@ -85,6 +87,7 @@ struct UVProxyCommand: ParsableCommand {
         set("allowed-host", allowedHost.isEmpty ? nil : .stringArray(allowedHost))
         set("accept-proxy-protocol", acceptProxyProtocol ? .bool(true) : nil)
         set("proxy-protocol", proxyProtocol.map { .string($0) })
+        set("gmcp", gmcp ? .bool(true) : nil)
         set("node-id", nodeId.map { .string($0) })
         set("drain-timeout", drainTimeout.map { .double($0) })
         return ConfigLoader(flags: flags, flagTargets: target, file: config, environment: environment)

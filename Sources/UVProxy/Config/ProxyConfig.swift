@@ -41,6 +41,8 @@ public struct ProxyConfig: Sendable, Equatable {
     public var acceptProxyProtocol = false
     /// SPEC §6: the PROXY header sent first to the default target (named targets set their own).
     public var proxyProtocol: ProxyProtocol.Version?
+    /// GMCP with the default target (SPEC §7: `--gmcp`; implies telnet for it).
+    public var gmcp = false
     /// SPEC §9: every session id starts with `NAME-` (`[a-z0-9]{1,16}`), so a front proxy routes
     /// a request to the daemon that owns its session by the id alone.
     public var nodeId: String?
@@ -140,6 +142,7 @@ public struct ProxyConfig: Sendable, Equatable {
         check("allowed-host", \.allowedHosts)
         check("accept-proxy-protocol", \.acceptProxyProtocol)
         check("proxy-protocol", \.proxyProtocol)
+        check("gmcp", \.gmcp)
         check("node-id", \.nodeId)
         check("drain-timeout", \.drainTimeout)
         return keys
@@ -194,13 +197,13 @@ public struct ProxyConfig: Sendable, Equatable {
         }
         var settings = APISettings(defaultTarget: Target(name: "default", address: address, telnet: telnet,
                                                          charset: charset, connectTimeoutMs: timeout,
-                                                         proxyProtocol: proxyProtocol))
+                                                         proxyProtocol: proxyProtocol, gmcp: gmcp))
         for (name, t) in targets {
             do {
                 settings.targets[name] = Target(name: name, address: try resolve(t.address),
                                                 telnet: t.telnet ?? telnet, charset: t.charset ?? charset,
                                                 connectTimeoutMs: t.connectTimeout.map(ProxyConfig.ms) ?? timeout,
-                                                proxyProtocol: t.proxyProtocol)
+                                                proxyProtocol: t.proxyProtocol, gmcp: t.gmcp ?? false)
             } catch {
                 throw ConfigError("targets.\(name): \(error)")
             }
@@ -218,7 +221,8 @@ public struct ProxyConfig: Sendable, Equatable {
 
 /// One named target. Unset fields take the top-level setting (`telnet`, `charset`,
 /// `connect-timeout`); `proxy-protocol` does not: the top-level one is the default target's
-/// alone, because a game that does not expect a PROXY header takes it for a player's input.
+/// alone, because a game that does not expect a PROXY header takes it for a player's input;
+/// nor does `gmcp` (a named target speaks GMCP only when it says so).
 public struct TargetConfig: Sendable, Equatable {
     /// `HOST:PORT`.
     public var address: String
@@ -226,9 +230,12 @@ public struct TargetConfig: Sendable, Equatable {
     public var charset: Charset?
     public var connectTimeout: Double?
     public var proxyProtocol: ProxyProtocol.Version?
+    /// GMCP (SPEC §7); implies telnet.
+    public var gmcp: Bool?
 
     public init(address: String, telnet: Bool? = nil, charset: Charset? = nil, connectTimeout: Double? = nil,
-                proxyProtocol: ProxyProtocol.Version? = nil) {
+                proxyProtocol: ProxyProtocol.Version? = nil, gmcp: Bool? = nil) {
+        self.gmcp = gmcp
         self.address = address
         self.telnet = telnet
         self.charset = charset

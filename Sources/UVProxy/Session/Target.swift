@@ -10,13 +10,16 @@ public struct Target: Sendable {
     public var connectTimeoutMs: UInt64
     /// Send it a PROXY header first, naming the player (SPEC §6).
     public var proxyProtocol: ProxyProtocol.Version?
+    /// Speak GMCP with it (SPEC §7; implies telnet).
+    public var gmcp: Bool
 
     public init(name: String, address: SocketAddress, telnet: Bool = false, charset: Charset = .utf8,
-                connectTimeoutMs: UInt64 = 10_000, proxyProtocol: ProxyProtocol.Version? = nil) {
+                connectTimeoutMs: UInt64 = 10_000, proxyProtocol: ProxyProtocol.Version? = nil, gmcp: Bool = false) {
         self.proxyProtocol = proxyProtocol
+        self.gmcp = gmcp
         self.name = name
         self.address = address
-        self.telnet = telnet
+        self.telnet = telnet || gmcp
         self.charset = charset
         self.connectTimeoutMs = connectTimeoutMs
     }
