@@ -33,6 +33,13 @@ let package = Package(
                 .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
             ],
+            // The web client (Sources/UVProxy/Web/WebAssets.swift): compiled into the binary as
+            // `PackageResources.index_html`, `.client_js` and `.client_css` ([UInt8]), no bundle.
+            resources: [
+                .embedInCode("Web/index.html"),
+                .embedInCode("Web/client.js"),
+                .embedInCode("Web/client.css"),
+            ],
             swiftSettings: [
                 // UVProxy runs on one thread by design (one libuv loop; the only entry from
                 // elsewhere is UVProxyWaker's LoopWaker, built without these flags, and used by

@@ -26,6 +26,8 @@ final class RouterTests: XCTestCase {
         XCTAssertEqual(route("/healthz"), .healthz)
         XCTAssertEqual(route("/metrics"), .metrics)
         XCTAssertEqual(route("/"), .webPage)
+        XCTAssertEqual(route("/client.js"), .webScript)
+        XCTAssertEqual(route("/client.css"), .webStyle)
     }
 
     func testUnknownButWellFormedIDRoutesWithNoSession() {
@@ -40,6 +42,8 @@ final class RouterTests: XCTestCase {
         XCTAssertNil(route("/sessions/bad%20id"))
         XCTAssertNil(route("/sessions/" + String(repeating: "a", count: 65)))
         XCTAssertNil(route("/nope"))
+        XCTAssertNil(route("/client.mjs"))
+        XCTAssertNil(route("/index.html"), "the page is only at /")
     }
 
     func testMethods() {
@@ -49,6 +53,13 @@ final class RouterTests: XCTestCase {
         XCTAssertFalse(Route.input(nil).allows(.get))
         XCTAssertTrue(Route.mud.allows(.get) && Route.mud.allows(.post))
         XCTAssertEqual("\(Route.session(nil).allow)", "GET, DELETE")
+        for web in [Route.webPage, .webScript, .webStyle] {
+            XCTAssertTrue(web.isWebClient && web.allows(.get) && web.allows(.head), "\(web)")
+            XCTAssertFalse(web.allows(.post) || web.allows(.delete), "\(web)")
+            XCTAssertEqual("\(web.allow)", "GET, HEAD")
+        }
+        XCTAssertFalse(Route.healthz.isWebClient || Route.sessions.isWebClient)
+        XCTAssertFalse(Route.healthz.allows(.head), "HEAD is the web client's only")
     }
 
     func testSplit() {

@@ -118,6 +118,8 @@ func checkRoute(_ target: [UInt8]) {
     let segments = text.split(separator: "/", omittingEmptySubsequences: false)
     switch text {
     case "/": expected = "webPage"
+    case "/client.js": expected = "webScript"
+    case "/client.css": expected = "webStyle"
     case "/mud": expected = "mud"
     case "/healthz": expected = "healthz"
     case "/metrics": expected = "metrics"
@@ -134,6 +136,8 @@ func checkRoute(_ target: [UInt8]) {
     let actual: String?
     switch Router.route(path: path) {
     case .webPage?: actual = "webPage"
+    case .webScript?: actual = "webScript"
+    case .webStyle?: actual = "webStyle"
     case .mud?: actual = "mud"
     case .healthz?: actual = "healthz"
     case .metrics?: actual = "metrics"

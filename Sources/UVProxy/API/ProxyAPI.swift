@@ -100,14 +100,14 @@ public final class ProxyAPI: HTTPHandler {
         guard let route = idPrefix.isEmpty ? Router.route(path: path) : Router.route(path: path, idPrefix: idPrefix) else {
             return error(connection, .notFound, "no such path")
         }
-        if route == .webPage, !settings.serveWebPage {
+        if route.isWebClient, !settings.serveWebPage {
             return error(connection, .notFound, "no such path (the web client is served with --web)")
         }
         guard route.allows(request.method) else {
             return error(connection, .methodNotAllowed, "method not allowed", allow: route.allow)
         }
-        // The page is public (it holds no secret; it asks the player for the token).
-        if route != .healthz, route != .webPage, let tokenBytes, !constantTimeEquals(request.authorization, tokenBytes),
+        // The page and its files are public (they hold no secret; the page asks the player for the token).
+        if route != .healthz, !route.isWebClient, let tokenBytes, !constantTimeEquals(request.authorization, tokenBytes),
            !queryTokenAllowed(route, query, tokenBytes) {
             connection.begin(.unauthorized)
             connection.header("WWW-Authenticate", "Bearer")
@@ -153,10 +153,11 @@ public final class ProxyAPI: HTTPHandler {
         case .metrics:
             respond(connection, .ok, contentType: "text/plain; version=0.0.4", body: metricsText?() ?? [])
         case .webPage:
-            connection.begin(.ok)
-            connection.header("Content-Security-Policy",
-                              "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:")
-            connection.finish(contentType: "text/html; charset=utf-8", body: WebClientPage.bytes)
+            serve(WebAsset.page, request, connection)
+        case .webScript:
+            serve(WebAsset.script, request, connection)
+        case .webStyle:
+            serve(WebAsset.style, request, connection)
         }
     }
 
@@ -535,6 +536,22 @@ public final class ProxyAPI: HTTPHandler {
     private func respond(_ connection: HTTPConnection, _ status: HTTPStatus, contentType: StaticString, body: [UInt8]) {
         connection.begin(status)
         connection.finish(contentType: contentType, body: body)
+    }
+
+    /// One of the web client's files (docs/DESIGN.md, "The web client"): `no-cache` with an
+    /// ETag, so a browser revalidates at each load and gets `304` until the binary changes; the
+    /// Content-Security-Policy and `nosniff` on all three.
+    private func serve(_ asset: WebAsset, _ request: HTTPRequest, _ connection: HTTPConnection) {
+        let unchanged = !request.ifNoneMatch.isEmpty && WebAsset.matches(ifNoneMatch: request.ifNoneMatch, etag: asset.etag)
+        connection.begin(unchanged ? .notModified : .ok)
+        connection.header("ETag", bytes: asset.etag)
+        connection.header("Content-Security-Policy", WebAsset.contentSecurityPolicy)
+        connection.header("X-Content-Type-Options", "nosniff")
+        if unchanged {
+            connection.finishNotModified(cacheControl: .noCache)
+        } else {  // a HEAD gets the same head, without the body (HTTPConnection)
+            connection.finish(contentType: asset.contentType, body: asset.body, cacheControl: .noCache)
+        }
     }
 
     private func respondPreflight(_ connection: HTTPConnection) {

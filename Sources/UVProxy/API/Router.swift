@@ -12,6 +12,8 @@ public enum Route: Equatable, Sendable {
     case healthz
     case metrics
     case webPage                        // /
+    case webScript                      // /client.js
+    case webStyle                       // /client.css
 
     /// The methods the path allows, for `405` and its `Allow` header.
     public var allow: StaticString {
@@ -22,7 +24,16 @@ public enum Route: Equatable, Sendable {
         case .events, .gmcpState, .webSocket, .webSocketCreate: return "GET"
         case .gmcp: return "GET, POST"
         case .mud: return "GET, POST"
-        case .healthz, .metrics, .webPage: return "GET"
+        case .healthz, .metrics: return "GET"
+        case .webPage, .webScript, .webStyle: return "GET, HEAD"
+        }
+    }
+
+    /// The web client's page and files (served with `--web`, without a token).
+    public var isWebClient: Bool {
+        switch self {
+        case .webPage, .webScript, .webStyle: return true
+        default: return false
         }
     }
 
@@ -30,7 +41,9 @@ public enum Route: Equatable, Sendable {
         switch (self, method) {
         case (.sessions, .post), (.session, .get), (.session, .delete), (.input, .post), (.events, .get),
              (.gmcp, .get), (.gmcp, .post), (.gmcpState, .get), (.webSocket, .get), (.webSocketCreate, .get),
-             (.mud, .get), (.mud, .post), (.healthz, .get), (.metrics, .get), (.webPage, .get):
+             (.mud, .get), (.mud, .post), (.healthz, .get), (.metrics, .get),
+             (.webPage, .get), (.webPage, .head), (.webScript, .get), (.webScript, .head),
+             (.webStyle, .get), (.webStyle, .head):
             return true
         default:
             return false
@@ -57,6 +70,8 @@ public enum Router {
         var p = path
         if p.count > 1, p.last == UInt8(ascii: "/") { p = p.dropLast() }
         if p.equals("/") { return .webPage }
+        if p.equals("/client.js") { return .webScript }
+        if p.equals("/client.css") { return .webStyle }
         if p.equals("/mud") { return .mud }
         if p.equals("/healthz") { return .healthz }
         if p.equals("/metrics") { return .metrics }

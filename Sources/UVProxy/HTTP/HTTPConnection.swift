@@ -55,6 +55,9 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
     /// Whether the request being answered asked to keep the connection.
     private var keepAlive = true
     private var isHTTP10 = false
+    /// The current request is a `HEAD`: its response says the body's length but sends no body
+    /// (RFC 9110 §9.3.2), whatever route or error answers it.
+    private var isHead = false
     private var requestReady = false
     private var inParseLoop = false
     /// Requests this connection may still have answered in this loop turn: a client that
@@ -311,6 +314,7 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
         awaitingResponse = true
         keepAlive = parser.request.keepAlive
         isHTTP10 = parser.request.isHTTP10
+        isHead = parser.request.method == .head
         server.handler?.handle(parser.request, on: self)
         parser.resume()
     }
@@ -336,6 +340,21 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
     }
 
     // MARK: Responses
+
+    /// A response's `Cache-Control`.
+    public enum CacheControl: Sendable {
+        /// Every API response (SPEC §2).
+        case noStore
+        /// The web client's files: kept, but revalidated with their ETag at each use.
+        case noCache
+
+        var headerLine: StaticString {
+            switch self {
+            case .noStore: return "Cache-Control: no-store\r\n"
+            case .noCache: return "Cache-Control: no-cache\r\n"
+            }
+        }
+    }
 
     /// Starts a response: the status line. Add headers with `header`, finish with `finish`.
     public func begin(_ status: HTTPStatus) {
@@ -364,23 +383,33 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
     }
 
     /// Ends the head and sends it with a body of up to two parts (a ring buffer's two halves).
+    /// Every API response is `no-store` (SPEC §2); only the web client's files differ.
     public func finish(contentType: StaticString?, _ a: UnsafeRawBufferPointer = .init(start: nil, count: 0),
-                       _ b: UnsafeRawBufferPointer = .init(start: nil, count: 0)) {
+                       _ b: UnsafeRawBufferPointer = .init(start: nil, count: 0), cacheControl: CacheControl = .noStore) {
         guard phase == .open, awaitingResponse else { return }
         if let contentType { header("Content-Type", contentType) }
         header("Content-Length", UInt64(a.count + b.count))
-        endHead()
+        endHead(cacheControl: cacheControl)
         noteSendStart()
-        stream.write(head.bytes, a, b)
+        if isHead { stream.write(head.bytes) } else { stream.write(head.bytes, a, b) }
         responseDone()
     }
 
-    public func finish(contentType: StaticString?, body: [UInt8]) {
-        body.withUnsafeBytes { finish(contentType: contentType, $0) }
+    public func finish(contentType: StaticString?, body: [UInt8], cacheControl: CacheControl = .noStore) {
+        body.withUnsafeBytes { finish(contentType: contentType, $0, cacheControl: cacheControl) }
     }
 
-    private func endHead() {
-        head.append("Cache-Control: no-store\r\n")
+    /// Ends a `304 Not Modified`: no body and no length (RFC 9110 §15.4.5).
+    public func finishNotModified(cacheControl: CacheControl = .noStore) {
+        guard phase == .open, awaitingResponse else { return }
+        endHead(cacheControl: cacheControl)
+        noteSendStart()
+        stream.write(head.bytes)
+        responseDone()
+    }
+
+    private func endHead(cacheControl: CacheControl = .noStore) {
+        head.append(cacheControl.headerLine)
         if !keepAlive || !server.isAccepting {
             keepAlive = false
             head.append("Connection: close\r\n")
@@ -478,6 +507,7 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
 
     private func responseDone(streamed: Bool = false) {
         awaitingResponse = false
+        isHead = false  // an error the HTTP layer answers before the next dispatch has its body
         reportFinished(streamed: streamed)
         guard phase == .open else { return }  // the write failed and closed the connection
         if !keepAlive {

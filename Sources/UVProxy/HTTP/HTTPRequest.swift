@@ -35,6 +35,9 @@ public final class HTTPRequest {
     public var forwardedFor: [UInt8] = []
     /// The `Host` header (empty without one); checked against DNS rebinding.
     public var host: [UInt8] = []
+    /// The web client's files answer `304` when it names their ETag (more than one header: joined
+    /// with ", ", as one list).
+    public var ifNoneMatch: [UInt8] = []
     public var expectContinue = false
     /// The headers of a WebSocket upgrade (SPEC §8), empty when absent; a header sent on
     /// several lines is kept joined with ", ".
@@ -59,6 +62,7 @@ public final class HTTPRequest {
         lastEventID.clear()
         forwardedFor.clear()
         host.clear()
+        ifNoneMatch.clear()
         expectContinue = false
         upgrade.clear()
         connection.clear()

@@ -182,6 +182,7 @@ final class HTTPRequestParser {
         case .contentType: request.contentType.keep(value)
         case .authorization: request.authorization.keep(value)
         case .lastEventID: request.lastEventID.keep(value)
+        case .ifNoneMatch: HTTPRequestParser.join(&request.ifNoneMatch, value)
         case .contentLength: request.contentLengthCount += 1
         case .forwardedFor: request.forwardedFor.keep(value)
         case .transferEncoding: request.transferEncodingCount += 1
@@ -205,8 +206,8 @@ final class HTTPRequestParser {
 
     /// The headers the proxy acts on, known by name once the name is complete.
     private enum HeaderKind {
-        case other, host, expect, contentType, authorization, lastEventID, contentLength, forwardedFor, transferEncoding
-        case upgrade, connection, webSocketVersion, webSocketKey, webSocketProtocol, webSocketExtensions
+        case other, host, expect, contentType, authorization, lastEventID, ifNoneMatch, contentLength, forwardedFor
+        case transferEncoding, upgrade, connection, webSocketVersion, webSocketKey, webSocketProtocol, webSocketExtensions
 
         init(_ name: [UInt8]) {
             let n = name[...]
@@ -216,6 +217,7 @@ final class HTTPRequestParser {
             case 12 where n.equalsIgnoringCase("content-type"): self = .contentType
             case 13 where n.equalsIgnoringCase("authorization"): self = .authorization
             case 13 where n.equalsIgnoringCase("last-event-id"): self = .lastEventID
+            case 13 where n.equalsIgnoringCase("if-none-match"): self = .ifNoneMatch
             case 14 where n.equalsIgnoringCase("content-length"): self = .contentLength
             case 15 where n.equalsIgnoringCase("x-forwarded-for"): self = .forwardedFor
             case 17 where n.equalsIgnoringCase("transfer-encoding"): self = .transferEncoding

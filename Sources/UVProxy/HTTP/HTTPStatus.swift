@@ -5,6 +5,7 @@ public enum HTTPStatus: Int, Sendable {
     case ok = 200
     case created = 201
     case noContent = 204
+    case notModified = 304
     case badRequest = 400
     case unauthorized = 401
     case forbidden = 403
@@ -30,6 +31,7 @@ public enum HTTPStatus: Int, Sendable {
         case .ok: return "HTTP/1.1 200 OK\r\n"
         case .created: return "HTTP/1.1 201 Created\r\n"
         case .noContent: return "HTTP/1.1 204 No Content\r\n"
+        case .notModified: return "HTTP/1.1 304 Not Modified\r\n"
         case .badRequest: return "HTTP/1.1 400 Bad Request\r\n"
         case .unauthorized: return "HTTP/1.1 401 Unauthorized\r\n"
         case .forbidden: return "HTTP/1.1 403 Forbidden\r\n"

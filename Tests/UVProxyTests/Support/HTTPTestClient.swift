@@ -58,7 +58,8 @@ final class HTTPTestClient {
         return true
     }
 
-    func readResponse() throws -> TestResponse {
+    /// With `head`, the answer to a HEAD: no body follows, whatever its Content-Length says.
+    func readResponse(head: Bool = false) throws -> TestResponse {
         let crlf2: [UInt8] = [13, 10, 13, 10]
         var headEnd: Int?
         while headEnd == nil {
@@ -75,7 +76,8 @@ final class HTTPTestClient {
             return (String(line[..<colon]), line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces))
         }
         var response = TestResponse(status: status, headers: headers, body: [])
-        if status == 100 { return try readResponse() }
+        if status == 100 { return try readResponse(head: head) }
+        if head { return response }
         if let length = response.header("Content-Length").flatMap(Int.init) {
             while buffer.count < length {
                 guard try fill() else { throw TestError("connection closed mid-body") }

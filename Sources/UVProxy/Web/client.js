@@ -1,105 +1,7 @@
-/// The web client served at `/` with `--web` or `--demo`: one self-contained HTML file (no external
-/// scripts or fonts), built into the binary so that a deployment is one file.
-///
-/// The page talks to the API of SPEC §2 on its own origin. docs/DESIGN.md ("The web client") explains
-/// its rules: which transport it picks, how it resumes after a drop, `seq`, the token.
-/// `scripts/browser-test` drives it in headless Chromium. The served Content-Security-Policy allows
-/// inline script and style only: nothing here may load from elsewhere, and game text only ever
-/// becomes DOM text nodes.
-enum WebClientPage {
-    static let bytes: [UInt8] = Array(html.utf8)
-
-    static let html = #"""
-<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>uvproxyd</title>
-<link rel="icon" href="data:,">
-<style>
-:root {
-  color-scheme: dark;
-  --bg: #0d0f11; --fg: #cfd3d6; --panel: #16191c; --line: #2a2f34; --dim: #7d858c;
-  --accent: #4c8bf5; --ok: #3fb950; --warn: #d29922; --bad: #f85149;
-}
-* { box-sizing: border-box; }
-html, body { height: 100%; margin: 0; }
-body {
-  display: flex; flex-direction: column; height: 100dvh;
-  background: var(--bg); color: var(--fg);
-  font: 15px/1.35 ui-monospace, "DejaVu Sans Mono", "Cascadia Mono", Menlo, Consolas, monospace;
-}
-header {
-  display: flex; flex-wrap: wrap; align-items: center; gap: .5rem 1rem;
-  padding: .4rem .75rem; background: var(--panel); border-bottom: 1px solid var(--line);
-}
-h1 { margin: 0; font-size: 1rem; font-weight: 600; }
-#status { display: flex; align-items: center; gap: .4rem; color: var(--dim); }
-#status::before {
-  content: ""; width: .6rem; height: .6rem; border-radius: 50%; background: var(--dim);
-}
-#status[data-state="open"]::before { background: var(--ok); }
-#status[data-state="connecting"]::before, #status[data-state="reconnecting"]::before { background: var(--warn); }
-#status[data-state="error"]::before { background: var(--bad); }
-#status[data-state="error"] { color: var(--bad); }
-#transport { color: var(--dim); font-size: .85em; }
-.spacer { flex: 1; }
-#output {
-  flex: 1; overflow-y: auto; padding: .5rem .75rem;
-  white-space: pre-wrap; overflow-wrap: anywhere; tab-size: 8;
-}
-#output > div { min-height: 1.35em; }
-#output .notice { color: #8ab4f8; font-style: italic; }
-#output .local { color: var(--dim); }
-.b { font-weight: bold; } .d { opacity: .65; } .i { font-style: italic; } .u { text-decoration: underline; }
-form { display: flex; gap: .5rem; align-items: center; margin: 0; }
-#command { padding: .5rem .75rem; background: var(--panel); border-top: 1px solid var(--line); }
-input {
-  min-width: 0; padding: .45rem .6rem; border: 1px solid var(--line); border-radius: 4px;
-  background: #000; color: var(--fg); font: inherit;
-}
-#line { flex: 1; }
-button {
-  padding: .45rem .8rem; border: 1px solid var(--line); border-radius: 4px;
-  background: #22272c; color: var(--fg); font: inherit; cursor: pointer;
-}
-button:hover { background: #2c3238; }
-input:focus-visible, button:focus-visible { outline: 2px solid var(--accent); outline-offset: 1px; }
-#sending { color: var(--warn); font-size: .85em; }
-.visually-hidden {
-  position: absolute; width: 1px; height: 1px; overflow: hidden; clip: rect(0 0 0 0); white-space: nowrap;
-}
-[hidden] { display: none !important; }
-@media (max-width: 600px) {
-  body { font-size: 13px; }
-  header, #command { padding: .35rem .5rem; }
-  #output { padding: .35rem .5rem; }
-}
-</style>
-</head>
-<body>
-<header>
-  <h1>uvproxyd</h1>
-  <div id="status" role="status" data-state="connecting">connecting</div>
-  <span id="transport"></span>
-  <span class="spacer"></span>
-  <form id="token" hidden>
-    <label for="token-input" id="token-message">Access token</label>
-    <input id="token-input" type="password" autocomplete="current-password" required>
-    <button type="submit">Use token</button>
-  </form>
-  <button id="new-session" type="button" hidden>New session</button>
-</header>
-<main id="output" role="log" aria-live="polite" aria-label="Game output" tabindex="0"></main>
-<form id="command" autocomplete="off">
-  <label for="line" class="visually-hidden">Command</label>
-  <input id="line" type="text" spellcheck="false" autocapitalize="off" enterkeyhint="send"
-         placeholder="Command (Enter sends, ↑/↓ history)" autofocus>
-  <span id="sending" aria-live="polite"></span>
-  <button type="submit">Send</button>
-</form>
-<script>
+// The uvproxyd web client (served at /client.js; the page is index.html, the style client.css).
+// Plain JavaScript with no build step; docs/DESIGN.md ("The web client") explains it, and
+// scripts/browser-test drives it. The Content-Security-Policy allows no inline script or style:
+// styles go through classes or the CSSOM (element.style), handlers through addEventListener.
 "use strict";
 (() => {
 const SCROLLBACK_LINES = 5000;  // oldest lines are dropped past this
@@ -107,6 +9,7 @@ const POLL_WAIT = 25;           // seconds a long-poll read may be held by the p
 const SSE_MAX_FAILURES = 3;     // stream failures in a row before a plain read, and before staying on long-poll
 const SEND_ATTEMPTS = 8;        // tries of one command on network errors and 503
 const HISTORY_SIZE = 200;
+const GMCP_MAX_PACKAGES = 200;  // the GMCP panel keeps the most recently updated packages
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
@@ -365,10 +268,111 @@ async function readEventStream(body, onEvent, onRetry) {
   }
 }
 
+/**
+ * The byte offset in an event's id: `<offset>`, or `<offset>:<next GMCP seq>` on a GMCP session
+ * (SPEC §7). NaN when the id has neither form. The whole id is what resumes a stream
+ * (Last-Event-ID); only its offset is the page's cursor.
+ */
+function eventOffset(id) {
+  const m = /^([0-9]+)(?::[0-9]+)?$/.exec(id);
+  return m ? Number(m[1]) : NaN;
+}
+
+// ---------------------------------------------------------------- GMCP panel
+
+/**
+ * The latest data of each GMCP package (`Package.Message` → its JSON, pretty-printed), sorted
+ * by name. Filled from GET /sessions/{id}/gmcp/state and kept current by the stream's `gmcp`
+ * events. Hidden until the session has GMCP. Data only ever becomes text nodes.
+ */
+class GmcpPanel {
+  constructor(box, list, maxPackages) {
+    this.box = box;
+    this.list = list;
+    this.maxPackages = maxPackages;
+    this.entries = new Map();  // lower-case name -> {name, element, pre, stamp}; oldest update first
+    this.stamp = 0;            // counts updates, so that a state fetched earlier never undoes a newer event
+  }
+
+  /** Empties and hides the panel (a new session). */
+  clear() {
+    this.entries.clear();
+    this.list.replaceChildren();
+    this.box.hidden = true;
+  }
+
+  /** The session has no GMCP (404 or 409 for its state): hidden, as after clear(). */
+  hide() { this.clear(); }
+
+  /** One message: `{package, data}` (or `raw` for a payload that is not JSON). */
+  update(name, message) {
+    const key = String(name).toLowerCase();
+    let entry = this.entries.get(key);
+    if (entry) {
+      this.entries.delete(key);  // to the end: the most recently updated
+    } else {
+      const element = document.createElement("div");
+      element.className = "gmcp-package";
+      const title = document.createElement("div");
+      title.className = "gmcp-name";
+      const pre = document.createElement("pre");
+      element.append(title, pre);
+      entry = { name: "", element, title, pre, stamp: 0 };
+    }
+    entry.name = String(name);
+    entry.title.textContent = entry.name;
+    entry.pre.textContent = GmcpPanel.format(message);
+    entry.stamp = ++this.stamp;
+    this.entries.set(key, entry);
+    while (this.entries.size > this.maxPackages) {
+      const [oldest, dropped] = this.entries.entries().next().value;
+      this.entries.delete(oldest);
+      dropped.element.remove();
+    }
+    if (!entry.element.isConnected) this.place(entry);
+    this.box.hidden = false;
+  }
+
+  /**
+   * A whole state (package → data), fetched when the stream (re)opened: the session has GMCP, so
+   * the panel shows, even empty. It replaces the panel's packages, except those updated by an
+   * event after `since` (a stamp taken before the fetch): the event is newer.
+   */
+  reset(state, since) {
+    for (const [key, entry] of [...this.entries]) {
+      if (entry.stamp > since) continue;
+      this.entries.delete(key);
+      entry.element.remove();
+    }
+    for (const [name, data] of Object.entries(state)) {
+      if (!(this.entries.get(name.toLowerCase())?.stamp > since)) this.update(name, { data });
+    }
+    this.box.hidden = false;
+  }
+
+  get packages() { return [...this.list.children].map((e) => e.firstChild.textContent); }
+
+  // -- internals
+
+  /** Inserts a new entry's element in name order. */
+  place(entry) {
+    const name = entry.name.toLowerCase();
+    const next = [...this.list.children].find((e) => e.firstChild.textContent.toLowerCase() > name);
+    this.list.insertBefore(entry.element, next ?? null);
+  }
+
+  static format(message) {
+    if (message && "data" in message) return JSON.stringify(message.data ?? null, null, 2);
+    if (message && typeof message.raw === "string") return message.raw;
+    return "null";
+  }
+}
+
 // ---------------------------------------------------------------- page parts
 
 const output = $("output"), lineInput = $("line"), statusBox = $("status");
 const terminal = new Terminal(output, SCROLLBACK_LINES);
+const gmcpPanel = new GmcpPanel($("gmcp"), $("gmcp-packages"), GMCP_MAX_PACKAGES);
 
 const STATE_LABELS = {
   connecting: "connecting", open: "open", reconnecting: "reconnecting", closed: "closed", error: "error",
@@ -485,6 +489,7 @@ class Client {
     this.held = new Uint8Array(0);
     this.sseFailures = 0;
     this.save();
+    gmcpPanel.clear();
     showState("connecting");
     this.connect();
   }
@@ -493,6 +498,7 @@ class Client {
 
   connect() {
     if (this.closed) return;
+    this.refreshGmcp();
     if (forceLongPoll || this.sseFailures >= SSE_MAX_FAILURES) return this.poll(false);
     // EventSource where it can; it cannot send an Authorization header, so with a token the
     // same stream is read with fetch().
@@ -510,15 +516,19 @@ class Client {
     this.es = es;
     this.stopStream = () => { es.close(); if (this.es === es) this.es = null; };
     let errors = 0;
+    let reopened = false;  // the browser reconnected by itself: GMCP events resume, the state is fetched anyway
     es.onopen = () => {
       errors = 0;
       this.sseFailures = 0;
       showState("open");
+      if (reopened) this.refreshGmcp();
+      reopened = true;
     };
     es.onmessage = (event) => {
       this.show(JSON.parse(event.data));
-      this.offset = this.pollOffset = Number(event.lastEventId);
+      this.textEvent(event.lastEventId);
     };
+    es.addEventListener("gmcp", (event) => this.gmcpEvent(event.data));
     es.addEventListener("close", (event) => {
       es.close();
       let reason = "";
@@ -553,11 +563,12 @@ class Client {
     this.pollOffset = this.offset;  // an SSE chunk never ends inside a character
     this.held = new Uint8Array(0);
     let retry = 1000, delay = 0, errors = 0;
+    let lastId = "";  // the last event's whole id: as EventSource, it resumes with it (offset and GMCP seq)
     for (let resuming = false; ; resuming = true) {
       const abort = new AbortController();
       this.stopStream = () => abort.abort();
       const headers = { Accept: "text/event-stream" };
-      if (resuming) headers["Last-Event-ID"] = String(this.offset);
+      if (resuming) headers["Last-Event-ID"] = lastId || String(this.offset);
       try {
         const response = await api("GET", `${this.streamPath}/events?since=${this.offset}`,
                                    { headers, signal: abort.signal });
@@ -570,10 +581,14 @@ class Client {
         errors = delay = 0;
         this.sseFailures = 0;
         showState("open");
+        if (resuming) this.refreshGmcp();
         await readEventStream(response.body, (type, data, id) => {
+          if (id) lastId = id;
           if (type === "message") {
             this.show(JSON.parse(data));
-            this.offset = this.pollOffset = Number(id);
+            this.textEvent(id);
+          } else if (type === "gmcp") {
+            this.gmcpEvent(data);
           } else if (type === "close") {
             let reason = "";
             try { reason = JSON.parse(data).reason; } catch {}
@@ -592,6 +607,41 @@ class Client {
       await this.pause(delay);
       if (generation !== this.generation) return;
     }
+  }
+
+  /** After a text event's chunk: the cursor is its id's offset (SPEC §2, §7). */
+  textEvent(id) {
+    const offset = eventOffset(id);
+    if (!Number.isNaN(offset)) this.offset = this.pollOffset = offset;
+  }
+
+  /** An `event: gmcp` of the stream: `{"seq", "package", "data"}` (SPEC §7). */
+  gmcpEvent(data) {
+    let message;
+    try { message = JSON.parse(data); } catch { return; }
+    if (message && typeof message.package === "string") gmcpPanel.update(message.package, message);
+  }
+
+  /**
+   * Fills the GMCP panel from GET /sessions/{id}/gmcp/state (package → data), at each
+   * (re)connection. 404 or 409: the session has no GMCP, the panel hides; other failures leave
+   * it as it is (the next reconnection asks again). Over long-poll the panel shows the state of
+   * the last (re)connection: GMCP events come only with the event stream.
+   */
+  async refreshGmcp() {
+    const generation = this.generation;
+    const ask = this.gmcpAsk = (this.gmcpAsk || 0) + 1;  // only the latest answer counts
+    const since = gmcpPanel.stamp;
+    let response, state;
+    try {
+      response = await api("GET", `${this.streamPath}/gmcp/state`, { timeout: 15000 });
+      if (response.status === 200) state = await response.json();
+    } catch {
+      return;
+    }
+    if (generation !== this.generation || ask !== this.gmcpAsk) return;
+    if (response.status === 404 || response.status === 409) return gmcpPanel.hide();
+    if (state && typeof state === "object" && !Array.isArray(state)) gmcpPanel.reset(state, since);
   }
 
   /** Long-poll reads from pollOffset. With `probe`, reads once without waiting, then reconnects. */
@@ -812,14 +862,12 @@ window.uvproxy = Object.freeze({
   get state() { return statusBox.dataset.state; },
   get transport() { return $("transport").textContent.replace(/^via /, ""); },
   get offset() { return client.offset; },
+  get gmcpPackages() { return gmcpPanel.packages; },
   Terminal,
+  GmcpPanel,
   readEventStream,
+  eventOffset,
 });
 
 client.start();
 })();
-</script>
-</body>
-</html>
-"""#
-}
