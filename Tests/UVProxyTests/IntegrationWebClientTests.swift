@@ -4,7 +4,7 @@ import XCTest
 
 /// The web client's page and files (`--web`): `/`, `/client.js`, `/client.css`, embedded in the
 /// binary (Package.swift `.embedInCode`), served with their types, the Content-Security-Policy,
-/// `nosniff`, `Cache-Control: no-cache` and an ETag (docs/DESIGN.md, "The web client").
+/// `nosniff`, `Cache-Control: no-store` (SPEC §2: every response) and an ETag (docs/DESIGN.md, "The web client").
 final class IntegrationWebClientTests: XCTestCase {
     private let files: [(path: String, type: String, bytes: [UInt8])] = [
         ("/", "text/html; charset=utf-8", PackageResources.index_html),
@@ -29,7 +29,7 @@ final class IntegrationWebClientTests: XCTestCase {
             for directive in ["frame-ancestors 'none'", "script-src 'self'", "style-src 'self'", "connect-src 'self'"] {
                 XCTAssertTrue(csp.contains(directive), "\(directive) in \(csp)")
             }
-            XCTAssertEqual(r.header("Cache-Control"), "no-cache", path)
+            XCTAssertEqual(r.header("Cache-Control"), "no-store", path)
             let etag = try XCTUnwrap(r.header("ETag"), path)
             XCTAssertTrue(etag.hasPrefix("\"") && etag.hasSuffix("\"") && etag.count == 18, etag)
             etags.insert(etag)
@@ -41,7 +41,7 @@ final class IntegrationWebClientTests: XCTestCase {
             XCTAssertTrue(same.body.isEmpty, path)
             XCTAssertNil(same.header("Content-Length"), path)
             XCTAssertEqual(same.header("ETag"), etag, path)
-            XCTAssertEqual(same.header("Cache-Control"), "no-cache", path)
+            XCTAssertEqual(same.header("Cache-Control"), "no-store", path)
             XCTAssertEqual(same.header("X-Content-Type-Options"), "nosniff", path)
             for value in ["\"0000000000000000\", W/\(etag)", "*", " \(etag) "] {
                 XCTAssertEqual(try c.request("GET", path, headers: ["If-None-Match": value]).status, 304, value)

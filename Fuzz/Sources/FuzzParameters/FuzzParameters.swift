@@ -124,11 +124,17 @@ func checkRoute(_ target: [UInt8]) {
     case "/healthz": expected = "healthz"
     case "/metrics": expected = "metrics"
     case "/sessions": expected = "sessions"
+    case "/ws": expected = "webSocketCreate"
     default:
-        if segments.count >= 3, segments.count <= 4, segments[0].isEmpty, segments[1] == "sessions", idOK(segments[2]) {
+        if segments.count >= 3, segments.count <= 5, segments[0].isEmpty, segments[1] == "sessions", idOK(segments[2]) {
             let id = SessionID(text: Array(segments[2].utf8)).map { "\($0)" } ?? "nil"
-            expected = segments.count == 3 ? "session \(id)"
-                : segments[3] == "input" ? "input \(id)" : segments[3] == "events" ? "events \(id)" : nil
+            let tail = segments.dropFirst(3).joined(separator: "/")
+            switch tail {
+            case "" where segments.count == 3: expected = "session \(id)"
+            case "input", "events", "gmcp", "ws": expected = "\(tail) \(id)"
+            case "gmcp/state": expected = "gmcpState \(id)"
+            default: expected = nil
+            }
         } else {
             expected = nil
         }
@@ -145,6 +151,10 @@ func checkRoute(_ target: [UInt8]) {
     case .session(let id)?: actual = "session \(id.map { "\($0)" } ?? "nil")"
     case .input(let id)?: actual = "input \(id.map { "\($0)" } ?? "nil")"
     case .events(let id)?: actual = "events \(id.map { "\($0)" } ?? "nil")"
+    case .gmcp(let id)?: actual = "gmcp \(id.map { "\($0)" } ?? "nil")"
+    case .gmcpState(let id)?: actual = "gmcpState \(id.map { "\($0)" } ?? "nil")"
+    case .webSocket(let id)?: actual = "ws \(id.map { "\($0)" } ?? "nil")"
+    case .webSocketCreate?: actual = "webSocketCreate"
     case nil: actual = nil
     }
     // Non-UTF-8 paths cannot match a route: the String reference may not see them the same way.

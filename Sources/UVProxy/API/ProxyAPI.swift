@@ -538,8 +538,8 @@ public final class ProxyAPI: HTTPHandler {
         connection.finish(contentType: contentType, body: body)
     }
 
-    /// One of the web client's files (docs/DESIGN.md, "The web client"): `no-cache` with an
-    /// ETag, so a browser revalidates at each load and gets `304` until the binary changes; the
+    /// One of the web client's files (docs/DESIGN.md, "The web client"): `no-store` as every
+    /// response (SPEC §2), with an ETag that `If-None-Match` is answered `304` for; the
     /// Content-Security-Policy and `nosniff` on all three.
     private func serve(_ asset: WebAsset, _ request: HTTPRequest, _ connection: HTTPConnection) {
         let unchanged = !request.ifNoneMatch.isEmpty && WebAsset.matches(ifNoneMatch: request.ifNoneMatch, etag: asset.etag)
@@ -548,9 +548,9 @@ public final class ProxyAPI: HTTPHandler {
         connection.header("Content-Security-Policy", WebAsset.contentSecurityPolicy)
         connection.header("X-Content-Type-Options", "nosniff")
         if unchanged {
-            connection.finishNotModified(cacheControl: .noCache)
+            connection.finishNotModified(cacheControl: .noStore)
         } else {  // a HEAD gets the same head, without the body (HTTPConnection)
-            connection.finish(contentType: asset.contentType, body: asset.body, cacheControl: .noCache)
+            connection.finish(contentType: asset.contentType, body: asset.body, cacheControl: .noStore)
         }
     }
 

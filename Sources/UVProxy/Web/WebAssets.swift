@@ -10,7 +10,7 @@ struct WebAsset: Sendable {
     let body: [UInt8]
     let contentType: StaticString
     /// A strong validator: `"` + FNV-1a 64 of the bytes in hex + `"`. It changes when the files
-    /// do (a new binary), so `Cache-Control: no-cache` costs a browser one `304` per load.
+    /// do (a new binary); `If-None-Match` with it is answered `304`.
     let etag: [UInt8]
 
     init(_ body: [UInt8], contentType: StaticString) {
