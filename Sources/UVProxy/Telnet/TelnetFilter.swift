@@ -199,6 +199,9 @@ public struct TelnetFilter {
     /// GMCP is on: the target said `WILL GMCP` and we said `DO` (never without `gmcp`). Until
     /// then a client's GMCP message cannot be sent (SPEC §7: `409`).
     public var gmcpEnabled: Bool { isEnabled(Telnet.Option.gmcp, .him) }
+    /// Bytes of the subnegotiation under way that the filter holds (tests and fuzzing: at
+    /// most `GMCP.maxSubnegotiation`).
+    var heldSubnegotiationBytes: Int { sbBuffer.count }
 
     /// `clientAddress`: the player's address for MNES (`""` when unknown); `utf8`: whether the
     /// target's charset is UTF-8 (MTTS bit 4); `width` × `height`: what NAWS reports; `gmcp`:
