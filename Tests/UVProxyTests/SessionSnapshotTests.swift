@@ -806,3 +806,231 @@ extension SessionSnapshotTests {
         }
     }
 }
+
+// MARK: GMCP (SPEC §7)
+
+private let GMCPOPT = Telnet.Option.gmcp
+
+extension SessionSnapshotTests {
+    func randomGMCPMessage(_ rng: inout SplitMix64) -> GMCPMessage {
+        let package = Array("P\(Int.random(in: 0...30, using: &rng)).M".utf8)
+        let payload: [UInt8]? = Bool.random(using: &rng) ? randomBytes(Int.random(in: 0...40, using: &rng), &rng) : nil
+        return GMCPMessage(position: .random(in: 0...100_000, using: &rng), package: package, payload: payload)
+    }
+
+    /// A telnet state with GMCP on (or asked for), maybe mid-message.
+    func randomGMCPTelnet(_ rng: inout SplitMix64) -> TelnetFilter.State {
+        var t = randomTelnet(&rng)
+        t.gmcp = Int.random(in: 0...3, using: &rng) > 0
+        t.gmcpVersion = ["", "1.0.0", "v2 ☕"].randomElement(using: &rng)!
+        if Bool.random(using: &rng) { t.enabledHim = (t.enabledHim + [GMCPOPT]).sorted() }
+        if Bool.random(using: &rng) {
+            t.phase = .sbData
+            t.subnegotiationOption = GMCPOPT
+            t.keepsSubnegotiation = true
+            t.subnegotiationData = randomBytes(Bool.random(using: &rng) ? 65536 : Int.random(in: 0...100, using: &rng), &rng)
+        }
+        t.gmcpMessages = (0..<Int.random(in: 0...4, using: &rng)).map { _ in randomGMCPMessage(&rng) }
+        return t
+    }
+
+    func randomGMCPLog(_ rng: inout SplitMix64, end: UInt64) -> GMCPLog.State {
+        var log = GMCPLog(limits: GMCPLog.Limits(messages: Int.random(in: 1...20, using: &rng), packages: 6))
+        var offset = UInt64.random(in: 0...min(end, 1 << 20), using: &rng)
+        for _ in 0..<Int.random(in: 0...40, using: &rng) {
+            let m = randomGMCPMessage(&rng)
+            log.append(offset: offset, package: m.package, payload: Bool.random(using: &rng) ? m.payload : Array("{\"a\":[1]}".utf8)[...])
+            offset += UInt64.random(in: 0...min(end - offset, 3), using: &rng)
+        }
+        log.delivered = UInt64.random(in: 0...log.next, using: &rng)
+        return log.snapshot()
+    }
+
+    func testGMCPFieldsRoundTrip() throws {
+        var rng = SplitMix64(seed: 201)
+        for _ in 0..<200 {
+            var snapshot = randomSnapshot(&rng)
+            snapshot.telnet = randomGMCPTelnet(&rng)
+            snapshot.gmcp = randomGMCPLog(&rng, end: snapshot.ring.end)
+            let bytes = encode(snapshot)
+            let decoded = try SessionSnapshot.decode(bytes)
+            XCTAssertEqual(decoded, snapshot)
+            XCTAssertEqual(encode(decoded), bytes, "one encoding per snapshot")
+        }
+    }
+
+    /// A record without the new fields (any record an older binary wrote) is a session without
+    /// GMCP; and a session without GMCP writes the record it always did.
+    func testAbsentGMCPFieldsMeanOffAndEmpty() throws {
+        let golden = try SessionSnapshot.decode(SessionSnapshotTests.goldenVersion1)
+        let telnet = try XCTUnwrap(golden.telnet)
+        XCTAssertFalse(telnet.gmcp)
+        XCTAssertEqual(telnet.gmcpVersion, "")
+        XCTAssertEqual(telnet.gmcpMessages, [])
+        XCTAssertNil(golden.gmcp)
+        XCTAssertEqual(TelnetFilter.State(), TelnetFilter.State(gmcp: false, gmcpVersion: "", gmcpMessages: []))
+        XCTAssertFalse(TelnetFilter(restoring: telnet).gmcp)
+        // A filter made without GMCP writes no GMCP field; the default values write none either.
+        var filter = TelnetFilter(clientAddress: "203.0.113.7")
+        _ = feed(&filter, [IAC, WILL, GMCPOPT, IAC, SB, GMCPOPT, 0x41, IAC, SE][...])
+        var snapshot = SessionSnapshotTests.goldenSnapshot
+        snapshot.telnet = filter.snapshot()
+        let bytes = encode(snapshot)
+        let fields = try SnapshotReader.fields(bytes, SnapshotReader.headerSize..<bytes.count, known: SessionSnapshot.Tag.known)
+        let group = try SnapshotReader.fields(bytes, try XCTUnwrap(fields.found[SessionSnapshot.Tag.telnet]),
+                                              known: SessionSnapshot.TelnetTag.known)
+        XCTAssertEqual(Set(group.found.keys), Set(1...16))
+        XCTAssertNil(fields.found[SessionSnapshot.Tag.gmcp])
+        // An empty log is written (a GMCP session that has no message yet) and read back as such.
+        snapshot.gmcp = GMCPLog.State()
+        XCTAssertEqual(try SessionSnapshot.decode(encode(snapshot)).gmcp, GMCPLog.State())
+    }
+
+    /// An older binary (tags 1-20, telnet 1-16) reads a newer record with GMCP: nothing in it is
+    /// must-understand; what it keeps is the session without GMCP.
+    func testAnOlderReaderSkipsTheGMCPFields() throws {
+        var rng = SplitMix64(seed: 202)
+        var snapshot = randomSnapshot(&rng)
+        snapshot.telnet = randomGMCPTelnet(&rng)
+        snapshot.telnet?.gmcpMessages = [randomGMCPMessage(&rng)]
+        snapshot.gmcp = randomGMCPLog(&rng, end: snapshot.ring.end)
+        let bytes = encode(snapshot)
+        let old = try SnapshotReader.record(bytes, magic: SessionSnapshot.magic, version: 1, known: Set(1...20))
+        XCTAssertNil(old.found[SessionSnapshot.Tag.gmcp])
+        let telnet = try SnapshotReader.fields(bytes, try XCTUnwrap(old.found[SessionSnapshot.Tag.telnet]), known: Set(1...16))
+        XCTAssertEqual(Set(telnet.found.keys), Set(1...16))
+        for tag in [SessionSnapshot.Tag.gmcp, SessionSnapshot.TelnetTag.gmcp, SessionSnapshot.TelnetTag.gmcpVersion,
+                    SessionSnapshot.TelnetTag.gmcpMessages] {
+            XCTAssertEqual(tag & SnapshotTag.mustUnderstand, 0)
+        }
+        // What the older reader keeps of the telnet state is a filter that refuses GMCP.
+        var older = try XCTUnwrap(snapshot.telnet)
+        older.gmcp = false
+        older.gmcpVersion = ""
+        older.gmcpMessages = []
+        older.phase = .data
+        let filter = TelnetFilter(restoring: older)
+        XCTAssertFalse(filter.gmcpEnabled)
+        XCTAssertFalse(filter.snapshot().enabledHim.contains(GMCPOPT))
+    }
+
+    func testMalformedGMCPFieldsAreRefused() throws {
+        var rng = SplitMix64(seed: 203)
+        var snapshot = randomSnapshot(&rng)
+        snapshot.status = .open
+        snapshot.ring = ByteRing.State(base: 100, acked: 100, limit: 1000, bytes: randomBytes(50, &rng))
+        snapshot.delivered = 100
+        snapshot.telnet = nil
+        func withGMCP(_ g: GMCPLog.State) -> SnapshotError? {
+            var s = snapshot
+            s.gmcp = g
+            return decodeError(encode(s))
+        }
+        func m(_ seq: UInt64, _ offset: UInt64, _ package: String = "A") -> GMCPLog.Message {
+            GMCPLog.message(seq: seq, offset: offset, package: Array(package.utf8), payload: nil)
+        }
+        XCTAssertNil(withGMCP(GMCPLog.State(next: 2, delivered: 2, messages: [m(0, 100), m(1, 150)])))
+        XCTAssertEqual(withGMCP(GMCPLog.State(next: 2, delivered: 3)), .inconsistent("gmcp delivered beyond next"))
+        XCTAssertEqual(withGMCP(GMCPLog.State(next: 1, delivered: 0, messages: [m(0, 100), m(1, 100)])),
+                       .inconsistent("more gmcp messages than seqs"))
+        XCTAssertEqual(withGMCP(GMCPLog.State(next: 2, delivered: 0, messages: [m(0, 120), m(1, 110)])),
+                       .inconsistent("gmcp offsets"), "offsets never go down")
+        XCTAssertEqual(withGMCP(GMCPLog.State(next: 1, delivered: 0, messages: [m(0, 151)])),
+                       .inconsistent("gmcp offsets"), "nor past the ring's end")
+        let latest = GMCPLog.Latest(package: Array("A".utf8), payload: nil, seq: 0)
+        XCTAssertEqual(withGMCP(GMCPLog.State(next: 1, delivered: 0, latest: [latest, latest])), .inconsistent("gmcp state"))
+        XCTAssertEqual(withGMCP(GMCPLog.State(next: 0, delivered: 0, latest: [latest])), .inconsistent("gmcp state"))
+
+        // Damaged entries: cut, a flag that is not 0 or 1, a length past the field.
+        let good = encode({ var s = snapshot; s.gmcp = GMCPLog.State(next: 1, delivered: 0, messages: [m(0, 100, "Char")]); return s }())
+        let fields = try SnapshotReader.fields(good, SnapshotReader.headerSize..<good.count, known: SessionSnapshot.Tag.known)
+        let group = try XCTUnwrap(fields.found[SessionSnapshot.Tag.gmcp])
+        func replacingGroup(_ body: [UInt8]) -> [UInt8] {
+            let start = group.lowerBound - 6
+            let rest = Array(good[SnapshotReader.headerSize..<start]) + field(SessionSnapshot.Tag.gmcp, body) + good[group.upperBound...]
+            return appending(rest, to: Array(good.prefix(SnapshotReader.headerSize)))
+        }
+        var w = SnapshotWriter()
+        w.u64(SessionSnapshot.GMCPTag.next, 1)
+        w.u64(SessionSnapshot.GMCPTag.delivered, 0)
+        let head = w.out
+        let entry: [UInt8] = [100, 0, 0, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0] + Array("Char".utf8)
+        XCTAssertNil(decodeError(replacingGroup(head + field(3, entry) + field(4, []))))
+        XCTAssertEqual(decodeError(replacingGroup(head + field(3, Array(entry.dropLast())) + field(4, []))), .malformed(3))
+        XCTAssertEqual(decodeError(replacingGroup(head + field(3, Array(entry.prefix(16))) + field(4, []))), .malformed(3))
+        var flagged = entry
+        flagged[8] = 2
+        XCTAssertEqual(decodeError(replacingGroup(head + field(3, flagged) + field(4, []))), .malformed(3))
+        var noPayloadButLength = entry
+        noPayloadButLength[13] = 1
+        XCTAssertEqual(decodeError(replacingGroup(head + field(3, noPayloadButLength + [0x41]) + field(4, []))), .malformed(3))
+        XCTAssertEqual(decodeError(replacingGroup(head + field(3, entry))), .missingField(4))
+        XCTAssertEqual(decodeError(replacingGroup(field(3, entry) + field(4, []))), .missingField(1))
+
+        // The filter's messages: an empty package is no message.
+        var t = snapshot
+        t.telnet = TelnetFilter.State(gmcp: true, gmcpMessages: [GMCPMessage(package: "A", payload: "1")])
+        let telnetGood = encode(t)
+        XCTAssertEqual(try SessionSnapshot.decode(telnetGood), t)
+        var w2 = SnapshotWriter()
+        w2.field(SessionSnapshot.TelnetTag.gmcpMessages) { v in v.u64(0); v.u32(2); v.bytes([0x20, 0x31]) }
+        let badMessage = w2.out
+        var withBad = t
+        withBad.telnet?.gmcpMessages = []
+        let record = encode(withBad)
+        let f2 = try SnapshotReader.fields(record, SnapshotReader.headerSize..<record.count, known: SessionSnapshot.Tag.known)
+        let tg = try XCTUnwrap(f2.found[SessionSnapshot.Tag.telnet])
+        let newGroup = Array(record[tg]) + badMessage
+        let rest = Array(record[SnapshotReader.headerSize..<(tg.lowerBound - 6)]) + field(SessionSnapshot.Tag.telnet, newGroup)
+            + record[tg.upperBound...]
+        XCTAssertEqual(decodeError(appending(rest, to: Array(record.prefix(SnapshotReader.headerSize)))),
+                       .malformed(SessionSnapshot.TelnetTag.gmcpMessages))
+    }
+
+    /// A GMCP stream cut at every byte: the filter restored from its snapshot (through the
+    /// record) goes on exactly as the original, messages included, and so does the log.
+    func testARestoredGMCPFilterAndLogGoOnExactlyAsTheOriginals() throws {
+        func gmcp(_ s: String) -> [UInt8] { [IAC, SB, GMCPOPT] + Array(s.utf8) + [IAC, SE] }
+        let stream: [UInt8] = Array("Welcome\r\n".utf8) + [IAC, WILL, GMCPOPT, IAC, DO, TTYPE] + gmcp("Char.Vitals {\"hp\":1}")
+            + Array("HP ".utf8) + [IAC, SB, GMCPOPT] + Array("Raw ".utf8) + [IAC, IAC, 0x31, IAC, SE] + [IAC, SB, TTYPE, 1, IAC, SE]
+            + gmcp("Core.Ping") + Array("> ".utf8) + [IAC, WONT, GMCPOPT] + gmcp("Dropped 1") + [IAC, WILL, GMCPOPT]
+            + gmcp("Room.Info {\"num\": 5}") + Array("end".utf8)
+        func make() -> TelnetFilter { TelnetFilter(clientAddress: "192.0.2.1", gmcp: true, gmcpVersion: "3.1") }
+        /// Feeds and logs as a session would; returns the data.
+        func step(_ filter: inout TelnetFilter, _ log: inout GMCPLog, _ end: inout UInt64, _ bytes: ArraySlice<UInt8>) -> [UInt8] {
+            let data = feed(&filter, bytes)
+            for m in filter.gmcpMessages { log.append(m, offset: end + UInt64(m.position)) }
+            filter.gmcpMessages.removeAll()
+            end += UInt64(data.count)
+            return data
+        }
+        var whole = make(), wholeLog = GMCPLog(), wholeEnd: UInt64 = 0
+        let wholeData = step(&whole, &wholeLog, &wholeEnd, stream[...])
+        XCTAssertEqual(wholeLog.next, 4)
+        var sawMidMessage = false
+        for cut in 0...stream.count {
+            var original = make(), log = GMCPLog(), end: UInt64 = 0
+            let before = step(&original, &log, &end, stream[..<cut])
+            var snapshot = SessionSnapshotTests.goldenSnapshot
+            snapshot.ring = ByteRing.State(base: 0, acked: 0, limit: 4096, bytes: before)
+            snapshot.delivered = 0
+            snapshot.telnet = original.snapshot()
+            snapshot.gmcp = log.snapshot()
+            if snapshot.telnet!.phase == .sbData && snapshot.telnet!.subnegotiationOption == GMCPOPT
+                && !snapshot.telnet!.subnegotiationData.isEmpty { sawMidMessage = true }
+            let decoded = try SessionSnapshot.decode(encode(snapshot))
+            XCTAssertEqual(decoded, snapshot, "cut \(cut)")
+            var restored = TelnetFilter(restoring: try XCTUnwrap(decoded.telnet))
+            var restoredLog = GMCPLog(restoring: try XCTUnwrap(decoded.gmcp))
+            var restoredEnd = end
+            XCTAssertEqual(restored.snapshot(), original.snapshot(), "cut \(cut)")
+            let after = step(&original, &log, &end, stream[cut...])
+            XCTAssertEqual(step(&restored, &restoredLog, &restoredEnd, stream[cut...]), after, "cut \(cut)")
+            XCTAssertEqual(restored.replies, original.replies, "cut \(cut)")
+            XCTAssertEqual(restoredLog.snapshot(), log.snapshot(), "cut \(cut)")
+            XCTAssertEqual(log.snapshot(), wholeLog.snapshot(), "cut \(cut)")
+            XCTAssertEqual(before + after, wholeData, "cut \(cut)")
+        }
+        XCTAssertTrue(sawMidMessage)
+    }
+}

@@ -568,3 +568,245 @@ final class TelnetFilterTests: XCTestCase {
     }
 }
 
+// MARK: GMCP (SPEC §7)
+
+/// `IAC SB GMCP <data> IAC SE` with 255 doubled.
+private func gmcp(_ data: [UInt8]) -> [UInt8] {
+    var out: [UInt8] = [IAC, SB, GMCP]
+    for b in data { out += b == IAC ? [IAC, IAC] : [b] }
+    return out + [IAC, SE]
+}
+private func gmcp(_ s: String) -> [UInt8] { gmcp(Array(s.utf8)) }
+private let hello = gmcp(#"Core.Hello {"client":"uvproxyd","version":"9.8.7"}"#)
+
+extension TelnetFilterTests {
+    /// A message as the caller sees it: its session offset (the output before the call plus its
+    /// position), package and payload.
+    struct Seen: Equatable, CustomStringConvertible {
+        var offset: Int
+        var package: String
+        var payload: [UInt8]?
+        var description: String { "@\(offset) \(package) \(payload.map { String(decoding: $0, as: UTF8.self) } ?? "-")" }
+    }
+
+    func gmcpFilter() -> TelnetFilter { TelnetFilter(clientAddress: address, gmcp: true, gmcpVersion: "9.8.7") }
+
+    /// `run` that also takes the messages after every chunk, as the session does.
+    func runGMCP(_ filter: inout TelnetFilter, _ chunks: [[UInt8]]) -> (data: [UInt8], replies: [UInt8], messages: [Seen]) {
+        var data: [UInt8] = []
+        var replies: [UInt8] = []
+        var messages: [Seen] = []
+        for chunk in chunks {
+            let before = data.count
+            var lastPosition = 0
+            chunk.withUnsafeBytes { input in
+                filter.receive(input) { run in data += run }
+            }
+            XCTAssertLessThanOrEqual(data.count - before, chunk.count)
+            for m in filter.gmcpMessages {
+                XCTAssertGreaterThanOrEqual(m.position, lastPosition, "positions never go back")
+                XCTAssertLessThanOrEqual(m.position, data.count - before, "within the call's output")
+                lastPosition = m.position
+                messages.append(Seen(offset: before + m.position, package: String(decoding: m.package, as: UTF8.self),
+                                     payload: m.payload.map(Array.init)))
+            }
+            filter.gmcpMessages.removeAll()
+            replies += filter.replies
+            filter.replies.removeAll()
+        }
+        return (data, replies, messages)
+    }
+
+    func runGMCP(_ chunks: [UInt8]...) -> (data: [UInt8], replies: [UInt8], messages: [Seen]) {
+        var filter = gmcpFilter()
+        return runGMCP(&filter, chunks)
+    }
+
+    func testGMCPIsRefusedUnlessAsked() {
+        for var filter in [TelnetFilter(), TelnetFilter(clientAddress: address, gmcp: false, gmcpVersion: "1")] {
+            let out = runGMCP(&filter, [[IAC, WILL, GMCP, IAC, DO, GMCP] + gmcp("Char.Vitals {}") + bytes("x")])
+            XCTAssertEqual(out.replies, [IAC, DONT, GMCP, IAC, WONT, GMCP])
+            XCTAssertEqual(out.data, bytes("x"))
+            XCTAssertEqual(out.messages, [])
+            XCTAssertFalse(filter.gmcpEnabled)
+            XCTAssertFalse(filter.gmcp)
+            XCTAssertEqual(filter.gmcpMessages.capacity, 0, "no storage for messages")
+        }
+    }
+
+    func testGMCPNegotiation() {
+        var filter = gmcpFilter()
+        XCTAssertTrue(filter.gmcp)
+        XCTAssertFalse(filter.gmcpEnabled, "not before the target offers it")
+        XCTAssertEqual(runGMCP(&filter, [[IAC, WILL, GMCP]]).replies, [IAC, DO, GMCP] + hello)
+        XCTAssertTrue(filter.gmcpEnabled)
+        XCTAssertTrue(filter.isEnabled(GMCP, .him))
+        XCTAssertFalse(filter.isEnabled(GMCP, .us))
+        XCTAssertEqual(runGMCP(&filter, [[IAC, WILL, GMCP]]).replies, [], "already on: no answer, no second hello")
+        XCTAssertEqual(runGMCP(&filter, [[IAC, DO, GMCP]]).replies, [IAC, WONT, GMCP], "we are the client side")
+        XCTAssertEqual(runGMCP(&filter, [[IAC, DONT, GMCP]]).replies, [], "our side is off already")
+        XCTAssertTrue(filter.gmcpEnabled)
+        XCTAssertEqual(runGMCP(&filter, [[IAC, WONT, GMCP, IAC, WONT, GMCP]]).replies, [IAC, DONT, GMCP])
+        XCTAssertFalse(filter.gmcpEnabled)
+        XCTAssertEqual(runGMCP(&filter, [gmcp("Char.Vitals {}")]).messages, [], "off again: messages are dropped")
+        XCTAssertEqual(runGMCP(&filter, [[IAC, WILL, GMCP]]).replies, [IAC, DO, GMCP] + hello, "on again: a new hello")
+        // The hello's version is escaped as JSON.
+        var odd = TelnetFilter(gmcp: true, gmcpVersion: "1\"2")
+        XCTAssertEqual(runGMCP(&odd, [[IAC, WILL, GMCP]]).replies,
+                       [IAC, DO, GMCP] + gmcp(#"Core.Hello {"client":"uvproxyd","version":"1\"2"}"#))
+    }
+
+    func testGMCPMessagesWithAndWithoutPayload() {
+        let input = [IAC, WILL, GMCP] + bytes("A") + gmcp("Char.Vitals {\"hp\":10,\"mp\":5}") + bytes("B")
+            + gmcp("Core.Ping") + gmcp("Core.Goodbye ") + gmcp("Comm.Channel.Text not json") + bytes("CD")
+            + gmcp("Char.Name \"x\"") + gmcp("") + gmcp(" {}")
+        let out = runGMCP(input)
+        XCTAssertEqual(out.data, bytes("ABCD"), "messages add nothing to the text")
+        XCTAssertEqual(out.replies, [IAC, DO, GMCP] + hello)
+        XCTAssertEqual(out.messages, [Seen(offset: 1, package: "Char.Vitals", payload: bytes("{\"hp\":10,\"mp\":5}")),
+                                      Seen(offset: 2, package: "Core.Ping", payload: nil),
+                                      Seen(offset: 2, package: "Core.Goodbye", payload: nil),
+                                      Seen(offset: 2, package: "Comm.Channel.Text", payload: bytes("not json")),
+                                      Seen(offset: 4, package: "Char.Name", payload: bytes("\"x\""))],
+                       "an empty subnegotiation and an empty package are no messages")
+    }
+
+    func testGMCPPayloadWithIACIAC() {
+        // 255 inside the subnegotiation is doubled on the wire and one byte in the payload; a
+        // doubled IAC followed by an SE byte does not end the message.
+        let payload: [UInt8] = [0x22, 255, 0x22, 0x20, 255, SE, 255, 255, 0x41]
+        let input = [IAC, WILL, GMCP] + gmcp(bytes("Raw.Bytes ") + payload) + bytes("after")
+        for cut in 0...input.count {
+            let out = runGMCP(Array(input[..<cut]), Array(input[cut...]))
+            XCTAssertEqual(out.data, bytes("after"), "cut \(cut)")
+            XCTAssertEqual(out.messages, [Seen(offset: 0, package: "Raw.Bytes", payload: payload)], "cut \(cut)")
+        }
+    }
+
+    func testGMCPBeforeItIsOnIsDropped() {
+        let out = runGMCP(bytes("a") + gmcp("Char.Vitals {}") + bytes("b") + [IAC, WILL, GMCP] + gmcp("Room.Info {}"))
+        XCTAssertEqual(out.data, bytes("ab"))
+        XCTAssertEqual(out.messages, [Seen(offset: 2, package: "Room.Info", payload: bytes("{}"))])
+    }
+
+    func testGMCPWithoutSEIsDroppedAtTheNextCommand() {
+        let out = runGMCP([IAC, WILL, GMCP, IAC, SB, GMCP] + bytes("Char.Vitals {\"hp\":1}") + [IAC, WILL, SGA] + bytes("text")
+                          + gmcp("Char.Vitals {\"hp\":2}"))
+        XCTAssertEqual(out.data, bytes("text"))
+        XCTAssertEqual(out.replies, [IAC, DO, GMCP] + hello + [IAC, DO, SGA])
+        XCTAssertEqual(out.messages, [Seen(offset: 4, package: "Char.Vitals", payload: bytes("{\"hp\":2}"))])
+    }
+
+    /// Text, GMCP, text, GMCP, text: cut once at every byte, cut into every pair of pieces
+    /// around each message, byte by byte, and at random: the same text, replies and messages at
+    /// the same offsets.
+    func testGMCPSurvivesEverySplit() {
+        let stream = bytes("Hello\r\n") + [IAC, WILL, GMCP] + bytes("HP: ") + gmcp("Char.Vitals {\"hp\": 255, \"s\": \"\u{FF}\"}")
+            + bytes("10\r\0") + [IAC, IAC] + gmcp([0x58, 0x20, 255, 255]) + gmcp("Core.Ping") + bytes("> ") + [IAC, GA]
+        let whole = runGMCP(stream)
+        XCTAssertEqual(whole.data, bytes("Hello\r\nHP: 10\r") + [255] + bytes("> "))
+        XCTAssertEqual(whole.messages.map(\.offset), [11, 15, 15])
+        XCTAssertEqual(whole.messages.map(\.package), ["Char.Vitals", "X", "Core.Ping"])
+        XCTAssertEqual(whole.messages[1].payload, [255, 255])
+        for cut in 0...stream.count {
+            let out = runGMCP(Array(stream[..<cut]), Array(stream[cut...]))
+            XCTAssertEqual(out.data, whole.data, "cut \(cut)")
+            XCTAssertEqual(out.replies, whole.replies, "cut \(cut)")
+            XCTAssertEqual(out.messages, whole.messages, "cut \(cut)")
+        }
+        for a in 0...stream.count {
+            for b in a...stream.count {
+                let out = runGMCP(Array(stream[..<a]), Array(stream[a..<b]), Array(stream[b...]))
+                XCTAssertEqual(out.messages, whole.messages, "cuts \(a), \(b)")
+                XCTAssertEqual(out.data, whole.data, "cuts \(a), \(b)")
+                if out.messages != whole.messages || out.data != whole.data { return }
+            }
+        }
+        var filter = gmcpFilter()
+        XCTAssertEqual(runGMCP(&filter, stream.map { [$0] }).messages, whole.messages, "byte by byte")
+        var rng = SplitMix64(seed: 201)
+        for round in 0..<300 {
+            var chunks: [[UInt8]] = []
+            var i = 0
+            while i < stream.count {
+                let n = Int(rng.next() % 9)
+                chunks.append(Array(stream[i..<min(i + n, stream.count)]))
+                i += n
+            }
+            var f = gmcpFilter()
+            let out = runGMCP(&f, chunks)
+            XCTAssertEqual(out.messages, whole.messages, "round \(round)")
+            XCTAssertEqual(out.data, whole.data, "round \(round)")
+        }
+    }
+
+    func testGMCPOver64KiBIsDroppedAndTheTextGoesOn() {
+        let fits = bytes("Big.Data ") + [UInt8](repeating: 0x31, count: UVProxy.GMCP.maxSubnegotiation - 9)
+        let over = fits + [0x31]
+        XCTAssertEqual(fits.count, 65536)
+        let stream = [IAC, WILL, GMCP] + bytes("a") + gmcp(fits) + bytes("b") + gmcp(over) + bytes("c")
+            + gmcp([0x41, 0x20] + [UInt8](repeating: 255, count: 40_000)) + bytes("d") + gmcp("Small 1") + bytes("e")
+        for size in [stream.count, 65536, 4096, 1000, 7] {
+            var filter = gmcpFilter()
+            var data: [UInt8] = []
+            var messages: [Seen] = []
+            var i = 0
+            while i < stream.count {
+                let out = runGMCP(&filter, [Array(stream[i..<min(i + size, stream.count)])])
+                i += size
+                messages += out.messages.map { Seen(offset: $0.offset + data.count, package: $0.package, payload: $0.payload) }
+                data += out.data
+                XCTAssertLessThanOrEqual(filter.snapshot().subnegotiationData.count, UVProxy.GMCP.maxSubnegotiation,
+                                         "nothing held past the bound")
+            }
+            XCTAssertEqual(data, bytes("abcde"), "size \(size)")
+            XCTAssertEqual(messages.map(\.package), ["Big.Data", "A", "Small"], "size \(size)")
+            XCTAssertEqual(messages.map(\.offset), [1, 3, 4], "size \(size)")
+            XCTAssertEqual(messages.first?.payload?.count, UVProxy.GMCP.maxSubnegotiation - 9)
+            XCTAssertEqual(messages.dropFirst().first?.payload?.count, 40_000, "255s count once")
+        }
+        // Over the bound, the buffer is freed at once, long before the message's end.
+        var filter = gmcpFilter()
+        _ = runGMCP(&filter, [[IAC, WILL, GMCP, IAC, SB, GMCP] + over])
+        let state = filter.snapshot()
+        XCTAssertEqual(state.phase, .sbData)
+        XCTAssertFalse(state.keepsSubnegotiation)
+        XCTAssertEqual(state.subnegotiationData, [])
+        let rest = runGMCP(&filter, [[UInt8](repeating: 0x32, count: 100_000) + [IAC, SE] + bytes("z")])
+        XCTAssertEqual(rest.data, bytes("z"))
+        XCTAssertEqual(rest.messages, [])
+        // Exactly at the bound it is still kept, with nothing more.
+        var atBound = gmcpFilter()
+        _ = runGMCP(&atBound, [[IAC, WILL, GMCP, IAC, SB, GMCP] + fits])
+        XCTAssertEqual(atBound.snapshot().subnegotiationData.count, UVProxy.GMCP.maxSubnegotiation)
+    }
+
+    func testGMCPMessagesTakeNoStorageUntilThereAreSome() {
+        var filter = gmcpFilter()
+        _ = runGMCP(&filter, [[IAC, WILL, GMCP] + bytes("text only")])
+        XCTAssertEqual(filter.gmcpMessages.capacity, 0)
+        var plain = TelnetFilter()
+        bytes("text").withUnsafeBytes { plain.receive($0) { _ in } }
+        XCTAssertEqual(plain.gmcpMessages.capacity, 0)
+        XCTAssertLessThanOrEqual(MemoryLayout<TelnetFilter>.size, 40)
+    }
+
+    func testGMCPAndTheOtherOptionsTogether() {
+        // A server that offers everything a MUD client takes, GMCP included, and sends text between.
+        let stream: [UInt8] = [IAC, WILL, ECHO, IAC, WILL, GMCP, IAC, DO, TTYPE, IAC, WILL, MSDP, IAC, DO, NAWS]
+            + gmcp("Core.Supports.Set [\"Char 1\"]") + [IAC, SB, TTYPE, 1, IAC, SE] + bytes("Name: ")
+            + gmcp("Char.Vitals {\"hp\":1}") + [IAC, SB, MSDP, 1] + bytes("x") + [IAC, SE] + bytes("ok\r\n")
+        let out = runGMCP(stream)
+        XCTAssertEqual(out.data, bytes("Name: ok\r\n"))
+        XCTAssertEqual(out.replies, [IAC, DO, ECHO, IAC, DO, GMCP] + hello + [IAC, WILL, TTYPE, IAC, DONT, MSDP, IAC, WILL, NAWS]
+                       + naws80x24 + ttype1)
+        XCTAssertEqual(out.messages, [Seen(offset: 0, package: "Core.Supports.Set", payload: bytes("[\"Char 1\"]")),
+                                      Seen(offset: 6, package: "Char.Vitals", payload: bytes("{\"hp\":1}"))])
+        // The recordings give the same with GMCP on, but for the GMCP parts.
+        for r in Self.recordings where !r.bytes.contains(GMCP) {
+            let on = runGMCP(r.bytes)
+            XCTAssertEqual(on.data, r.data, r.name)
+            XCTAssertEqual(on.replies, r.replies, r.name)
+        }
+    }
+}

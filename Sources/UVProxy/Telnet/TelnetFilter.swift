@@ -24,6 +24,7 @@ public enum Telnet {
         public static let newEnviron: UInt8 = 39     // RFC 1572, environment variables (MNES)
         public static let compress: UInt8 = 85       // MCCP v1
         public static let compress2: UInt8 = 86      // MCCP v2
+        public static let gmcp: UInt8 = 201          // GMCP (SPEC §7)
     }
 
     /// `IS` and `SEND` of the terminal-type subnegotiation (RFC 1091).
@@ -92,11 +93,27 @@ public enum Telnet {
 /// Names and values are escaped as RFC 1572 says (a `VAR`, `VALUE`, `ESC` or `USERVAR` byte
 /// inside one follows an `ESC`) and 255 is doubled. `IS` and `INFO` from the target ask nothing.
 ///
-/// Only NEW-ENVIRON's subnegotiation data is kept while it arrives (`sbBuffer`, at most
-/// `Telnet.environSendLimit` bytes); every other subnegotiation costs a few counters. A `SEND`
-/// longer than that is answered as far as its complete names go: the entries wholly inside the
-/// first `environSendLimit` bytes are answered, the one that was cut is not (and a `SEND`
-/// with no complete entry gets no answer at all).
+/// Only NEW-ENVIRON's and GMCP's subnegotiation data is kept while it arrives (`sbBuffer`, at
+/// most `Telnet.environSendLimit` and `GMCP.maxSubnegotiation` bytes); every other
+/// subnegotiation costs a few counters. A `SEND` longer than that is answered as far as its
+/// complete names go: the entries wholly inside the first `environSendLimit` bytes are
+/// answered, the one that was cut is not (and a `SEND` with no complete entry gets no answer
+/// at all).
+///
+/// **GMCP** (SPEC §7) only for a filter made with `gmcp: true`; without it the option is
+/// refused like any other. With it the target's `WILL GMCP` is answered `DO GMCP` and at once
+/// `IAC SB GMCP Core.Hello {"client":"uvproxyd","version":"<gmcpVersion>"} IAC SE`; `WONT GMCP`
+/// is acknowledged and turns it off (a later `WILL` gets a new hello). The target's `DO GMCP`
+/// is refused (`WONT`): the proxy is the client side, which does not send GMCP unasked. While
+/// GMCP is on (`gmcpEnabled`), each `IAC SB GMCP <data> IAC SE` becomes a `GMCPMessage` in
+/// `gmcpMessages`, with its place in the output of the `receive` call it ended in, and adds
+/// nothing to the data. Its data is kept up to `GMCP.maxSubnegotiation` bytes; at the first
+/// byte past that the message is dropped (its buffer freed at once) and the rest of the
+/// subnegotiation is skipped as any other is, so the text after its `IAC SE` goes on as
+/// always. A message with an empty package (`GMCPMessage`) is dropped too, and so is a GMCP
+/// subnegotiation while GMCP is off (a server that sends it anyway, as the Evennia recording in
+/// the tests does). None of this costs a session without GMCP anything: `gmcpMessages` stays an
+/// empty array, which holds no storage.
 public struct TelnetFilter {
     public enum Side { case us, him }
 
@@ -112,40 +129,88 @@ public struct TelnetFilter {
 
     /// Bytes to send to the target; the caller sends them and clears this.
     public var replies: [UInt8] = []
-    /// The client's address as MNES's `IPADDRESS` gives it (empty: unknown).
-    public let clientAddress: [UInt8]
+    /// What the filter was made with, shared by its copies (it never changes): one pointer
+    /// instead of five fields, which keeps the filter within 40 bytes.
+    private let settings: Settings
     /// The data of the current subnegotiation, for the options whose data is read
-    /// (`keptLength`), at most one byte over the bound: a byte past it marks a cut. Empty, with
-    /// no storage, outside such a subnegotiation.
+    /// (`keptLength`), at most one byte over the bound for NEW-ENVIRON (a byte past it marks a
+    /// cut), at most the bound for GMCP. Empty, with no storage, outside such a subnegotiation.
     private var sbBuffer: [UInt8] = []
-    public let width: UInt16
-    public let height: UInt16
+    /// GMCP messages from the target (GMCP on only), in order: the caller handles them after
+    /// each `receive` and clears this, as it does `replies`. Each one's `position` is its place
+    /// in the output of the call that produced it, so leaving messages here across calls mixes
+    /// up whose output they count in.
+    public var gmcpMessages: [GMCPMessage] = []
     private var state = Phase.data
-    /// The last data byte was CR: a NUL now is padding.
-    private var afterCR = false
     /// WILL, WONT, DO or DONT, waiting for its option.
     private var verb: UInt8 = 0
     private var sbOption: UInt8 = 0
     /// Bytes of subnegotiation data so far (saturating), and the first of them.
     private var sbLength: UInt8 = 0
     private var sbFirst: UInt8 = 0
-    /// The current subnegotiation's data goes to `sbBuffer`.
-    private var sbKeep = false
     /// One bit per accepted option and side that is on (`bit(_:_:)`). Refused options are
     /// always off, so they need no room.
     private var enabled: UInt8 = 0
     /// `SB TTYPE SEND`s answered since TTYPE turned on, up to 2 (the MTTS cycle's place).
     private var ttypeAnswers: UInt8 = 0
+    /// `afterCR` and `sbKeep`, one bit each.
+    private var flags: UInt8 = 0
+
+    /// The last data byte was CR: a NUL now is padding.
+    private var afterCR: Bool {
+        get { flags & 1 != 0 }
+        set { flags = newValue ? flags | 1 : flags & ~1 }
+    }
+
+    /// The current subnegotiation's data goes to `sbBuffer`.
+    private var sbKeep: Bool {
+        get { flags & 2 != 0 }
+        set { flags = newValue ? flags | 2 : flags & ~2 }
+    }
+
+    private final class Settings: Sendable {
+        let clientAddress: [UInt8]
+        let utf8: Bool
+        let width: UInt16
+        let height: UInt16
+        let gmcp: Bool
+        let gmcpVersion: String
+
+        init(clientAddress: [UInt8], utf8: Bool, width: UInt16, height: UInt16, gmcp: Bool, gmcpVersion: String) {
+            self.clientAddress = clientAddress
+            self.utf8 = utf8
+            self.width = width
+            self.height = height
+            self.gmcp = gmcp
+            self.gmcpVersion = gmcpVersion
+        }
+    }
+
+    /// The client's address as MNES's `IPADDRESS` gives it (empty: unknown).
+    public var clientAddress: [UInt8] { settings.clientAddress }
+    public var width: UInt16 { settings.width }
+    public var height: UInt16 { settings.height }
     /// The target's charset is UTF-8: the MTTS answer carries the UTF-8 bit.
-    public let utf8: Bool
+    public var utf8: Bool { settings.utf8 }
+    /// The filter speaks GMCP when the target offers it (it was made with `gmcp: true`).
+    public var gmcp: Bool { settings.gmcp }
+    /// The version its `Core.Hello` names.
+    public var gmcpVersion: String { settings.gmcpVersion }
+    /// GMCP is on: the target said `WILL GMCP` and we said `DO` (never without `gmcp`). Until
+    /// then a client's GMCP message cannot be sent (SPEC §7: `409`).
+    public var gmcpEnabled: Bool { isEnabled(Telnet.Option.gmcp, .him) }
+    /// Bytes of the subnegotiation under way that the filter holds (tests and fuzzing: at
+    /// most `GMCP.maxSubnegotiation`).
+    var heldSubnegotiationBytes: Int { sbBuffer.count }
 
     /// `clientAddress`: the player's address for MNES (`""` when unknown); `utf8`: whether the
-    /// target's charset is UTF-8 (MTTS bit 4); `width` × `height`: what NAWS reports.
-    public init(clientAddress: String = "", utf8: Bool = true, width: UInt16 = 80, height: UInt16 = 24) {
-        self.clientAddress = Array(clientAddress.utf8)
-        self.utf8 = utf8
-        self.width = width
-        self.height = height
+    /// target's charset is UTF-8 (MTTS bit 4); `width` × `height`: what NAWS reports; `gmcp`:
+    /// accept the target's GMCP (SPEC §7) and greet it with a `Core.Hello` naming `gmcpVersion`
+    /// (the daemon's version).
+    public init(clientAddress: String = "", utf8: Bool = true, width: UInt16 = 80, height: UInt16 = 24,
+                gmcp: Bool = false, gmcpVersion: String = "") {
+        settings = Settings(clientAddress: Array(clientAddress.utf8), utf8: utf8, width: width, height: height,
+                            gmcp: gmcp, gmcpVersion: gmcpVersion)
     }
 
     /// Whether `option` is on for `side`: `.us` for what we do (we said WILL), `.him` for what
@@ -155,7 +220,8 @@ public struct TelnetFilter {
         return enabled & bit != 0
     }
 
-    /// The state bit of an option the proxy accepts; nil for the ones it refuses.
+    /// The state bit of an option; nil for the ones the proxy always refuses. GMCP's is
+    /// used only with `gmcp` (`acceptedBit`).
     private static func bit(_ option: UInt8, _ side: Side) -> UInt8? {
         switch (side, option) {
         case (.him, Telnet.Option.echo): return 1 << 0
@@ -164,27 +230,39 @@ public struct TelnetFilter {
         case (.us, Telnet.Option.ttype): return 1 << 3
         case (.us, Telnet.Option.naws): return 1 << 4
         case (.us, Telnet.Option.newEnviron): return 1 << 5
+        case (.him, Telnet.Option.gmcp): return 1 << 6
         default: return nil
         }
     }
 
+    /// The state bit of an option this filter accepts; nil for the ones it refuses.
+    private func acceptedBit(_ option: UInt8, _ side: Side) -> UInt8? {
+        if option == Telnet.Option.gmcp && !settings.gmcp { return nil }
+        return TelnetFilter.bit(option, side)
+    }
+
     /// How many bytes of `option`'s subnegotiation data are kept for reading; 0 for the ones
-    /// that are only skipped. NEW-ENVIRON's only while we said WILL (nothing else is answered).
-    /// (GMCP will keep up to 64 KiB the same way.)
+    /// that are only skipped. NEW-ENVIRON's only while we said WILL (nothing else is answered),
+    /// GMCP's only while the target's is on.
     private func keptLength(_ option: UInt8) -> Int {
         switch option {
         case Telnet.Option.newEnviron where isEnabled(option, .us): return Telnet.environSendLimit
+        case Telnet.Option.gmcp where isEnabled(option, .him): return GMCP.maxSubnegotiation
         default: return 0
         }
     }
 
     /// Feeds bytes from the target. `data` gets the runs of plain data in order: slices of
-    /// `input`, valid only during the call. Never more data than input.
+    /// `input`, valid only during the call. Never more data than input. GMCP messages that end
+    /// in `input` are appended to `gmcpMessages`, each with the number of data bytes handed to
+    /// `data` before it in this call.
     public mutating func receive(_ input: UnsafeRawBufferPointer, data: (UnsafeRawBufferPointer) -> Void) {
         let n = input.count
         var i = 0
         // Where a run began before `i` (the second byte of IAC IAC), or -1.
         var runStart = -1
+        // Data bytes handed out so far in this call (a GMCP message's `position`).
+        var handedOut = 0
         while i < n {
             if state == .data {
                 let start = runStart >= 0 ? runStart : i
@@ -197,9 +275,22 @@ public struct TelnetFilter {
                     i += 1
                 }
                 afterCR = cr
-                if i > start { data(UnsafeRawBufferPointer(rebasing: input[start..<i])) }
+                if i > start {
+                    data(UnsafeRawBufferPointer(rebasing: input[start..<i]))
+                    handedOut += i - start
+                }
                 guard i < n else { return }
                 if input[i] == Telnet.iac { state = .iac } else { afterCR = false }  // the NUL of CR NUL goes
+                i += 1
+                continue
+            }
+            if state == .sbData {
+                // Subnegotiation data up to the next IAC, at once (a GMCP message can be long).
+                let start = i
+                while i < n && input[i] != Telnet.iac { i += 1 }
+                if i > start { subnegotiationRun(UnsafeRawBufferPointer(rebasing: input[start..<i])) }
+                guard i < n else { return }
+                state = .sbIAC
                 i += 1
                 continue
             }
@@ -232,7 +323,7 @@ public struct TelnetFilter {
                     subnegotiationByte(b)
                 } else if b == Telnet.se {
                     state = .data
-                    subnegotiationEnded()
+                    subnegotiationEnded(position: handedOut)
                 } else {
                     // IAC and a command inside SB: the target forgot SE. Drop the subnegotiation
                     // and take the command, so that the stream does not stay swallowed.
@@ -256,13 +347,27 @@ public struct TelnetFilter {
     }
 
     private mutating func subnegotiationByte(_ b: UInt8) {
-        if sbLength == 0 { sbFirst = b }
-        if sbLength < .max { sbLength += 1 }
-        // One byte past the bound is kept, to tell a cut from data that just fits.
-        if sbKeep && sbBuffer.count <= keptLength(sbOption) { sbBuffer.append(b) }
+        withUnsafeBytes(of: b) { subnegotiationRun($0) }
     }
 
-    private mutating func subnegotiationEnded() {
+    /// Subnegotiation data (`IAC IAC` already undone), at least one byte.
+    private mutating func subnegotiationRun(_ run: UnsafeRawBufferPointer) {
+        if sbLength == 0 { sbFirst = run[0] }
+        sbLength = UInt8(min(Int(sbLength) + run.count, Int(UInt8.max)))
+        guard sbKeep else { return }
+        let bound = keptLength(sbOption)
+        if sbOption == Telnet.Option.gmcp {
+            // Nothing past the bound is held: the message is dropped at its first byte over.
+            guard sbBuffer.count + run.count <= bound else { return dropSubnegotiationData() }
+            sbBuffer.append(contentsOf: run)
+        } else {
+            // One byte past the bound is kept, to tell a cut from data that just fits.
+            let room = bound + 1 - sbBuffer.count
+            if room > 0 { sbBuffer.append(contentsOf: UnsafeRawBufferPointer(rebasing: run.prefix(room))) }
+        }
+    }
+
+    private mutating func subnegotiationEnded(position: Int) {
         // RFC 1091: answer SEND only once we said WILL TTYPE.
         if sbOption == Telnet.Option.ttype, sbLength >= 1, sbFirst == Telnet.ttypeSend,
            isEnabled(Telnet.Option.ttype, .us) {
@@ -271,6 +376,11 @@ public struct TelnetFilter {
             replies += [Telnet.iac, Telnet.se]
         }
         if sbKeep && sbOption == Telnet.Option.newEnviron { answerEnvironment() }
+        if sbKeep && sbOption == Telnet.Option.gmcp {
+            // The buffer becomes the message's (no copy); the next one starts a new buffer.
+            if let message = GMCPMessage(position: position, data: sbBuffer) { gmcpMessages.append(message) }
+            sbBuffer = []
+        }
         dropSubnegotiationData()
     }
 
@@ -366,7 +476,7 @@ public struct TelnetFilter {
     /// nothing where the state would not change.
     private mutating func negotiate(_ verb: UInt8, _ option: UInt8) {
         let side: Side = verb == Telnet.will || verb == Telnet.wont ? .him : .us
-        let bit = TelnetFilter.bit(option, side)
+        let bit = acceptedBit(option, side)
         let on = bit.map { enabled & $0 != 0 } ?? false
         switch verb {
         case Telnet.will, Telnet.do:
@@ -376,6 +486,7 @@ public struct TelnetFilter {
             if verb == Telnet.do && option == Telnet.Option.ttype { ttypeAnswers = 0 }  // MTTS: from the name again
             reply(verb == Telnet.will ? Telnet.do : Telnet.will, option)
             if verb == Telnet.do && option == Telnet.Option.naws { sendWindowSize() }
+            if verb == Telnet.will && option == Telnet.Option.gmcp { sendHello() }
         default:  // WONT, DONT
             guard let bit, on else { return }
             enabled &= ~bit
@@ -391,6 +502,13 @@ public struct TelnetFilter {
     private mutating func sendWindowSize() {
         replies += [Telnet.iac, Telnet.sb, Telnet.Option.naws]
         appendEscaped([UInt8(width >> 8), UInt8(width & 0xFF), UInt8(height >> 8), UInt8(height & 0xFF)])
+        replies += [Telnet.iac, Telnet.se]
+    }
+
+    /// `IAC SB GMCP Core.Hello {"client":"uvproxyd","version":"…"} IAC SE` (SPEC §7).
+    private mutating func sendHello() {
+        replies += [Telnet.iac, Telnet.sb, Telnet.Option.gmcp]
+        appendEscaped(GMCP.hello(version: settings.gmcpVersion))
         replies += [Telnet.iac, Telnet.se]
     }
 
@@ -456,12 +574,21 @@ extension TelnetFilter {
         public var utf8: Bool
         public var width: UInt16
         public var height: UInt16
+        /// GMCP: whether the filter accepts it, and the version its `Core.Hello` names. Whether
+        /// it is on is `enabledHim` holding 201; a message under way is the subnegotiation's
+        /// (`subnegotiationData`, at most `GMCP.maxSubnegotiation` bytes, kept while
+        /// `keepsSubnegotiation`).
+        public var gmcp: Bool
+        public var gmcpVersion: String
+        /// Messages not yet taken by the caller (normally none between reads).
+        public var gmcpMessages: [GMCPMessage]
 
         public init(phase: Phase = .data, afterCR: Bool = false, verb: UInt8 = 0, subnegotiationOption: UInt8 = 0,
                     subnegotiationLength: UInt8 = 0, subnegotiationFirst: UInt8 = 0, keepsSubnegotiation: Bool = false,
                     subnegotiationData: [UInt8] = [], enabledUs: [UInt8] = [], enabledHim: [UInt8] = [],
                     terminalTypeAnswers: UInt8 = 0, replies: [UInt8] = [], clientAddress: [UInt8] = [],
-                    utf8: Bool = true, width: UInt16 = 80, height: UInt16 = 24) {
+                    utf8: Bool = true, width: UInt16 = 80, height: UInt16 = 24, gmcp: Bool = false,
+                    gmcpVersion: String = "", gmcpMessages: [GMCPMessage] = []) {
             self.phase = phase
             self.afterCR = afterCR
             self.verb = verb
@@ -478,12 +605,16 @@ extension TelnetFilter {
             self.utf8 = utf8
             self.width = width
             self.height = height
+            self.gmcp = gmcp
+            self.gmcpVersion = gmcpVersion
+            self.gmcpMessages = gmcpMessages
         }
     }
 
     /// Every option code the filter can turn on, per side.
     private static let acceptedOptions: [UInt8] = [
         Telnet.Option.echo, Telnet.Option.sga, Telnet.Option.ttype, Telnet.Option.naws, Telnet.Option.newEnviron,
+        Telnet.Option.gmcp,
     ].sorted()
 
     /// This filter's state as values.
@@ -494,16 +625,18 @@ extension TelnetFilter {
               enabledUs: TelnetFilter.acceptedOptions.filter { isEnabled($0, .us) },
               enabledHim: TelnetFilter.acceptedOptions.filter { isEnabled($0, .him) },
               terminalTypeAnswers: ttypeAnswers, replies: replies, clientAddress: clientAddress,
-              utf8: utf8, width: width, height: height)
+              utf8: utf8, width: width, height: height, gmcp: gmcp, gmcpVersion: gmcpVersion,
+              gmcpMessages: gmcpMessages)
     }
 
-    /// A filter that goes on where the one `state` was taken from left off.
+    /// A filter that goes on where the one `state` was taken from left off. A GMCP message
+    /// under way that this filter would not be keeping (GMCP off, or data over the bound) is
+    /// dropped, as it would have been.
     public init(restoring state: State) {
-        clientAddress = state.clientAddress
-        utf8 = state.utf8
-        width = state.width
-        height = state.height
+        settings = Settings(clientAddress: state.clientAddress, utf8: state.utf8, width: state.width,
+                            height: state.height, gmcp: state.gmcp, gmcpVersion: state.gmcpVersion)
         replies = state.replies
+        gmcpMessages = state.gmcpMessages
         sbBuffer = state.subnegotiationData
         self.state = state.phase
         afterCR = state.afterCR
@@ -514,7 +647,10 @@ extension TelnetFilter {
         sbKeep = state.keepsSubnegotiation
         ttypeAnswers = state.terminalTypeAnswers
         enabled = 0
-        for option in state.enabledUs { enabled |= TelnetFilter.bit(option, .us) ?? 0 }
-        for option in state.enabledHim { enabled |= TelnetFilter.bit(option, .him) ?? 0 }
+        for option in state.enabledUs { enabled |= acceptedBit(option, .us) ?? 0 }
+        for option in state.enabledHim { enabled |= acceptedBit(option, .him) ?? 0 }
+        if sbKeep && sbOption == Telnet.Option.gmcp && sbBuffer.count > keptLength(sbOption) {
+            dropSubnegotiationData()
+        }
     }
 }
