@@ -7,4 +7,5 @@ enum ConnectionAttachment {
     case longPoll(PendingRequest)
     case eventStream(EventStream)
     case webSocket(WebSocketStream)
+    case gmcpPoll(GMCPWaiter)
 }

@@ -140,8 +140,12 @@ public final class ProxyAPI: HTTPHandler {
             createSession(connection, params, compat: false) { [unowned self] session, id in
                 attachWebSocket(connection, session, params, handshake, sessionID: id)
             }
-        case .gmcp, .gmcpState:
-            error(connection, .notFound, "no such path")  // GMCP: being built (issue 12)
+        case .gmcp(let id):
+            guard let session = lookup(id, connection) else { return }
+            gmcp(connection, session, request, params)
+        case .gmcpState(let id):
+            guard let session = lookup(id, connection) else { return }
+            gmcpState(connection, session)
         case .mud:
             mud(connection, request, params)
         case .healthz:
@@ -165,6 +169,7 @@ public final class ProxyAPI: HTTPHandler {
         switch connection.attachment {
         case .eventStream(let stream): stream.keepAlive()
         case .webSocket(let socket): socket.keepAlive()
+        case .gmcpPoll(let waiter): waiter.answerNow()
         case .longPoll(let pending): pending.answer()
         case .none: break
         }
@@ -174,6 +179,7 @@ public final class ProxyAPI: HTTPHandler {
         switch connection.attachment {
         case .eventStream(let stream): stream.detach()
         case .webSocket(let socket): socket.detach()
+        case .gmcpPoll(let waiter): waiter.cancel()
         case .longPoll(let pending): pending.cancel()
         case .none: break
         }
@@ -187,6 +193,7 @@ public final class ProxyAPI: HTTPHandler {
         switch connection.attachment {
         case .eventStream(let stream): stream.end(event: nil)
         case .webSocket(let socket): socket.sendClose(WebSocket.CloseCode.goingAway, "the proxy is being upgraded: connect again")
+        case .gmcpPoll(let waiter): waiter.answerNow()
         case .longPoll(let pending): pending.answer()
         case .none: break
         }
@@ -522,18 +529,18 @@ public final class ProxyAPI: HTTPHandler {
 
     // MARK: Helpers
 
-    private func lookup(_ id: SessionID?, _ connection: HTTPConnection) -> Session? {
+    func lookup(_ id: SessionID?, _ connection: HTTPConnection) -> Session? {
         if let id, let session = table.session(id) { return session }
         error(connection, .notFound, "unknown session")
         return nil
     }
 
-    private func respondEmpty(_ connection: HTTPConnection) {
+    func respondEmpty(_ connection: HTTPConnection) {
         connection.begin(.noContent)
         connection.finish(contentType: nil)
     }
 
-    private func respond(_ connection: HTTPConnection, _ status: HTTPStatus, contentType: StaticString, body: [UInt8]) {
+    func respond(_ connection: HTTPConnection, _ status: HTTPStatus, contentType: StaticString, body: [UInt8]) {
         connection.begin(status)
         connection.finish(contentType: contentType, body: body)
     }

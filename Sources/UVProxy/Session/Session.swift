@@ -41,6 +41,15 @@ public protocol UpstreamLink: AnyObject {
     /// the telnet filter's state and the bytes owed to the target that the kernel has not
     /// taken. Valid until the loop runs again: take it in the turn that lets the connection go.
     func handOverState() -> UpstreamHandOver
+    /// GMCP is on with the target (it offered it and we accepted: SPEC §7).
+    var gmcpEnabled: Bool { get }
+    /// A whole telnet command (a GMCP subnegotiation), written as it is.
+    func sendTelnet(_ command: [UInt8])
+}
+
+extension UpstreamLink {
+    public var gmcpEnabled: Bool { false }
+    public func sendTelnet(_ command: [UInt8]) {}
 }
 
 /// The part of a session's state that its connection holds (`UpstreamLink.handOverState`).
@@ -106,6 +115,11 @@ public final class Session: DeadlineOwner {
     private(set) var readingPaused = false
     /// Removed from the table (DELETE, linger over, shutdown): ids no longer find it.
     var isRemoved = false
+    /// GMCP (SPEC §7): the target's messages, on a session whose target speaks it.
+    public internal(set) var gmcp: GMCPLog?
+    /// A `GET …/gmcp?wait=` held until a message arrives (one at a time: a newer one answers
+    /// the older at once).
+    var gmcpWaiter: GMCPWaiter?
     /// The held long-poll, if any.
     public private(set) var waiter: SessionObserver?
     public var deadline: UInt64 = 0
@@ -118,6 +132,7 @@ public final class Session: DeadlineOwner {
         self.ring = ByteRing(limit: bufferSize)
         self.lastTouched = now
         self.table = table
+        if target.gmcp { gmcp = GMCPLog() }
     }
 
     public var isOpen: Bool { state == .open }
@@ -139,14 +154,29 @@ public final class Session: DeadlineOwner {
 
     /// Telnet mode: what the target sent goes through `filter` and only its data reaches the
     /// ring, so offsets count the bytes clients read (SPEC §3). The filter's replies are the
-    /// caller's to send. A read of nothing but negotiation wakes nobody.
+    /// caller's to send. A read of nothing but negotiation wakes nobody. GMCP messages (SPEC
+    /// §7) go to the session's log, each at the offset where it arrived.
     func receive(_ bytes: UnsafeRawBufferPointer, through filter: inout TelnetFilter) {
         guard state == .open else { return }
         let before = ring.count
         let base = ring.base
         let end = ring.end
         filter.receive(bytes) { ring.append($0) }
-        received(bytes.count, ringCountBefore: before, baseBefore: base, notify: ring.end != end)
+        var gmcpArrived = false
+        if !filter.gmcpMessages.isEmpty {
+            if gmcp != nil {
+                let heldBefore = gmcp!.heldBytes
+                for message in filter.gmcpMessages { gmcp!.append(message, offset: end + UInt64(message.position)) }
+                if !isRemoved { table.bufferedBytes += gmcp!.heldBytes - heldBefore }
+                gmcpArrived = true
+            }
+            filter.gmcpMessages.removeAll()
+        }
+        received(bytes.count, ringCountBefore: before, baseBefore: base, notify: ring.end != end || gmcpArrived)
+        if gmcpArrived, let poll = gmcpWaiter {
+            gmcpWaiter = nil
+            poll.gmcpArrived()
+        }
     }
 
     private func received(_ count: Int, ringCountBefore before: Int, baseBefore base: UInt64, notify: Bool) {
@@ -256,7 +286,7 @@ public final class Session: DeadlineOwner {
             lastSeq: lastSeq, lastTouchedAgoMs: now - min(lastTouched, now), openedAgoMs: now - min(openedAt, now),
             deadlineInMs: deadlineSlot >= 0 ? deadline - min(deadline, now) : nil,
             sentBytes: sentBytes, readingPaused: readingPaused, origin: origin, client: client,
-            telnet: link.telnet, unwrittenOutput: link.unwrittenOutput)
+            telnet: link.telnet, unwrittenOutput: link.unwrittenOutput, gmcp: gmcp?.snapshot())
     }
 
     /// A session rebuilt from a snapshot, with no link yet (`SessionTable.adopt` attaches it).
@@ -281,5 +311,6 @@ public final class Session: DeadlineOwner {
         sentBytes = snapshot.sentBytes
         origin = snapshot.origin
         client = snapshot.client
+        if target.gmcp { gmcp = snapshot.gmcp.map { GMCPLog(restoring: $0) } ?? GMCPLog() }
     }
 }

@@ -226,6 +226,10 @@ public final class SessionTable {
         events?.sessionClosed(session, reason: reason)
         // Last: an observer may answer now and run the client's next request, on this session too.
         session.notifyObservers()
+        if let waiter = session.gmcpWaiter {  // a GMCP poll learns the end too (at the end of the turn)
+            session.gmcpWaiter = nil
+            waiter.gmcpArrived()
+        }
     }
 
     /// The session no longer counts against its client's limit (it closed, or never opened).
@@ -246,7 +250,7 @@ public final class SessionTable {
         guard !session.isRemoved else { return }
         session.isRemoved = true
         sessions.remove(session.id)
-        bufferedBytes -= session.ring.count
+        bufferedBytes -= session.ring.count + (session.gmcp?.heldBytes ?? 0)
         if session.closeReason != nil {
             closedCount -= 1
             deadlines.cancel(session)
@@ -309,7 +313,7 @@ public final class SessionTable {
         }
         session.isRemoved = true
         sessions.remove(session.id)
-        bufferedBytes -= session.ring.count
+        bufferedBytes -= session.ring.count + (session.gmcp?.heldBytes ?? 0)
         if session.closeReason != nil { closedCount -= 1 }
     }
 
@@ -362,7 +366,7 @@ public final class SessionTable {
             throw .linkMismatch
         }
         sessions.insert(session)
-        bufferedBytes += session.ring.count
+        bufferedBytes += session.ring.count + (session.gmcp?.heldBytes ?? 0)
         if isOpen {
             openCount += 1
             if settings.maxSessionsPerClient > 0, let client = session.client {

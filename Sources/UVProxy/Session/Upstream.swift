@@ -63,6 +63,17 @@ final class Upstream: UpstreamLink, TCPStreamDelegate, DeadlineOwner {
 
     var queuedBytes: Int { stream.queuedWriteBytes }
 
+    var gmcpEnabled: Bool { telnet?.filter.gmcpEnabled ?? false }
+
+    /// A GMCP message to the target (SPEC §7), as the whole subnegotiation (already escaped):
+    /// written as it is, after the input queued before it.
+    func sendTelnet(_ command: [UInt8]) {
+        guard telnet != nil, !finishing else { return }
+        command.withUnsafeBytes { _ = stream.write($0) }
+        session.table.counters.upstreamSentBytes += UInt64(command.count)
+        checkOwed()
+    }
+
     func handOverState() -> UpstreamHandOver {
         UpstreamHandOver(telnet: telnet?.filter.snapshot(), unwrittenOutput: stream.unwrittenBytes())
     }
@@ -174,7 +185,8 @@ private final class TelnetState {
 
     /// The session's client address (MNES) and whether its target speaks UTF-8 (MTTS).
     init(_ session: Session) {
-        filter = TelnetFilter(clientAddress: session.clientAddress, utf8: session.target.charset == .utf8)
+        filter = TelnetFilter(clientAddress: session.clientAddress, utf8: session.target.charset == .utf8,
+                              gmcp: session.target.gmcp, gmcpVersion: UVProxyVersion.text)
     }
 
     /// Carries on from a handed-over state; a session that had none (its old target did not
@@ -183,7 +195,8 @@ private final class TelnetState {
         if let state {
             filter = TelnetFilter(restoring: state)
         } else {
-            filter = TelnetFilter(clientAddress: session.clientAddress, utf8: session.target.charset == .utf8)
+            filter = TelnetFilter(clientAddress: session.clientAddress, utf8: session.target.charset == .utf8,
+                                  gmcp: session.target.gmcp, gmcpVersion: UVProxyVersion.text)
         }
     }
 }

@@ -1,0 +1,74 @@
+import Foundation
+import XCTest
+@testable import UVProxy
+
+/// SPEC §7 over real sockets: a target that speaks GMCP, its messages as resumable events with
+/// the offset they came at, the state per package, and messages to the game.
+final class IntegrationGMCPTests: XCTestCase {
+    private let IAC = Telnet.iac, SB = Telnet.sb, SE = Telnet.se, GMCPOption: UInt8 = 201
+
+    private func bytes(_ s: String) -> [UInt8] { Array(s.utf8) }
+    private func gmcp(_ text: String) -> [UInt8] { [IAC, SB, GMCPOption] + bytes(text) + [IAC, SE] }
+
+    /// A session on a GMCP target, negotiated: the proxy's DO and Core.Hello read.
+    private func gmcpSession() throws -> (TestDaemon, HTTPTestClient, String, TestSocket) {
+        let (_, d, c, id, target) = try sessionOnTestUpstream { $0.gmcp = true }
+        try target.send([IAC, Telnet.will, GMCPOption])
+        let hello = [IAC, Telnet.do, GMCPOption] + gmcp("Core.Hello {\"client\":\"uvproxyd\",\"version\":\"\(UVProxyVersion.text)\"}")
+        XCTAssertEqual(try target.receive(exactly: hello.count), hello)
+        return (d, c, id, target)
+    }
+
+    func testMessagesComeWithTheirOffsetAndSeqAndAddNoText() throws {
+        let (_, c, id, target) = try gmcpSession()
+        try target.send(bytes("hp ") + gmcp("Char.Vitals {\"hp\": 10}") + bytes("ok\r\n") + gmcp("Room.Info"))
+        XCTAssertEqual(try c.readBytes(id, from: 0, count: 7), bytes("hp ok\r\n"), "GMCP adds no bytes to the text")
+        let r = try c.call("GET", "/sessions/\(id)/gmcp?since=0")
+        XCTAssertEqual(r.status, 200)
+        let json = try XCTUnwrap(r.json)
+        XCTAssertEqual(json["next"] as? Int, 2)
+        let messages = try XCTUnwrap(json["messages"] as? [[String: Any]])
+        XCTAssertEqual(messages.count, 2)
+        XCTAssertEqual(messages[0]["seq"] as? Int, 0)
+        XCTAssertEqual(messages[0]["offset"] as? Int, 3)
+        XCTAssertEqual(messages[0]["package"] as? String, "Char.Vitals")
+        XCTAssertEqual((messages[0]["data"] as? [String: Any])?["hp"] as? Int, 10)
+        XCTAssertEqual(messages[1]["offset"] as? Int, 7)
+        XCTAssertTrue(messages[1]["data"] is NSNull, "no payload: data null")
+        // Without since: after what was read.
+        XCTAssertEqual((try c.call("GET", "/sessions/\(id)/gmcp").json?["messages"] as? [Any])?.count, 0)
+        let state = try XCTUnwrap(try c.call("GET", "/sessions/\(id)/gmcp/state").json)
+        XCTAssertEqual((state["Char.Vitals"] as? [String: Any])?["hp"] as? Int, 10)
+        XCTAssertTrue(state["Room.Info"] is NSNull)
+    }
+
+    func testALongPollIsAnsweredWhenAMessageComes() throws {
+        let (d, _, id, target) = try gmcpSession()
+        let poller = try d.client()
+        try poller.send("GET", "/sessions/\(id)/gmcp?since=0&wait=10")
+        XCTAssertFalse(poller.socket.isReadable(within: 0.3), "nothing yet: held")
+        try target.send(gmcp("Comm.Channel.Text {\"text\": \"hi\"}"))
+        let r = try poller.readResponse()
+        XCTAssertEqual(r.status, 200)
+        XCTAssertEqual((r.json?["messages"] as? [[String: Any]])?.first?["package"] as? String, "Comm.Channel.Text")
+    }
+
+    func testClientMessagesGoToTheGame() throws {
+        let (_, c, id, target) = try gmcpSession()
+        XCTAssertEqual(try c.call("POST", "/sessions/\(id)/gmcp", body: "Core.Supports.Set [\"Char 1\"]").status, 204)
+        let frame = gmcp("Core.Supports.Set [\"Char 1\"]")
+        XCTAssertEqual(try target.receive(exactly: frame.count), frame)
+        XCTAssertEqual(try c.call("POST", "/sessions/\(id)/gmcp", body: "bad name! {}").status, 400)
+        XCTAssertEqual(try c.call("POST", "/sessions/\(id)/gmcp", body: "Core.Ping {not json").status, 400)
+    }
+
+    func testSessionsWithoutGMCPSayConflict() throws {
+        let (_, _, c, id, _) = try sessionOnTestUpstream { $0.telnet = true }
+        XCTAssertEqual(try c.call("GET", "/sessions/\(id)/gmcp").status, 409)
+        XCTAssertEqual(try c.call("GET", "/sessions/\(id)/gmcp/state").status, 409)
+        // A GMCP target that has not offered it yet: nothing to send it.
+        let (_, _, c2, id2, _) = try sessionOnTestUpstream { $0.gmcp = true }
+        XCTAssertEqual(try c2.call("POST", "/sessions/\(id2)/gmcp", body: "Core.Ping").status, 409)
+        XCTAssertEqual(try c2.call("GET", "/sessions/\(id2)/gmcp/state").text, "{}")
+    }
+}
