@@ -131,7 +131,7 @@ final class ConfigTests: XCTestCase {
         XCTAssertEqual(c.sendTimeout, 60)
         XCTAssertEqual(c.allowedHosts, ["play.example.org"])
         XCTAssertEqual(c.targets, [
-            "mud": TargetConfig(address: "127.0.0.1:4000", telnet: true, charset: .latin1),
+            "mud": TargetConfig(address: "127.0.0.1:4000", telnet: true, charset: .latin1, gmcp: true),
             "classic": TargetConfig(address: "localhost:5000", telnet: true, charset: .cp437, connectTimeout: 5),
             "modern": TargetConfig(address: "127.0.0.1:4100", proxyProtocol: .v2),
         ])

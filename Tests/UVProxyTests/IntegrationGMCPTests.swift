@@ -42,6 +42,32 @@ final class IntegrationGMCPTests: XCTestCase {
         XCTAssertTrue(state["Room.Info"] is NSNull)
     }
 
+    /// SSE: GMCP events among the text in arrival order, every id `<offset>:<next seq>`, and a
+    /// Last-Event-ID of that form resumes both without loss or repetition.
+    func testEventStreamsInterleaveGMCPAndResumeBoth() throws {
+        let (d, _, id, target) = try gmcpSession()
+        try target.send(bytes("hp ") + gmcp("Char.Vitals {\"hp\": 10}") + bytes("ok\r\n") + gmcp("Room.Info"))
+        let stream = try SSETestClient(port: d.listenPort, path: "/sessions/\(id)/events?since=0")
+        var seen: [String] = []
+        while seen.count < 4, let e = try stream.next() {
+            if e.comment != nil && e.id == nil { continue }
+            seen.append("\(e.event ?? "text") \(e.id ?? "-") \(e.event == "gmcp" ? e.data : e.text ?? "?")")
+        }
+        XCTAssertEqual(seen, [
+            "text 3:0 hp ",
+            "gmcp 3:1 {\"seq\":0,\"package\":\"Char.Vitals\",\"data\":{\"hp\":10}}",
+            "text 7:1 ok\r\n",
+            "gmcp 7:2 {\"seq\":1,\"package\":\"Room.Info\",\"data\":null}",
+        ])
+        let resumed = try SSETestClient(port: d.listenPort, path: "/sessions/\(id)/events", headers: ["Last-Event-ID": "3:1"])
+        var again: [String] = []
+        while again.count < 2, let e = try resumed.next() {
+            if e.comment != nil && e.id == nil { continue }
+            again.append("\(e.event ?? "text") \(e.id ?? "-")")
+        }
+        XCTAssertEqual(again, ["text 7:1", "gmcp 7:2"])
+    }
+
     func testALongPollIsAnsweredWhenAMessageComes() throws {
         let (d, _, id, target) = try gmcpSession()
         let poller = try d.client()

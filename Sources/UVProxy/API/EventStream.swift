@@ -10,6 +10,11 @@ final class EventStream: SessionObserver, TurnTask {
     private(set) var session: Session?
     /// The offset the next event starts at.
     private(set) var cursor: UInt64
+    /// On a GMCP session (SPEC §7): the seq of the next GMCP message to send. GMCP events go out
+    /// in arrival order among the text events (a message that came at offset N goes after the
+    /// text before N), and every event's id is then `<offset>:<this>`, so `Last-Event-ID`
+    /// resumes both. nil: a session without GMCP, whose ids are plain offsets.
+    private(set) var gmcpCursor: UInt64?
     private var decoder: TextDecoder
     /// What the session asked for, done at the end of the turn (`TurnQueue`).
     private enum Wake { case none, pump, replaced }
@@ -23,11 +28,20 @@ final class EventStream: SessionObserver, TurnTask {
     /// Largest event: bounds the scratch buffer.
     static let maxChunk: UInt64 = 32 * 1024
 
-    init(connection: HTTPConnection, api: ProxyAPI, session: Session, cursor: UInt64) {
+    init(connection: HTTPConnection, api: ProxyAPI, session: Session, cursor: UInt64, gmcpCursor: UInt64? = nil) {
         self.connection = connection
         self.api = api
         self.session = session
         self.cursor = cursor
+        if let log = session.gmcp {
+            // Resuming (`<offset>:<seq>`) where it was; else from the first message at or after
+            // the text's start. A seq the log no longer holds starts at its oldest.
+            var seq = gmcpCursor ?? log.next
+            if gmcpCursor == nil {
+                while seq > log.base, let previous = log.message(seq - 1), previous.offset >= cursor { seq -= 1 }
+            }
+            self.gmcpCursor = min(max(seq, log.base), log.next)
+        }
         decoder = TextDecoder(charset: session.target.charset)
     }
 
@@ -35,13 +49,18 @@ final class EventStream: SessionObserver, TurnTask {
     func pump() {
         // `self.session`, not a local copy: a failed write closes the connection, which detaches
         // this stream (session = nil) in the middle of the loop.
-        while let session, connection.mayStreamMore(below: EventStream.highWater), cursor < session.ring.end {
+        while let session, connection.mayStreamMore(below: EventStream.highWater), cursor < session.ring.end || hasGMCPDue {
+            if let message = nextGMCP, message.offset <= cursor {
+                writeGMCP(message)
+                continue
+            }
             guard session.ring.check(cursor) == .ok else {
                 // Another client acknowledged past this stream and the history was evicted:
                 // end, so the client reconnects and learns it with a 409.
                 return end(event: nil)
             }
             var to = min(session.ring.end, cursor + EventStream.maxChunk)
+            if let message = nextGMCP { to = min(to, message.offset) }  // the text before it first
             if session.target.charset == .utf8, session.isOpen || to < session.ring.end {
                 to -= UInt64(session.ring.incompleteUTF8Tail(from: cursor, to: to))
             }
@@ -49,13 +68,42 @@ final class EventStream: SessionObserver, TurnTask {
             write(from: cursor, to: to)
         }
         guard let session else { return }  // a write failed and closed the connection
-        if !session.isOpen, cursor == session.ring.end {
+        if !session.isOpen, cursor == session.ring.end, !hasGMCPDue {
             if connection.mayStreamMore(below: EventStream.highWater) {
                 end(event: session.closeReason)
             }  // else: connectionDidDrain comes back here
             return
         }
         session.setWaiter(self)
+    }
+
+    /// The next GMCP message to send, if the log holds one.
+    private var nextGMCP: GMCPLog.Message? {
+        guard let seq = gmcpCursor else { return nil }
+        return session?.gmcp?.message(seq)
+    }
+
+    /// A GMCP message waits to be sent (its text before it is out, or goes first).
+    private var hasGMCPDue: Bool { nextGMCP != nil }
+
+    /// `event: gmcp`, its data `{"seq", "package", "data"}`, its id the text offset and the
+    /// next seq.
+    private func writeGMCP(_ message: GMCPLog.Message) {
+        var out = api.scratch
+        api.scratch = []
+        out.clear()
+        out.append("event: gmcp\nid: ")
+        out.append(contentsOf: String(cursor).utf8)
+        out.append(UInt8(ascii: ":"))
+        out.append(contentsOf: String(message.seq + 1).utf8)
+        out.append("\ndata: ")
+        message.appendJSON(into: &out, includeOffset: false)
+        out.append("\n\n")
+        out.withUnsafeBytes { connection.writeStream($0) }
+        api.scratch = out
+        guard session != nil else { return }  // the write failed and closed the connection
+        gmcpCursor = message.seq + 1
+        if let session, session.gmcp!.delivered < message.seq + 1 { session.gmcp!.delivered = message.seq + 1 }
     }
 
     private func write(from: UInt64, to: UInt64) {
@@ -65,6 +113,10 @@ final class EventStream: SessionObserver, TurnTask {
         out.clear()
         out.append("id: ")
         out.append(contentsOf: String(to).utf8)  // a small string: no allocation
+        if let gmcpCursor {
+            out.append(UInt8(ascii: ":"))
+            out.append(contentsOf: String(gmcpCursor).utf8)
+        }
         out.append("\ndata: \"")
         session.ring.withBytes(from: from, max: Int(to - from)) { a, b in
             decoder.decode(a, into: &out)

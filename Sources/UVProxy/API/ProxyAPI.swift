@@ -405,9 +405,19 @@ public final class ProxyAPI: HTTPHandler {
 
     private func events(_ connection: HTTPConnection, _ session: Session, _ request: HTTPRequest, _ params: Parameters) {
         var start = session.delivered
+        var gmcpStart: UInt64?
         if !request.lastEventID.isEmpty {  // EventSource reconnecting: resume where it was
-            guard let n = Parameters.parseUnsigned(request.lastEventID[...]) else {
-                return error(connection, .badRequest, "Last-Event-ID must be an offset (a decimal number)")
+            // `<offset>`, or `<offset>:<next gmcp seq>` on a GMCP session (SPEC §7).
+            let id = request.lastEventID[...]
+            let colon = id.firstIndex(of: UInt8(ascii: ":"))
+            guard let n = Parameters.parseUnsigned(colon.map { id[..<$0] } ?? id) else {
+                return error(connection, .badRequest, "Last-Event-ID must be an offset, or offset:seq (decimal numbers)")
+            }
+            if let colon {
+                guard let seq = Parameters.parseUnsigned(id[(colon + 1)...]) else {
+                    return error(connection, .badRequest, "Last-Event-ID must be an offset, or offset:seq (decimal numbers)")
+                }
+                gmcpStart = seq
             }
             start = n
         } else {
@@ -430,7 +440,7 @@ public final class ProxyAPI: HTTPHandler {
         // The head's write can fail (the client reset) and close the connection at once, and
         // `connectionWillClose` has then run already: no stream may be attached after it.
         guard connection.isStreaming else { return }
-        let stream = EventStream(connection: connection, api: self, session: session, cursor: start)
+        let stream = EventStream(connection: connection, api: self, session: session, cursor: start, gmcpCursor: gmcpStart)
         connection.attachment = .eventStream(stream)
         eventStreams += 1
         connection.hold(until: clock() + settings.keepAliveMs)
