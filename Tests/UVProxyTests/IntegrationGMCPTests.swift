@@ -68,6 +68,24 @@ final class IntegrationGMCPTests: XCTestCase {
         XCTAssertEqual(again, ["text 7:1", "gmcp 7:2"])
     }
 
+    /// WebSocket `gmcp.mudstandards.org`: the bytes in binary frames, GMCP as text frames among
+    /// them in arrival order, and a client's text frame is GMCP to the game.
+    func testWebSocketCarriesGMCPAsTextFramesBothWays() throws {
+        let (d, _, id, target) = try gmcpSession()
+        try target.send(bytes("hp ") + gmcp("Char.Vitals {\"hp\": 10}") + bytes("ok\r\n") + gmcp("Room.Info"))
+        let ws = try WebSocketTestClient(port: d.listenPort, path: "/sessions/\(id)/ws?since=0",
+                                         protocols: ["gmcp.mudstandards.org"])
+        XCTAssertEqual(ws.headers["sec-websocket-protocol"], "gmcp.mudstandards.org")
+        var frames: [String] = []
+        while frames.count < 4, let f = try ws.next() { frames.append("\(f.opcode) \(f.text)") }
+        XCTAssertEqual(frames, ["2 hp ", "1 Char.Vitals {\"hp\": 10}", "2 ok\r\n", "1 Room.Info"])
+        try ws.sendText("Core.Supports.Set [\"Char 1\"]")
+        let frame = gmcp("Core.Supports.Set [\"Char 1\"]")
+        XCTAssertEqual(try target.receive(exactly: frame.count), frame)
+        try ws.send(2, bytes("look"))
+        XCTAssertEqual(try target.receive(exactly: 4), bytes("look"), "binary frames are the bytes, raw")
+    }
+
     func testALongPollIsAnsweredWhenAMessageComes() throws {
         let (d, _, id, target) = try gmcpSession()
         let poller = try d.client()

@@ -23,6 +23,9 @@ final class WebSocketStream: SessionObserver, TurnTask, ConnectionTakeover {
     unowned(unsafe) let api: ProxyAPI
     private(set) var session: Session?
     private(set) var cursor: UInt64
+    /// `gmcp.mudstandards.org` on a GMCP session: the seq of the next GMCP message to send, as
+    /// a text frame among the binary ones in arrival order (as SSE does).
+    private var gmcpCursor: UInt64?
     let mode: Mode
     private var decoder: TextDecoder
     private var parser: WebSocketFrameParser
@@ -56,19 +59,54 @@ final class WebSocketStream: SessionObserver, TurnTask, ConnectionTakeover {
         decoder = TextDecoder(charset: session.target.charset, escapesJSON: false)
         parser = WebSocketFrameParser(maxMessageSize: maxMessageSize)
         lastHeard = api.now
+        if mode == .gmcp, let log = session.gmcp {
+            var seq = log.next  // from the first message at or after the text's start
+            while seq > log.base, let previous = log.message(seq - 1), previous.offset >= cursor { seq -= 1 }
+            gmcpCursor = seq
+        }
+    }
+
+    private var nextGMCP: GMCPLog.Message? {
+        guard let seq = gmcpCursor else { return nil }
+        return session?.gmcp?.message(seq)
+    }
+
+    /// A GMCP message as a text frame, `Package.Message <JSON>` as the game sent it (any
+    /// invalid UTF-8 made U+FFFD: a text frame must be UTF-8).
+    private func writeGMCP(_ message: GMCPLog.Message) {
+        var text: [UInt8] = []
+        var utf8 = TextDecoder(charset: .utf8, escapesJSON: false)
+        message.package.withUnsafeBytes { utf8.decode($0, into: &text) }
+        if let payload = message.payload {
+            text.append(UInt8(ascii: " "))
+            payload.withUnsafeBytes { utf8.decode($0, into: &text) }
+        }
+        utf8.finish(into: &text)
+        var frame: [UInt8] = []
+        WebSocketFrameEncoder.appendText(text, to: &frame)
+        frame.withUnsafeBytes { connection.writeStream($0) }
+        guard let session else { return }
+        gmcpCursor = message.seq + 1
+        if session.gmcp!.delivered < message.seq + 1 { session.gmcp!.delivered = message.seq + 1 }
     }
 
     // MARK: Out
 
     /// Writes what is buffered, then waits on the session (or closes, if it closed).
     func pump() {
-        while let session, !closeSent, connection.mayStreamMore(below: WebSocketStream.highWater), cursor < session.ring.end {
+        while let session, !closeSent, connection.mayStreamMore(below: WebSocketStream.highWater),
+              cursor < session.ring.end || nextGMCP != nil {
+            if let message = nextGMCP, message.offset <= cursor {
+                writeGMCP(message)
+                continue
+            }
             guard session.ring.check(cursor) == .ok else {
                 // Another reader acknowledged past this one and the history was evicted: the
                 // client learns it with a 409 when it attaches again.
                 return sendClose(WebSocket.CloseCode.policyViolation, "offset \(cursor) was evicted")
             }
             var to = min(session.ring.end, cursor + WebSocketStream.maxChunk)
+            if let message = nextGMCP { to = min(to, message.offset) }  // the bytes before it first
             if mode == .terminal, session.target.charset == .utf8, session.isOpen || to < session.ring.end {
                 to -= UInt64(session.ring.incompleteUTF8Tail(from: cursor, to: to))
             }
@@ -76,7 +114,7 @@ final class WebSocketStream: SessionObserver, TurnTask, ConnectionTakeover {
             write(from: cursor, to: to)
         }
         guard let session, !closeSent else { return }
-        if !session.isOpen, cursor == session.ring.end {
+        if !session.isOpen, cursor == session.ring.end, nextGMCP == nil {
             if connection.mayStreamMore(below: WebSocketStream.highWater) {
                 sendClose(WebSocket.CloseCode.normal, session.closeReason?.text ?? "closed")
             }  // else: connectionDrained comes back here
@@ -161,6 +199,8 @@ final class WebSocketStream: SessionObserver, TurnTask, ConnectionTakeover {
     private func received(_ event: WebSocketFrameParser.Event) {
         guard !closeSent else { return }
         switch event {
+        case .text(let message) where mode == .gmcp:
+            sendGMCP(message)
         case .text(let message):
             input(message, command: mode == .terminal)
         case .binary(let message):
@@ -175,6 +215,18 @@ final class WebSocketStream: SessionObserver, TurnTask, ConnectionTakeover {
             // The closing handshake (§5.5.1): echo the code, then end.
             sendClose(code ?? WebSocket.CloseCode.normal, "")
         }
+    }
+
+    /// `gmcp.mudstandards.org`: a text message is GMCP, `Package.Message[ <JSON>]`, to the game.
+    /// One that is malformed, or comes before the game has offered GMCP, is dropped (as `POST
+    /// …/gmcp` would answer it 400 or 409): the bytes stream goes on.
+    private func sendGMCP(_ message: [UInt8]) {
+        guard let session, session.isOpen, let link = session.link, link.gmcpEnabled,
+              let parsed = try? GMCP.parseClientMessage(message) else { return }
+        session.lastTouched = api.now
+        var frame: [UInt8] = []
+        GMCP.encode(package: parsed.package, payload: parsed.payload, into: &frame)
+        link.sendTelnet(frame)
     }
 
     /// One client message to the target: a command (the line-ending rule of Input) or raw bytes.
