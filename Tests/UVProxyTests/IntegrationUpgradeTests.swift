@@ -221,6 +221,41 @@ final class IntegrationUpgradeTests: XCTestCase {
         XCTAssertEqual(try new.client().readBytes(id, from: 6, count: 5), bytes("three"))
     }
 
+    /// GMCP state travels too: the log (seq, offsets, the since cursor), the state per package,
+    /// and the filter's GMCP mode, so the game's next message and a client's send both work.
+    func testGMCPCarriesOnAcrossTheUpgrade() throws {
+        let up = try startUpstream()
+        let configure: (inout ProxyConfig) -> Void = {
+            $0.upstream = "127.0.0.1:\(up.port)"
+            $0.gmcp = true
+        }
+        let old = try startDaemon(configure)
+        let c = try old.client()
+        let id = try c.createSession()
+        let target = try up.connection(0)
+        let gmcp = { (text: String) -> [UInt8] in [self.IAC, self.SB, 201] + self.bytes(text) + [self.IAC, self.SE] }
+        try target.send([IAC, Telnet.will, 201])
+        let hello = [IAC, Telnet.do, 201] + gmcp("Core.Hello {\"client\":\"uvproxyd\",\"version\":\"\(UVProxyVersion.text)\"}")
+        XCTAssertEqual(try target.receive(exactly: hello.count), hello)
+        try target.send(bytes("hp ") + gmcp("Char.Vitals {\"hp\": 10}"))
+        XCTAssertEqual(try c.readBytes(id, from: 0, count: 3), bytes("hp "))
+        XCTAssertEqual((try c.call("GET", "/sessions/\(id)/gmcp?since=0").json?["next"] as? Int), 1)
+
+        let new = try upgrade(old, configure)
+        let c2 = try new.client()
+        try target.send(bytes("ok") + gmcp("Room.Info {\"num\": 7}"))
+        XCTAssertEqual(try c2.readBytes(id, from: 3, count: 2), bytes("ok"))
+        let r = try c2.call("GET", "/sessions/\(id)/gmcp")
+        let messages = try XCTUnwrap(r.json?["messages"] as? [[String: Any]])
+        XCTAssertEqual(messages.map { $0["seq"] as? Int }, [1], "after what was read before the upgrade")
+        XCTAssertEqual(messages.first?["offset"] as? Int, 5)
+        let state = try XCTUnwrap(try c2.call("GET", "/sessions/\(id)/gmcp/state").json)
+        XCTAssertEqual((state["Char.Vitals"] as? [String: Any])?["hp"] as? Int, 10, "the state from before the upgrade")
+        XCTAssertEqual(try c2.call("POST", "/sessions/\(id)/gmcp", body: "Core.Ping").status, 204, "GMCP is still on")
+        let ping = gmcp("Core.Ping")
+        XCTAssertEqual(try target.receive(exactly: ping.count), ping)
+    }
+
     // MARK: When the new process fails, the old one serves on
 
     func testANewProcessThatHangsUpBeforeItIsReadyChangesNothing() throws {
