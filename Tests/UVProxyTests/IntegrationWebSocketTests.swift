@@ -22,6 +22,7 @@ final class IntegrationWebSocketTests: XCTestCase {
         XCTAssertEqual(try ws.next()?.payload, [0xFF, 0x00, 0x80])
         // What the socket delivered counts as delivered: a plain read without since starts after it.
         XCTAssertEqual(try c.call("GET", "/sessions/\(id)").header("X-Offset"), "10")
+        XCTAssertEqual(try c.metric("uvproxyd_websockets"), 1)
     }
 
     func testTerminalTextIsDecodedAndEachMessageIsACommand() throws {

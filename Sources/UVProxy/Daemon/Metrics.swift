@@ -24,6 +24,7 @@ extension ProxyDaemon {
         metrics.gauge("uvproxyd_http_connections", server.connectionCount)
         metrics.gauge("uvproxyd_long_polls", api.longPolls)
         metrics.gauge("uvproxyd_event_streams", api.eventStreams)
+        metrics.gauge("uvproxyd_websockets", api.webSockets)
         metrics.gauge("uvproxyd_buffered_bytes", max(table.bufferedBytes, 0))
         metrics.gauge("uvproxyd_loop_lag_seconds", seconds: lag.takeRecent())
         metrics.gauge("uvproxyd_loop_lag_max_seconds", seconds: lag.overallMax)
