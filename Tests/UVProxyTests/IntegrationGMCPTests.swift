@@ -95,6 +95,15 @@ final class IntegrationGMCPTests: XCTestCase {
         let r = try poller.readResponse()
         XCTAssertEqual(r.status, 200)
         XCTAssertEqual((r.json?["messages"] as? [[String: Any]])?.first?["package"] as? String, "Comm.Channel.Text")
+        // A newer poll answers the older one (empty), as a newer read does.
+        try poller.send("GET", "/sessions/\(id)/gmcp?since=1&wait=10")
+        let newer = try d.client()
+        try newer.send("GET", "/sessions/\(id)/gmcp?since=1&wait=10")
+        let older = try poller.readResponse()
+        XCTAssertEqual(older.status, 200)
+        XCTAssertEqual((older.json?["messages"] as? [Any])?.count, 0)
+        try target.send(gmcp("Room.Info"))
+        XCTAssertEqual((try newer.readResponse().json?["messages"] as? [[String: Any]])?.first?["seq"] as? Int, 1)
     }
 
     func testClientMessagesGoToTheGame() throws {

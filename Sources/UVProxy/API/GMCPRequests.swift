@@ -33,7 +33,10 @@ extension ProxyAPI {
         }
         if from == session.gmcp!.next, waitMs > 0, session.isOpen {
             let waiter = GMCPWaiter(connection: connection, api: self, session: session, since: from)
-            session.gmcpWaiter?.answerNow()  // a newer poll answers the older one
+            if let older = session.gmcpWaiter {  // a newer poll answers the older one, at the end of the turn
+                session.gmcpWaiter = nil
+                older.gmcpArrived()
+            }
             session.gmcpWaiter = waiter
             connection.attachment = .gmcpPoll(waiter)
             connection.hold(until: now + waitMs)
@@ -117,7 +120,8 @@ final class GMCPWaiter: TurnTask {
         self.since = since
     }
 
-    /// A message arrived (the session has let go of this waiter).
+    /// A message arrived, the session closed, or a newer poll took the slot (the session has let
+    /// go of this waiter): answer at the end of the turn, never inside another client's callback.
     func gmcpArrived() { connection.loop.turns.enqueue(self) }
 
     func runTurnTask() { answerNow() }
