@@ -28,6 +28,10 @@ final class IntegrationUpgradeTests: XCTestCase {
         try old.onLoop { try $0.beginUpgrade(channel: mine, child: nil) }
         let new = try TestDaemon(log: log, takeOver: .init(channel: theirs, listener: listener), configure)
         addTeardownBlock { new.stop() }
+        // Until the new daemon has taken everything over, a new connection may still land in the
+        // old one, which lets its connections go at the hand-over: wait for the new one to accept
+        // (it never does when the old one gives the upgrade up: then the wait just ends).
+        _ = waitUntil { (try? new.onLoop { $0.server.isAccepting }) ?? true }
         return new
     }
 
