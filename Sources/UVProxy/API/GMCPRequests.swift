@@ -14,18 +14,7 @@ extension ProxyAPI {
     func gmcp(_ connection: HTTPConnection, _ session: Session, _ request: HTTPRequest, _ params: Parameters) {
         guard gmcpLog(session, connection) else { return }
         if request.method == .post { return gmcpSend(connection, session, request) }
-        var since: UInt64?
-        var waitMs: UInt64 = 0
-        switch params.unsigned("since") {
-        case .failure(let e)?: return error(connection, .badRequest, e.reason)
-        case .success(let n)?: since = n
-        case nil: break
-        }
-        switch params.milliseconds("wait") {
-        case .failure(let e)?: return error(connection, .badRequest, e.reason)
-        case .success(let ms)?: waitMs = min(ms, settings.maxWaitMs)
-        case nil: break
-        }
+        guard let (since, waitMs) = sinceAndWait(params, connection) else { return }
         session.lastTouched = now
         let from = since ?? session.gmcp!.delivered
         if case .ahead(let next) = session.gmcp!.since(from) {

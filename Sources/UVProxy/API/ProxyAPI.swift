@@ -344,20 +344,28 @@ public final class ProxyAPI: HTTPHandler {
 
     // MARK: Read
 
-    private func read(_ connection: HTTPConnection, _ session: Session, _ params: Parameters, compat: Bool) {
+    /// A read's `since` and `wait` (capped at `max-wait`), the same for text and GMCP; nil after
+    /// answering `400` for a bad one.
+    @inline(__always)
+    func sinceAndWait(_ params: Parameters, _ connection: HTTPConnection) -> (since: UInt64?, waitMs: UInt64)? {
         var since: UInt64?
         var waitMs: UInt64 = 0
-        var max = Int.max
         switch params.unsigned("since") {
-        case .failure(let e)?: return error(connection, .badRequest, e.reason)
+        case .failure(let e)?: error(connection, .badRequest, e.reason); return nil
         case .success(let n)?: since = n
         case nil: break
         }
         switch params.milliseconds("wait") {
-        case .failure(let e)?: return error(connection, .badRequest, e.reason)
+        case .failure(let e)?: error(connection, .badRequest, e.reason); return nil
         case .success(let ms)?: waitMs = min(ms, settings.maxWaitMs)
         case nil: break
         }
+        return (since, waitMs)
+    }
+
+    private func read(_ connection: HTTPConnection, _ session: Session, _ params: Parameters, compat: Bool) {
+        guard let (since, waitMs) = sinceAndWait(params, connection) else { return }
+        var max = Int.max
         switch params.unsigned("max") {
         case .failure(let e)?: return error(connection, .badRequest, e.reason)
         case .success(let n)?:
