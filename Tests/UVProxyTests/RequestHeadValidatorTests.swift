@@ -192,6 +192,28 @@ final class RequestHeadValidatorTests: XCTestCase {
         XCTAssertEqual(parser.request.target, Array("/b".utf8))
     }
 
+    /// A connection that becomes a stream (SSE, WebSocket) is held for hours: the head's values
+    /// are freed, only what its access-log line needs stays.
+    func testReleaseStorageKeepsOnlyWhatTheLogNeeds() {
+        let parser = HTTPRequestParser(maxBody: 1024)
+        let recorder = Recorder()
+        parser.delegate = recorder
+        let text = Array(("GET /sessions/abc/ws?token=t HTTP/1.1\r\nHost: example.org\r\nUpgrade: websocket\r\n"
+            + "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+            + "Sec-WebSocket-Protocol: binary\r\nX-Forwarded-For: 192.0.2.7\r\nAuthorization: Bearer t\r\n\r\n").utf8)
+        XCTAssertEqual(text.withUnsafeBytes { parser.parse($0) }, .success(text.count))
+        XCTAssertFalse(parser.request.webSocketKey.isEmpty)
+        parser.releaseStorage()
+        let request = parser.request
+        for (name, kept) in [("host", request.host), ("upgrade", request.upgrade), ("connection", request.connection),
+                             ("key", request.webSocketKey), ("version", request.webSocketVersion),
+                             ("protocol", request.webSocketProtocol), ("authorization", request.authorization)] {
+            XCTAssertEqual(kept.capacity, 0, "\(name) still holds memory")
+        }
+        XCTAssertEqual(request.target, Array("/sessions/abc/ws?token=t".utf8))
+        XCTAssertEqual(request.forwardedFor, Array("192.0.2.7".utf8))
+    }
+
     func testParserAcceptsAtEveryCut() {
         let text = "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nh\u{0}\r\n1\r\n\r\r\n0\r\nT: 1\r\n\r\n"
             + "POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\n\r\n "

@@ -171,6 +171,17 @@ final class SessionIDTests: XCTestCase {
 }
 
 final class OutputBufferTests: XCTestCase {
+    /// A stream's connection frees its head buffer; one that appends after that grows again.
+    func testAppendsAfterReleaseGrowAgain() {
+        let b = OutputBuffer(capacity: 4)
+        b.append("HTTP/1.1 200 OK\r\n")
+        b.release()
+        XCTAssertEqual(b.count, 0)
+        b.append("x")
+        b.appendDecimal(12345)
+        XCTAssertEqual(String(decoding: Array(b.bytes), as: UTF8.self), "x12345")
+    }
+
     func testDecimals() {
         let b = OutputBuffer(capacity: 4)
         for n: UInt64 in [0, 7, 9, 10, 42, 99, 100, 101, 999, 1000, 65_536, 1_000_000, 123_456_789, UInt64.max] {

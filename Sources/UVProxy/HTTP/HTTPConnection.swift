@@ -124,6 +124,8 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
     /// The TCP peer itself (with a PROXY header, the balancer in front of us).
     public var tcpPeerAddress: SocketAddress? { stream.peerAddress }
     var loop: EventLoop { stream.loop }
+    /// When the client last sent a byte (or connected).
+    public var lastRead: UInt64 { lastActivity }
 
     // MARK: Bytes in
 
@@ -431,8 +433,10 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
         endHead()
         head.append(prefix)
         isStreaming = true
+        parser.releaseStorage()
         noteSendStart()
-        stream.write(head.bytes)
+        stream.write(head.bytes)  // copied if the kernel does not take it all
+        head.release()
     }
 
     /// Answers the request with `head` (a whole `101 Switching Protocols` head, its blank line
@@ -446,6 +450,8 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
         server.metrics.statusCounts[HTTPStatus.switchingProtocols.rawValue] += 1
         isStreaming = true
         self.takeover = takeover
+        parser.releaseStorage()
+        head.release()
         cancelTimer()
         noteSendStart()
         bytes.withUnsafeBytes { _ = stream.write($0) }

@@ -76,6 +76,24 @@ public final class HTTPRequest {
         keepAlive = true
     }
 
+    /// Frees what the head held, once the connection parses no more requests (an SSE stream or
+    /// a WebSocket: held for hours, by the thousand). The target and `X-Forwarded-For` stay: the
+    /// access-log line is written when the stream ends.
+    func releaseStorage() {
+        body = []
+        contentType = []
+        authorization = []
+        lastEventID = []
+        host = []
+        ifNoneMatch = []
+        upgrade = []
+        connection = []
+        webSocketVersion = []
+        webSocketKey = []
+        webSocketProtocol = []
+        webSocketExtensions = []
+    }
+
     /// Why the headers make the message's framing or target ambiguous (RFC 9112 §6.1, §6.3,
     /// §3.2), or nil.
     var framingProblem: String? {

@@ -23,31 +23,12 @@ protocol HTTPRequestParserDelegate: AnyObject {
 /// outlives its owner). This file is the only place that touches http_parser.
 final class HTTPRequestParser {
     private let parser: UnsafeMutablePointer<http_parser>
-    private let settings: UnsafeMutablePointer<http_parser_settings>
-    unowned(unsafe) var delegate: HTTPRequestParserDelegate?
-    let request = HTTPRequest()
-    let maxBody: Int
-    private var field: [UInt8] = []
-    private var value: [UInt8] = []
-    private var inValue = false
-    /// What the header being read is (set when its value starts).
-    private var kind = HeaderKind.other
-    private var failure: HTTPParseError?
-    /// Checks each head's raw bytes before http_parser sees them (strict framing).
-    private var head = RequestHeadValidator()
-    /// True between the first byte of a request and its headers' end (the 408 clock runs).
-    private(set) var inHeaders = false
-
-    /// Sets http_parser's process-wide header limit (request line plus headers).
-    static func setMaxHeaderSize(_ bytes: Int) { http_parser_set_max_header_size(UInt32(bytes)) }
-
-    init(maxBody: Int) {
-        self.maxBody = maxBody
-        parser = .allocate(capacity: 1)
-        settings = .allocate(capacity: 1)
+    /// http_parser's callbacks: the same for every parser (they find theirs through `data`),
+    /// so one table for the process, never freed, rather than one per connection. (Only read
+    /// after it is made, and made once: `static let` initialisation is atomic.)
+    nonisolated(unsafe) private static let settings: UnsafeMutablePointer<http_parser_settings> = {
+        let settings = UnsafeMutablePointer<http_parser_settings>.allocate(capacity: 1)
         settings.initialize(to: http_parser_settings())
-        http_parser_init(parser, HTTP_REQUEST)
-        parser.pointee.data = nil
         settings.pointee.on_message_begin = { p in
             HTTPRequestParser.with(p) { me in
                 me.request.reset()
@@ -108,11 +89,41 @@ final class HTTPRequestParser {
                 return 0
             }
         }
+        return settings
+    }()
+    unowned(unsafe) var delegate: HTTPRequestParserDelegate?
+    let request = HTTPRequest()
+    let maxBody: Int
+    private var field: [UInt8] = []
+    private var value: [UInt8] = []
+    private var inValue = false
+    /// What the header being read is (set when its value starts).
+    private var kind = HeaderKind.other
+    private var failure: HTTPParseError?
+    /// Checks each head's raw bytes before http_parser sees them (strict framing).
+    private var head = RequestHeadValidator()
+    /// True between the first byte of a request and its headers' end (the 408 clock runs).
+    private(set) var inHeaders = false
+
+    /// Sets http_parser's process-wide header limit (request line plus headers).
+    static func setMaxHeaderSize(_ bytes: Int) { http_parser_set_max_header_size(UInt32(bytes)) }
+
+    init(maxBody: Int) {
+        self.maxBody = maxBody
+        parser = .allocate(capacity: 1)
+        http_parser_init(parser, HTTP_REQUEST)
+        parser.pointee.data = nil
+    }
+
+    /// The connection has become a stream and parses no more requests: its buffers are freed.
+    func releaseStorage() {
+        request.releaseStorage()
+        field = []
+        value = []
     }
 
     deinit {
         parser.deallocate()
-        settings.deallocate()
     }
 
     /// The parser behind a C callback, unretained: `parse` runs under the owner's reference.
@@ -129,7 +140,7 @@ final class HTTPRequestParser {
         if parser.pointee.http_errno == HPE_PAUSED.rawValue { return .success(0) }
         if !head.isDone, let problem = head.scan(bytes) { return .failure(.malformed(problem.reason)) }
         parser.pointee.data = Unmanaged.passUnretained(self).toOpaque()
-        let consumed = http_parser_execute(parser, settings, bytes.baseAddress?.assumingMemoryBound(to: CChar.self), bytes.count)
+        let consumed = http_parser_execute(parser, HTTPRequestParser.settings, bytes.baseAddress?.assumingMemoryBound(to: CChar.self), bytes.count)
         let errno = http_errno(rawValue: parser.pointee.http_errno)
         if errno == HPE_OK || errno == HPE_PAUSED { return .success(consumed) }
         if let failure { return .failure(failure) }

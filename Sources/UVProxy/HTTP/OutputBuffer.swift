@@ -22,8 +22,17 @@ final class OutputBuffer {
         if count + n > capacity { grow(count + n) }
     }
 
+    /// Frees the storage (a connection that has become a stream writes no more heads); an
+    /// append after it allocates again.
+    func release() {
+        base.deallocate()
+        base = .allocate(capacity: 0)
+        capacity = 0
+        count = 0
+    }
+
     private func grow(_ needed: Int) {
-        var newCapacity = capacity * 2
+        var newCapacity = Swift.max(capacity * 2, 256)
         while newCapacity < needed { newCapacity *= 2 }
         let grown = UnsafeMutablePointer<UInt8>.allocate(capacity: newCapacity)
         grown.update(from: base, count: count)
