@@ -626,6 +626,41 @@ final class WebSocketTests: XCTestCase {
         XCTAssertEqual(events, [])
     }
 
+    /// A connection keeps its parser only while something is under way (`isBetweenMessages`
+    /// false) and starts a new one otherwise: at every cut, that reads the same events as one
+    /// parser kept throughout.
+    func testANewParserBetweenMessagesReadsOnAsTheOldOne() {
+        let stream = text("hello", fin: false) + ping(bytes("p")) + cont(bytes(" world")) + binary([1, 2, 3])
+            + text("é") + ping([]) + text("x", fin: false) + cont([], fin: false) + cont(bytes("y")) + close(1000, bytes("bye"))
+        var whole = WebSocketFrameParser(maxMessageSize: 1000)
+        var expected: [Event] = []
+        XCTAssertNil(stream.withUnsafeBytes { whole.feed($0) { expected.append($0) } })
+        XCTAssertEqual(expected.count, 7)
+        for cut in 0...stream.count {
+            for second in cut...stream.count where second == cut || second == stream.count || (second - cut) % 3 == 0 {
+                var kept: WebSocketFrameParser?
+                var events: [Event] = []
+                for piece in [stream[..<cut], stream[cut..<second], stream[second...]] {
+                    var parser = kept ?? WebSocketFrameParser(maxMessageSize: 1000)
+                    XCTAssertNil(Array(piece).withUnsafeBytes { parser.feed($0) { events.append($0) } }, "cut \(cut)/\(second)")
+                    kept = parser.isBetweenMessages ? nil : parser
+                }
+                XCTAssertEqual(events, expected, "cut \(cut)/\(second)")
+            }
+        }
+        var parser = WebSocketFrameParser(maxMessageSize: 1000)
+        XCTAssertTrue(parser.isBetweenMessages)
+        let frame = text("abc")
+        XCTAssertNil(Array(frame.prefix(1)).withUnsafeBytes { parser.feed($0) { _ in } })
+        XCTAssertFalse(parser.isBetweenMessages, "inside a frame's header")
+        XCTAssertNil(Array(frame.dropFirst().prefix(frame.count - 2)).withUnsafeBytes { parser.feed($0) { _ in } })
+        XCTAssertFalse(parser.isBetweenMessages, "inside its payload")
+        XCTAssertNil(Array(frame.suffix(1)).withUnsafeBytes { parser.feed($0) { _ in } })
+        XCTAssertTrue(parser.isBetweenMessages)
+        XCTAssertNil(text("a", fin: false).withUnsafeBytes { parser.feed($0) { _ in } })
+        XCTAssertFalse(parser.isBetweenMessages, "inside a fragmented message")
+    }
+
     func testNothingIsHeldBetweenMessages() {
         var parser = WebSocketFrameParser(maxMessageSize: 1000)
         var events: [Event] = []

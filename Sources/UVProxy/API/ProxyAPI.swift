@@ -52,6 +52,8 @@ public final class ProxyAPI: HTTPHandler {
     private var tokenBytes: [UInt8]?
     /// Where SSE events are built, shared by every stream (one thread).
     var scratch: [UInt8] = []
+    /// Where WebSocket frame headers are built, shared the same way (no allocation per frame).
+    var frameHeader: [UInt8] = []
     var now: UInt64 { clock() }
 
     public init(settings: APISettings, table: SessionTable, clock: @escaping () -> UInt64) {
@@ -320,7 +322,7 @@ public final class ProxyAPI: HTTPHandler {
         let head = WebSocketHandshake.responseHead(accept: handshake.accept, subprotocol: handshake.subprotocol,
                                                    extraHeaders: extra)
         let socket = WebSocketStream(connection: connection, api: self, session: session, cursor: start,
-                                     subprotocol: handshake.subprotocol, maxMessageSize: connection.maxBody)
+                                     subprotocol: handshake.subprotocol)
         connection.switchProtocols(head: head, to: socket)
         // The head's write can fail (the client reset) and close the connection at once.
         guard connection.isStreaming else { return }

@@ -8,8 +8,8 @@
 /// by `send-timeout`). Bytes written count as delivered and acknowledged. When the target has
 /// closed and everything is sent: a close frame, 1000 with the close reason as its text.
 ///
-/// In, every byte read goes to its `WebSocketFrameParser` (at most one message, `max-body`,
-/// is held); each whole message is input to the target: a text message in `terminal` mode is
+/// In, every byte read goes to a `WebSocketFrameParser` (kept only while a message is under
+/// way; at most one message, `max-body`, is held); each whole message is input to the target: a text message in `terminal` mode is
 /// one command (the line-ending rule of Input), anything else raw bytes.
 ///
 /// Subprotocols (`Mode`): `binary` (websockify: binary frames both ways, offsets are byte
@@ -19,6 +19,7 @@
 final class WebSocketStream: SessionObserver, TurnTask, ConnectionTakeover {
     enum Mode { case binary, gmcp, terminal }
 
+    // Stored properties in an order that leaves little padding (one object per WebSocket).
     unowned(unsafe) let connection: HTTPConnection  // owns this object (attachment)
     unowned(unsafe) let api: ProxyAPI
     private(set) var session: Session?
@@ -27,15 +28,20 @@ final class WebSocketStream: SessionObserver, TurnTask, ConnectionTakeover {
     /// a text frame among the binary ones in arrival order (as SSE does).
     private var gmcpCursor: UInt64?
     let mode: Mode
-    private var decoder: TextDecoder
-    private var parser: WebSocketFrameParser
     /// A close frame went out: nothing more is written, the connection ends once it is sent.
     private var closeSent = false
     private enum Wake { case none, pump, replaced }
     private var wake = Wake.none
     var isQueuedForTurn = false
-    /// When the client last sent anything (a frame of any kind); pings go to idle clients.
-    private var lastHeard: UInt64
+    private var decoder: TextDecoder
+    /// The frame parser, only while a frame or a fragmented message is under way: between
+    /// messages a new parser reads on exactly as the old one would, so an idle WebSocket holds
+    /// none (thousands of idle players: its 56 bytes each counted).
+    private var parserUnderWay: ParserBox?
+    private final class ParserBox {
+        var parser: WebSocketFrameParser
+        init(_ parser: WebSocketFrameParser) { self.parser = parser }
+    }
 
     static let highWater = 64 * 1024
     /// Largest frame of session bytes.
@@ -45,8 +51,7 @@ final class WebSocketStream: SessionObserver, TurnTask, ConnectionTakeover {
     /// Our subprotocols, the most capable first: a client that offers several gets that one.
     static let subprotocols = ["gmcp.mudstandards.org", "binary", "terminal.mudstandards.org"]
 
-    init(connection: HTTPConnection, api: ProxyAPI, session: Session, cursor: UInt64, subprotocol: String?,
-         maxMessageSize: Int) {
+    init(connection: HTTPConnection, api: ProxyAPI, session: Session, cursor: UInt64, subprotocol: String?) {
         self.connection = connection
         self.api = api
         self.session = session
@@ -57,8 +62,6 @@ final class WebSocketStream: SessionObserver, TurnTask, ConnectionTakeover {
         default: mode = .terminal
         }
         decoder = TextDecoder(charset: session.target.charset, escapesJSON: false)
-        parser = WebSocketFrameParser(maxMessageSize: maxMessageSize)
-        lastHeard = api.now
         if mode == .gmcp, let log = session.gmcp {
             var seq = log.next  // from the first message at or after the text's start
             while seq > log.base, let previous = log.message(seq - 1), previous.offset >= cursor { seq -= 1 }
@@ -138,10 +141,13 @@ final class WebSocketStream: SessionObserver, TurnTask, ConnectionTakeover {
             }
         }
         if mode == .terminal { decoder.finish(into: &payload) }
-        var header: [UInt8] = []
+        var header = api.frameHeader
+        api.frameHeader = []
+        header.clear()
         WebSocketFrameEncoder.appendHeader(opcode: mode == .terminal ? .text : .binary, payloadLength: payload.count,
                                            to: &header)
         header.withUnsafeBytes { h in payload.withUnsafeBytes { p in connection.writeStream(h, p) } }
+        api.frameHeader = header
         api.scratch = payload
         guard self.session != nil else { return }  // the write failed and closed the connection
         cursor = to
@@ -166,7 +172,7 @@ final class WebSocketStream: SessionObserver, TurnTask, ConnectionTakeover {
     func keepAlive() {
         guard session != nil, !closeSent else { return }
         if connection.sendStalled(now: api.now) { return connection.close() }
-        if connection.queuedBytes == 0, api.now >= lastHeard + WebSocketStream.pingIntervalMs / 2 {
+        if connection.queuedBytes == 0, api.now >= connection.lastRead + WebSocketStream.pingIntervalMs / 2 {
             var frame: [UInt8] = []
             WebSocketFrameEncoder.appendPing(to: &frame)
             frame.withUnsafeBytes { connection.writeStream($0) }
@@ -191,8 +197,16 @@ final class WebSocketStream: SessionObserver, TurnTask, ConnectionTakeover {
 
     func connectionDidRead(_ bytes: UnsafeRawBufferPointer) {
         guard !closeSent else { return }  // closing: what the client still sends is dropped
-        lastHeard = api.now
-        let failure = parser.feed(bytes) { event in self.received(event) }
+        let failure: WebSocketFrameParser.Failure?
+        if let box = parserUnderWay {
+            failure = box.parser.feed(bytes) { event in self.received(event) }
+            if box.parser.isBetweenMessages { parserUnderWay = nil }
+        } else {
+            // A message is at most `max-body` (SPEC §8).
+            var parser = WebSocketFrameParser(maxMessageSize: connection.maxBody)
+            failure = parser.feed(bytes) { event in self.received(event) }
+            if failure == nil, !parser.isBetweenMessages { parserUnderWay = ParserBox(parser) }
+        }
         if let failure { sendClose(failure.code, failure.description) }
     }
 

@@ -117,27 +117,29 @@ public struct WebSocketFrameParser {
 
     /// The most a message (the payload of all its fragments) may hold; above it, 1009.
     public let maxMessageSize: Int
+    // The stored properties are ordered widest first (Swift lays a struct out in declaration
+    // order): one parser per WebSocket, held for hours by the thousand, so padding counts.
+    /// The frame's payload length, while its header is read; then the payload bytes still to
+    /// come.
+    private var remaining: UInt64 = 0
+    /// The message under way's payload so far, unmasked. No storage between messages.
+    private var message: [UInt8] = []
+    /// The control frame under way's payload, unmasked (at most 125 bytes).
+    private var control: [UInt8] = []
+    /// The masking key, its first byte on the wire the most significant.
+    private var key: UInt32 = 0
     public private(set) var failure: Failure?
-
     private var phase = Phase.first
     /// The frame being read: its FIN bit and opcode.
     private var fin = false
     private var opcode: UInt8 = 0
     private var lengthLeft: UInt8 = 0
     private var keyLeft: UInt8 = 0
-    private var length: UInt64 = 0
-    /// The masking key, its first byte on the wire the most significant.
-    private var key: UInt32 = 0
-    /// Payload bytes of the frame still to come, and how many came (mod 4: the key's phase).
-    private var remaining: UInt64 = 0
-    private var maskPhase = 0
+    /// Payload bytes of the frame read so far, mod 4: the key's phase.
+    private var maskPhase: UInt8 = 0
     /// The message under way: 0 none, 1 text, 2 binary (the opcode of its first frame).
     private var messageOpcode: UInt8 = 0
-    /// Its payload so far, unmasked. No storage between messages.
-    private var message: [UInt8] = []
     private var utf8 = UTF8Validator()
-    /// The control frame under way's payload, unmasked (at most 125 bytes).
-    private var control: [UInt8] = []
 
     /// `maxMessageSize`: the most payload a text or binary message may have, all its fragments
     /// together (SPEC §8: `max-body`); 0 allows only empty ones.
@@ -152,6 +154,10 @@ public struct WebSocketFrameParser {
 
     /// Whether the client's close frame has been read (later bytes are ignored).
     public var closeReceived: Bool { phase == .closed }
+
+    /// Whether the parser is between two messages, with nothing under way: a new parser would
+    /// read on exactly as this one (a connection need not keep it while idle).
+    public var isBetweenMessages: Bool { phase == .first && messageOpcode == 0 }
 
     /// Whether a data message has begun and not ended (a fragmented one, or one whose only frame
     /// is still arriving).
@@ -176,17 +182,17 @@ public struct WebSocketFrameParser {
                 let l = b & 0x7F
                 if opcode & 0x8 != 0 && l > 125 { return fail(.controlTooLong) }
                 switch l {
-                case 126: lengthLeft = 2; length = 0; phase = .length
-                case 127: lengthLeft = 8; length = 0; phase = .length
+                case 126: lengthLeft = 2; remaining = 0; phase = .length
+                case 127: lengthLeft = 8; remaining = 0; phase = .length
                 default:
-                    length = UInt64(l)
+                    remaining = UInt64(l)
                     if let f = lengthRead() { return fail(f) }
                 }
             case .length:
                 let b = input[i]
                 i &+= 1
                 if lengthLeft == 8 && b & 0x80 != 0 { return fail(.lengthTopBit) }
-                length = length << 8 | UInt64(b)
+                remaining = remaining << 8 | UInt64(b)
                 lengthLeft &-= 1
                 if lengthLeft == 0, let f = lengthRead() { return fail(f) }
             case .key:
@@ -195,7 +201,6 @@ public struct WebSocketFrameParser {
                 key = key << 8 | UInt32(b)
                 keyLeft &-= 1
                 if keyLeft == 0 {
-                    remaining = length
                     maskPhase = 0
                     if remaining == 0 {
                         if let f = frameEnded(event) { return fail(f) }
@@ -209,18 +214,18 @@ public struct WebSocketFrameParser {
                 let piece = UnsafeRawBufferPointer(rebasing: input[i..<(i &+ take)])
                 i &+= take
                 if opcode & 0x8 != 0 {
-                    Self.appendUnmasked(piece, key: key, phase: maskPhase, to: &control)
+                    Self.appendUnmasked(piece, key: key, phase: Int(maskPhase), to: &control)
                 } else {
                     grow(by: take)
                     let start = message.count
-                    Self.appendUnmasked(piece, key: key, phase: maskPhase, to: &message)
+                    Self.appendUnmasked(piece, key: key, phase: Int(maskPhase), to: &message)
                     if messageOpcode == WebSocket.Opcode.text.rawValue {
                         let valid = message.withUnsafeBytes { utf8.validate(UnsafeRawBufferPointer(rebasing: $0[start...])) }
                         if !valid { return fail(.invalidUTF8) }
                     }
                 }
                 remaining &-= UInt64(take)
-                maskPhase = (maskPhase &+ take) & 3
+                maskPhase = UInt8(truncatingIfNeeded: Int(maskPhase) &+ take) & 3
                 if remaining == 0, let f = frameEnded(event) { return fail(f) }
             case .closed:
                 return nil
@@ -254,7 +259,7 @@ public struct WebSocketFrameParser {
 
     /// The payload length is known: a data frame must keep its message within the maximum.
     private mutating func lengthRead() -> Failure? {
-        if opcode & 0x8 == 0 && length > UInt64(maxMessageSize &- message.count) { return .messageTooBig }
+        if opcode & 0x8 == 0 && remaining > UInt64(maxMessageSize &- message.count) { return .messageTooBig }
         key = 0
         keyLeft = 4
         phase = .key

@@ -111,6 +111,11 @@ public enum WebSocketHandshake {
         return .accept(accept: acceptValue(key: key), subprotocol: chosen)
     }
 
+    /// SHA-1, looked up once: OpenSSL 3's one-call `SHA1()` fetches the algorithm from its
+    /// provider on every call (a name lookup under a lock, most of a handshake's CPU).
+    /// (A fetched EVP_MD is immutable: OpenSSL allows its use from any thread.)
+    nonisolated(unsafe) private static let sha1 = EVP_MD_fetch(nil, "SHA1", nil)
+
     /// `Sec-WebSocket-Accept` for a key (§4.2.2 item 5.4): base64 of the SHA-1 of the key, as
     /// sent, followed by the GUID. 28 bytes. SHA-1 and base64 are libcrypto's (OpenSSL).
     public static func acceptValue(key: some Collection<UInt8>) -> [UInt8] {
@@ -118,7 +123,10 @@ public enum WebSocketHandshake {
         input += acceptGUID
         var digest = [UInt8](repeating: 0, count: Int(SHA_DIGEST_LENGTH))
         input.withUnsafeBufferPointer { i in
-            digest.withUnsafeMutableBufferPointer { d in _ = SHA1(i.baseAddress, i.count, d.baseAddress) }
+            digest.withUnsafeMutableBufferPointer { d in
+                var length: UInt32 = 0
+                _ = EVP_Digest(i.baseAddress, i.count, d.baseAddress, &length, sha1, nil)
+            }
         }
         // EVP_EncodeBlock writes 4 characters per 3 bytes (28 for 20) and a NUL after them.
         var out = [UInt8](repeating: 0, count: 29)
