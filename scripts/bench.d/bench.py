@@ -2,7 +2,8 @@
 """Orchestrates scripts/bench: starts the upstream, uvproxyd instances and nginx, runs wrk and the
 load client phase by phase, accounts CPU per process and prints (and writes) the results table.
 Phases (--only): create (creation, memory per idle session, idle CPU), poll (against nginx), echo
-(round trips and flood), streams (SSE streams against long-polls: memory, broadcast, issue 5).
+(round trips and flood), streams (SSE streams against long-polls: memory, broadcast, issue 5),
+websocket (WebSocket against SSE + POST: CPU per echo round trip, memory per idle connection, issue 12).
 
 Run through scripts/bench, which builds everything first. Each phase records the CPU time
 (utime + stime) of the proxy, the upstream and nginx from /proc/PID/stat before and after, and
@@ -25,6 +26,9 @@ import sys
 import tempfile
 import time
 import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import ws_cost  # noqa: E402  (beside this file)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -590,7 +594,7 @@ def run_streams(b, args, res):
     res["streams"] = out
 
 
-PHASES = ("create", "poll", "echo", "streams")
+PHASES = ("create", "poll", "echo", "streams", "websocket")
 
 
 def run(args, phases):
@@ -721,6 +725,11 @@ def run(args, phases):
             b.stop(up)
         if "streams" in phases:
             run_streams(b, args, res)
+        if "websocket" in phases:
+            # ---- 5. WebSocket against SSE + POST (issue 12): its own proxies (ws_cost.py)
+            b.wait_quiet("websocket")
+            res["ws"] = ws_cost.measure(args.proxy_bin, args.upstream_bin, rounds=args.ws_rounds,
+                                        idle=args.ws_idle, say=log)
     except BaseException:
         b.cleanup()
         restore_port_range(old_range)
@@ -902,6 +911,19 @@ def report(res, phases, args, build_info):
         add(f"SSE and long-poll broadcasts: each got exactly its line", f"{len(rounds)} × {sn:,}",
             "every line arrives once, verified", verdict(ok))
 
+    ws = res.get("ws")
+    if ws:
+        cpu_ratio = ws["cpu_ns"]["ws"] / ws["cpu_ns"]["sse"]
+        add("WebSocket: proxy CPU per echo round trip (µs)", ws["cpu_ns"]["ws"] / 1e3,
+            f"≤ 0.5 × SSE + POST ({ws['cpu_ns']['sse'] / 1e3:.1f} µs; measured: {cpu_ratio:.2f} ×)",
+            verdict(cpu_ratio <= 0.5), digits=1)
+        if "instructions" in ws:
+            i = ws["instructions"]
+            add("WebSocket: proxy user-space instructions per round trip (callgrind)", i["ws"],
+                f"(info; SSE + POST {i['sse']:,.0f}: {i['ws'] / i['sse']:.2f} ×)", "info", digits=0)
+        add(f"WebSocket, {ws['idle']:,} idle: RSS per connection (bytes)", ws["rss"]["ws"],
+            f"≤ an idle SSE stream ({ws['rss']['sse']:,.0f} B)", verdict(ws["rss"]["ws"] <= ws["rss"]["sse"]), digits=0)
+
     out = []
     out.append("# uvproxyd benchmark results")
     out.append("")
@@ -993,6 +1015,25 @@ def report(res, phases, args, build_info):
         ]
     if st:
         notes += stream_notes(st, args)
+    if ws:
+        runs_ws = " / ".join(f"{v / 1e3:.1f}" for v in ws["cpu_runs"]["ws"])
+        runs_sse = " / ".join(f"{v / 1e3:.1f}" for v in ws["cpu_runs"]["sse"])
+        notes += [
+            f"WebSocket (scripts/bench.d/ws_cost.py): one proxy and the C upstream (which echoes each line); "
+            f"{ws['sessions']} sessions at once, each making {ws['trips']} echo round trips one after the other, per "
+            f"transport, alternating which goes first over {ws['rounds']} rounds: a masked text frame out on a "
+            f"`terminal.mudstandards.org` WebSocket and the echo back as a text frame, against `POST …/input` on a "
+            f"keep-alive connection and the echo back as an SSE event. Proxy on-CPU time (schedstat) per round trip, "
+            f"medians; rounds (µs): WebSocket {runs_ws}, SSE + POST {runs_sse}. The client is Python (its cost not "
+            f"counted). Most of the proxy's CPU here is the kernel's: a WebSocket round trip is 2 reads and 2 writes, "
+            f"SSE + POST 2 reads and 3 writes (strace), and each write on loopback runs the receiver's TCP path. "
+            + (f"Callgrind, the proxy's own instructions per round trip ({ws['callgrind'][0]} sessions × "
+               f"{ws['callgrind'][1]}, after one connection of each kind): WebSocket {ws['instructions']['ws']:,.0f}, "
+               f"SSE + POST {ws['instructions']['sse']:,.0f}. " if "instructions" in ws else "")
+            + f"Memory: two fresh proxies, {ws['idle']:,} sessions each, one idle WebSocket or SSE stream per "
+            f"session (after one connection of the kind, closed: first-use costs are once per process); RSS growth "
+            f"per connection.",
+        ]
     out.append("Notes:")
     out.append("")
     for note in notes:
@@ -1023,6 +1064,8 @@ def main():
     ap.add_argument("--streams", type=int, default=5000,
                     help="SSE streams and long-polls held open (each on its own session) for the streams phase")
     ap.add_argument("--stream-rounds", type=int, default=5, help="broadcast rounds to the streams and the long-polls")
+    ap.add_argument("--ws-rounds", type=int, default=6, help="alternating WebSocket / SSE + POST echo rounds")
+    ap.add_argument("--ws-idle", type=int, default=2000, help="idle WebSockets and SSE streams held for the memory figure")
     ap.add_argument("--only", default=",".join(PHASES),
                     help=f"comma-separated phases to run, of {', '.join(PHASES)} (default: all). A partial run "
                     "writes its table next to the load client binary, not to --output")
