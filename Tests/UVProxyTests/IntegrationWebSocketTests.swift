@@ -38,7 +38,9 @@ final class IntegrationWebSocketTests: XCTestCase {
         XCTAssertEqual(try target.receive(exactly: 8), bytes("say hi\r\n"), "a command gets its line ending")
         let none = try WebSocketTestClient(port: d.listenPort, path: "/sessions/\(id)/ws", protocols: [])
         XCTAssertNil(none.headers["sec-websocket-protocol"], "no subprotocol offered: none chosen, text frames")
-        XCTAssertEqual(try ws.next()?.close?.reason, "replaced by a newer reader", "a newer attachment ends the older")
+        let replaced = try ws.next()?.close
+        XCTAssertEqual(replaced?.reason, "replaced by a newer reader", "a newer attachment ends the older")
+        XCTAssertEqual(replaced?.code, 4000, "with its own code: a client tells it from the session's end (1000)")
     }
 
     func testCreateAndAttachInOneStepWithTheTokenInTheQuery() throws {

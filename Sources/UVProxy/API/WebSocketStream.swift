@@ -281,7 +281,7 @@ final class WebSocketStream: SessionObserver, TurnTask, ConnectionTakeover {
         switch what {
         case .none: break
         case .pump: pump()
-        case .replaced: sendClose(WebSocket.CloseCode.normal, "replaced by a newer reader")
+        case .replaced: sendClose(WebSocket.CloseCode.replaced, "replaced by a newer reader")
         }
     }
 }

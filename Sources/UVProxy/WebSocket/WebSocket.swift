@@ -42,6 +42,10 @@ public enum WebSocket {
         /// "Try again later" (IANA's registry, after RFC 6455): sent when a client's input is
         /// over what the session may hold for its target.
         public static let tryAgainLater: UInt16 = 1013
+        /// uvproxyd's own (4000–4999 are for private use, §7.4.2): a newer reader of the session
+        /// took over (another tab). The session goes on: a client that gets it should not take
+        /// the session back at once, or two pages would take it from each other for ever.
+        public static let replaced: UInt16 = 4000
     }
 
     /// The most payload a control frame (close, ping, pong) may carry (RFC 6455 §5.5).
