@@ -7,6 +7,7 @@
 const SCROLLBACK_LINES = 5000;  // oldest lines are dropped past this
 const POLL_WAIT = 25;           // seconds a long-poll read may be held by the proxy
 const SSE_MAX_FAILURES = 3;     // stream failures in a row before a plain read, and before staying on long-poll
+const WS_MAX_FAILURES = 3;      // WebSocket connections in a row that fail to open before SSE is used
 const SEND_ATTEMPTS = 8;        // tries of one command on network errors and 503
 const HISTORY_SIZE = 200;
 const GMCP_MAX_PACKAGES = 200;  // the GMCP panel keeps the most recently updated packages
@@ -14,7 +15,10 @@ const GMCP_MAX_PACKAGES = 200;  // the GMCP panel keeps the most recently update
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
 const target = params.get("target") || "";
-const forceLongPoll = params.get("transport") === "long-poll";
+// ?transport=long-poll or sse: that transport (for testing, or a network that breaks the others);
+// by default WebSocket, then SSE, then long-poll, each when the one before keeps failing.
+const forcedTransport = params.get("transport");
+const forceLongPoll = forcedTransport === "long-poll";
 
 /** sessionStorage that never throws (it can be disabled or full). */
 const store = {
@@ -376,6 +380,7 @@ const gmcpPanel = new GmcpPanel($("gmcp"), $("gmcp-packages"), GMCP_MAX_PACKAGES
 
 const STATE_LABELS = {
   connecting: "connecting", open: "open", reconnecting: "reconnecting", closed: "closed", error: "error",
+  replaced: "open in another window",
 };
 
 function showState(state, detail) {
@@ -434,7 +439,7 @@ async function errorText(response) {
 // ---------------------------------------------------------------- the session
 
 /**
- * One game session: creates or resumes it, keeps one output stream open (SSE read with fetch(),
+ * One game session: creates or resumes it, keeps one output stream open (a WebSocket, else SSE,
  * else long-poll), and sends commands in order with `seq`. `offset` is the offset of the first byte
  * not yet shown: every (re)connection starts there, so nothing is lost or shown twice.
  */
@@ -488,6 +493,7 @@ class Client {
     this.pollOffset = 0;        // next long-poll cursor: offset + bytes of a split character held
     this.held = new Uint8Array(0);
     this.sseFailures = 0;
+    this.wsFailures = 0;
     this.save();
     gmcpPanel.clear();
     showState("connecting");
@@ -500,10 +506,84 @@ class Client {
     if (this.closed) return;
     this.refreshGmcp();
     if (forceLongPoll || this.sseFailures >= SSE_MAX_FAILURES) return this.poll(false);
+    if ("WebSocket" in window && forcedTransport !== "sse" && this.wsFailures < WS_MAX_FAILURES) {
+      return this.openWebSocket();
+    }
     // EventSource where it can; it cannot send an Authorization header, so with a token the
     // same stream is read with fetch().
     if ("EventSource" in window && !token) this.openEventSource();
     else this.stream();
+  }
+
+  /**
+   * The output over a WebSocket (SPEC §8, subprotocol `gmcp.mudstandards.org`): the session's
+   * bytes in binary frames, so the offset is a byte count and a reconnection resumes exactly
+   * (`since`); GMCP messages as text frames, for the panel. Commands still go by POST with
+   * `seq`: exactly once even across a drop, which a frame sent on a dying socket cannot promise.
+   * Close codes: 1000 the session ended (its reason); 4000 another window took over the
+   * session; 1008 its offset was evicted, and a connection that never opened (no session,
+   * refused): a plain read says why, then connect again; anything else (1001 the proxy is
+   * restarting or upgrading, 1006 a network drop): reconnect from the offset.
+   */
+  openWebSocket() {
+    const generation = this.generation;
+    showTransport("WebSocket");
+    this.pollOffset = this.offset;
+    this.held = new Uint8Array(0);
+    const url = new URL(`${this.streamPath}/ws`, location.href);
+    url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
+    url.searchParams.set("since", this.offset);
+    if (token) url.searchParams.set("token", token);  // a browser cannot set headers on one
+    let ws;
+    try {
+      ws = new WebSocket(url, ["gmcp.mudstandards.org"]);
+    } catch {  // refused by the browser (a Content-Security-Policy, a bad URL)
+      this.wsFailures = WS_MAX_FAILURES;
+      return this.connect();
+    }
+    ws.binaryType = "arraybuffer";
+    this.ws = ws;
+    this.stopStream = () => { if (this.ws === ws) this.ws = null; ws.close(1000); };
+    let opened = false;
+    ws.onopen = () => {
+      opened = true;
+      this.wsFailures = 0;
+      this.wsDelay = 0;
+      showState("open");
+    };
+    ws.onmessage = (event) => {
+      if (generation !== this.generation || this.ws !== ws) return;
+      if (typeof event.data === "string") return this.gmcpFrame(event.data);
+      const bytes = new Uint8Array(event.data);
+      this.received(bytes, this.pollOffset + bytes.length);
+    };
+    ws.onclose = async (event) => {
+      if (generation !== this.generation || this.ws !== ws) return;
+      this.ws = null;
+      if (event.code === 1000) return this.ended(event.reason);
+      if (event.code === 4000) {
+        terminal.notice("[another window is reading this session: reload this page to read it here again]");
+        return showState("replaced");
+      }
+      if (!opened) this.wsFailures++;
+      if (!opened || event.code === 1008) return this.poll(true);
+      this.wsDelay = backoff(this.wsDelay);
+      showState("reconnecting", `retry in ${(this.wsDelay / 1000).toFixed(1)} s`);
+      await this.pause(this.wsDelay);
+      if (generation === this.generation && !this.closed) this.connect();
+    };
+  }
+
+  /** A GMCP text frame: `Package.Message[ <JSON>]` (SPEC §8). */
+  gmcpFrame(text) {
+    const space = text.indexOf(" ");
+    const name = space < 0 ? text : text.slice(0, space);
+    if (space < 0) return gmcpPanel.update(name, { data: null });
+    try {
+      gmcpPanel.update(name, { data: JSON.parse(text.slice(space + 1)) });
+    } catch {
+      gmcpPanel.update(name, { raw: text.slice(space + 1) });
+    }
   }
 
   /** Server-Sent Events with EventSource, which resumes by itself with Last-Event-ID. */
