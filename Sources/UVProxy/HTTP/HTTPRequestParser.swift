@@ -23,10 +23,12 @@ protocol HTTPRequestParserDelegate: AnyObject {
 /// outlives its owner). This file is the only place that touches http_parser.
 final class HTTPRequestParser {
     private let parser: UnsafeMutablePointer<http_parser>
+    /// `sharedSettings`, copied here: a field load per parse rather than the global's once-check.
+    private let settings = HTTPRequestParser.sharedSettings
     /// http_parser's callbacks: the same for every parser (they find theirs through `data`),
     /// so one table for the process, never freed, rather than one per connection. (Only read
     /// after it is made, and made once: `static let` initialisation is atomic.)
-    nonisolated(unsafe) private static let settings: UnsafeMutablePointer<http_parser_settings> = {
+    nonisolated(unsafe) private static let sharedSettings: UnsafeMutablePointer<http_parser_settings> = {
         let settings = UnsafeMutablePointer<http_parser_settings>.allocate(capacity: 1)
         settings.initialize(to: http_parser_settings())
         settings.pointee.on_message_begin = { p in
@@ -140,7 +142,7 @@ final class HTTPRequestParser {
         if parser.pointee.http_errno == HPE_PAUSED.rawValue { return .success(0) }
         if !head.isDone, let problem = head.scan(bytes) { return .failure(.malformed(problem.reason)) }
         parser.pointee.data = Unmanaged.passUnretained(self).toOpaque()
-        let consumed = http_parser_execute(parser, HTTPRequestParser.settings, bytes.baseAddress?.assumingMemoryBound(to: CChar.self), bytes.count)
+        let consumed = http_parser_execute(parser, settings, bytes.baseAddress?.assumingMemoryBound(to: CChar.self), bytes.count)
         let errno = http_errno(rawValue: parser.pointee.http_errno)
         if errno == HPE_OK || errno == HPE_PAUSED { return .success(consumed) }
         if let failure { return .failure(failure) }
