@@ -9,8 +9,9 @@
 /// closed and everything is sent: a close frame, 1000 with the close reason as its text.
 ///
 /// In, every byte read goes to a `WebSocketFrameParser` (kept only while a message is under
-/// way; at most one message, `max-body`, is held); each whole message is input to the target: a text message in `terminal` mode is
-/// one command (the line-ending rule of Input), anything else raw bytes.
+/// way; at most one message, `max-body`, is held); each whole message is input to the target:
+/// a text message in `terminal` mode is one command (the line-ending rule of Input), anything
+/// else raw bytes.
 ///
 /// Subprotocols (`Mode`): `binary` (websockify: binary frames both ways, offsets are byte
 /// counts), `gmcp.mudstandards.org` (the bytes in binary frames; GMCP text frames when the
