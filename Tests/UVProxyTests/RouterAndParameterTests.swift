@@ -28,6 +28,7 @@ final class RouterTests: XCTestCase {
         XCTAssertEqual(route("/"), .webPage)
         XCTAssertEqual(route("/client.js"), .webScript)
         XCTAssertEqual(route("/client.css"), .webStyle)
+        XCTAssertEqual(route("/openapi.yaml"), .openAPI)
     }
 
     func testUnknownButWellFormedIDRoutesWithNoSession() {
@@ -58,8 +59,11 @@ final class RouterTests: XCTestCase {
             XCTAssertFalse(web.allows(.post) || web.allows(.delete), "\(web)")
             XCTAssertEqual("\(web.allow)", "GET, HEAD")
         }
+        XCTAssertTrue(Route.openAPI.allows(.get) && Route.openAPI.allows(.head) && !Route.openAPI.allows(.post))
+        XCTAssertEqual("\(Route.openAPI.allow)", "GET, HEAD")
+        XCTAssertFalse(Route.openAPI.isWebClient, "served without --web too")
         XCTAssertFalse(Route.healthz.isWebClient || Route.sessions.isWebClient)
-        XCTAssertFalse(Route.healthz.allows(.head), "HEAD is the web client's only")
+        XCTAssertFalse(Route.healthz.allows(.head), "HEAD is for the served files only (web client, OpenAPI document)")
     }
 
     func testSplit() {

@@ -125,6 +125,7 @@ func checkRoute(_ target: [UInt8]) {
     case "/metrics": expected = "metrics"
     case "/sessions": expected = "sessions"
     case "/ws": expected = "webSocketCreate"
+    case "/openapi.yaml": expected = "openAPI"
     default:
         if segments.count >= 3, segments.count <= 5, segments[0].isEmpty, segments[1] == "sessions", idOK(segments[2]) {
             let id = SessionID(text: Array(segments[2].utf8)).map { "\($0)" } ?? "nil"
@@ -155,6 +156,7 @@ func checkRoute(_ target: [UInt8]) {
     case .gmcpState(let id)?: actual = "gmcpState \(id.map { "\($0)" } ?? "nil")"
     case .webSocket(let id)?: actual = "ws \(id.map { "\($0)" } ?? "nil")"
     case .webSocketCreate?: actual = "webSocketCreate"
+    case .openAPI?: actual = "openAPI"
     case nil: actual = nil
     }
     // Non-UTF-8 paths cannot match a route: the String reference may not see them the same way.

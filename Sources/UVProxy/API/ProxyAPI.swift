@@ -106,9 +106,10 @@ public final class ProxyAPI: HTTPHandler {
         guard route.allows(request.method) else {
             return error(connection, .methodNotAllowed, "method not allowed", allow: route.allow)
         }
-        // The page and its files are public (they hold no secret; the page asks the player for the token).
-        if route != .healthz, !route.isWebClient, let tokenBytes, !constantTimeEquals(request.authorization, tokenBytes),
-           !queryTokenAllowed(route, query, tokenBytes) {
+        // The page and its files are public (they hold no secret; the page asks the player for the
+        // token), and so is the API's description.
+        if route != .healthz, route != .openAPI, !route.isWebClient, let tokenBytes,
+           !constantTimeEquals(request.authorization, tokenBytes), !queryTokenAllowed(route, query, tokenBytes) {
             connection.begin(.unauthorized)
             connection.header("WWW-Authenticate", "Bearer")
             return connection.finishError("missing or wrong bearer token")
@@ -156,6 +157,8 @@ public final class ProxyAPI: HTTPHandler {
             }
         case .metrics:
             respond(connection, .ok, contentType: "text/plain; version=0.0.4", body: metricsText?() ?? [])
+        case .openAPI:
+            serve(WebAsset.openAPI, request, connection)
         case .webPage:
             serve(WebAsset.page, request, connection)
         case .webScript:
@@ -563,9 +566,9 @@ public final class ProxyAPI: HTTPHandler {
         connection.finish(contentType: contentType, body: body)
     }
 
-    /// One of the web client's files (docs/DESIGN.md, "The web client"): `no-store` as every
-    /// response (SPEC §2), with an ETag that `If-None-Match` is answered `304` for; the
-    /// Content-Security-Policy and `nosniff` on all three.
+    /// One of the web client's files (docs/DESIGN.md, "The web client"), or the OpenAPI document:
+    /// `no-store` as every response (SPEC §2), with an ETag that `If-None-Match` is answered `304`
+    /// for; the Content-Security-Policy and `nosniff` on all of them.
     private func serve(_ asset: WebAsset, _ request: HTTPRequest, _ connection: HTTPConnection) {
         let unchanged = !request.ifNoneMatch.isEmpty && WebAsset.matches(ifNoneMatch: request.ifNoneMatch, etag: asset.etag)
         connection.begin(unchanged ? .notModified : .ok)
