@@ -46,10 +46,24 @@ func isDigits(_ s: ArraySlice<UInt8>) -> Bool { s.allSatisfy { $0 >= 48 && $0 <=
 
 func referenceUnsigned(_ s: ArraySlice<UInt8>) -> UInt64? {
     guard !s.isEmpty, isDigits(s) else { return nil }
-    return UInt64(String(decoding: s, as: UTF8.self))  // nil past UInt64.max
+    return UInt64(String(decoding: s, as: UTF8.self)).flatMap { $0 <= UInt64(Int64.max) ? $0 : nil }  // below 2^63
 }
 
 func referenceSeconds(_ s: ArraySlice<UInt8>) -> UInt64? {
+    plainSeconds(s) ?? exponentSeconds(s)
+}
+
+/// `<plain seconds>e[+-]<digits>` (`+` also as a space or `%2B`), through Double.
+func exponentSeconds(_ s: ArraySlice<UInt8>) -> UInt64? {
+    let text = String(String(decoding: referenceDecode(s), as: UTF8.self).map { $0 == " " ? "+" : $0 })
+    let parts = text.split(omittingEmptySubsequences: false, whereSeparator: { $0 == "e" || $0 == "E" })
+    guard parts.count == 2, plainSeconds(ArraySlice(parts[0].utf8)) != nil else { return nil }
+    let digits = parts[1].hasPrefix("+") || parts[1].hasPrefix("-") ? parts[1].dropFirst() : parts[1][...]
+    guard !digits.isEmpty, isDigits(ArraySlice(digits.utf8)), let value = Double(text), value.isFinite else { return nil }
+    return UInt64((min(value, 1e9) * 1000).rounded(.down))
+}
+
+func plainSeconds(_ s: ArraySlice<UInt8>) -> UInt64? {
     let parts = s.split(separator: UInt8(ascii: "."), maxSplits: 1, omittingEmptySubsequences: false)
     let whole = parts[0]
     let fraction = parts.count > 1 ? parts[1] : []

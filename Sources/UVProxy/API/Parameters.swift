@@ -109,8 +109,10 @@ public struct Parameters {
     /// A whole number: nil if absent, `.failure` if not digits.
     public func unsigned(_ name: StaticString) -> Result<UInt64, ParameterError>? {
         guard let raw = raw(name) else { return nil }
-        guard let n = Parameters.parseUnsigned(raw) else {  // digits need no decoding
-            return .failure(ParameterError("\(name) must be a non-negative integer"))
+        // Digits need no decoding. At most 2^63 - 1: what clients hold offsets in (int64, the
+        // OpenAPI document's format).
+        guard let n = Parameters.parseUnsigned(raw), n <= UInt64(Int64.max) else {
+            return .failure(ParameterError("\(name) must be a non-negative integer below 2^63"))
         }
         return .success(n)
     }
@@ -118,7 +120,7 @@ public struct Parameters {
     /// Seconds with optional decimals ("2", "0.5"), as milliseconds.
     public func milliseconds(_ name: StaticString) -> Result<UInt64, ParameterError>? {
         guard let raw = raw(name) else { return nil }
-        guard let ms = Parameters.parseSeconds(raw) else {
+        guard let ms = Parameters.parseSeconds(raw) ?? Parameters.parseScientificSeconds(raw) else {
             return .failure(ParameterError("\(name) must be a non-negative number of seconds"))
         }
         return .success(ms)
@@ -209,6 +211,23 @@ public struct Parameters {
             scale /= 10
         }
         return seconds * 1000 + ms
+    }
+}
+
+extension Parameters {
+    /// Seconds with an exponent (`1e-05`, `2.5e+3`: how JSON, JavaScript and Python write some
+    /// numbers) → milliseconds, saturating as `parseSeconds` does; nil for anything else (no
+    /// sign but the exponent's, no `inf`, `nan` or hex). Tried only when `parseSeconds` fails,
+    /// so the plain numbers every client sends cost nothing more.
+    static func parseScientificSeconds(_ raw: ArraySlice<UInt8>) -> UInt64? {
+        // `+` is a space in form encoding, but no number has a space: either spelling is `+`.
+        let text = decode(raw).map { $0 == 0x20 ? UInt8(ascii: "+") : $0 }
+        guard let e = text.firstIndex(where: { $0 == UInt8(ascii: "e") || $0 == UInt8(ascii: "E") }) else { return nil }
+        var exponent = text[(e + 1)...]
+        if let sign = exponent.first, sign == UInt8(ascii: "+") || sign == UInt8(ascii: "-") { exponent = exponent.dropFirst() }
+        guard parseSeconds(text[..<e]) != nil, !exponent.isEmpty, exponent.allSatisfy({ $0 >= 48 && $0 <= 57 }),
+              let seconds = Double(String(decoding: text, as: UTF8.self)), seconds.isFinite else { return nil }
+        return UInt64((Swift.min(seconds, 1_000_000_000) * 1000).rounded(.down))
     }
 }
 
