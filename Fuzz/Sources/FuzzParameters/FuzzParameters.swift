@@ -102,6 +102,12 @@ func check(_ params: Parameters, query: ArraySlice<UInt8>, form: ArraySlice<UInt
         let text = String(decoding: decoded, as: UTF8.self).lowercased()
         let flag = decoded.isEmpty || ["1", "true", "yes", "on"].contains(text) && decoded.count == text.utf8.count
         fuzzCheck(params.flag(name) == flag, "flag(\(Array(expected))) = \(params.flag(name))")
+        let no = ["0", "false", "no", "off"].contains(text) && decoded.count == text.utf8.count
+        switch params.boolean(name) {
+        case .success(let b)?: fuzzCheck(b ? flag : no, "boolean(\(Array(expected))) = \(b)")
+        case .failure?: fuzzCheck(!flag && !no, "boolean(\(Array(expected))) refused")
+        case nil: fuzzCheck(false, "boolean of a present name is nil")
+        }
         let (keep, crlf) = LineEnding.terminate(decoded)
         if decoded.last == 0x0A && decoded.dropLast().last == 0x0D {
             fuzzCheck(keep == decoded.count && !crlf, "CRLF-terminated command changed")

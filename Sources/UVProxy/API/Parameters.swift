@@ -126,11 +126,24 @@ public struct Parameters {
         return .success(ms)
     }
 
-    /// A flag: "1", "true", "yes", "on" (or present with no value) are true.
+    /// A flag: "1", "true", "yes", "on" (or present with no value) are true; anything else false.
     public func flag(_ name: StaticString) -> Bool {
-        guard let raw = raw(name) else { return false }
+        guard case .success(true)? = boolean(name) else { return false }
+        return true
+    }
+
+    /// A boolean: nil if absent; "1", "true", "yes", "on" (any case) or no value are true, "0",
+    /// "false", "no", "off" false, anything else `.failure` (a malformed parameter).
+    public func boolean(_ name: StaticString) -> Result<Bool, ParameterError>? {
+        guard let raw = raw(name) else { return nil }
         let v = Parameters.decode(raw)[...]
-        return v.isEmpty || v.equals("1") || v.equalsIgnoringCase("true") || v.equalsIgnoringCase("yes") || v.equalsIgnoringCase("on")
+        if v.isEmpty || v.equals("1") || v.equalsIgnoringCase("true") || v.equalsIgnoringCase("yes") || v.equalsIgnoringCase("on") {
+            return .success(true)
+        }
+        if v.equals("0") || v.equalsIgnoringCase("false") || v.equalsIgnoringCase("no") || v.equalsIgnoringCase("off") {
+            return .success(false)
+        }
+        return .failure(ParameterError("\(name) must be 1, true, yes or on, or 0, false, no or off"))
     }
 
     /// Scans `name=value&…` pairs for a name that has no slot.

@@ -417,6 +417,13 @@ public final class ProxyAPI: HTTPHandler {
     private func events(_ connection: HTTPConnection, _ session: Session, _ request: HTTPRequest, _ params: Parameters) {
         var start = session.delivered
         var gmcpStart: UInt64?
+        // A malformed `since` is 400 even when Last-Event-ID wins over it (SPEC §2).
+        var since: UInt64?
+        switch params.unsigned("since") {
+        case .failure(let e)?: return error(connection, .badRequest, e.reason)
+        case .success(let n)?: since = n
+        case nil: break
+        }
         if !request.lastEventID.isEmpty {  // EventSource reconnecting: resume where it was
             // `<offset>`, or `<offset>:<next gmcp seq>` on a GMCP session (SPEC §7).
             let id = request.lastEventID[...]
@@ -431,12 +438,8 @@ public final class ProxyAPI: HTTPHandler {
                 gmcpStart = seq
             }
             start = n
-        } else {
-            switch params.unsigned("since") {
-            case .failure(let e)?: return error(connection, .badRequest, e.reason)
-            case .success(let n)?: start = n
-            case nil: break
-            }
+        } else if let since {
+            start = since
         }
         guard isReadable(start, session, connection) else { return }
         session.lastTouched = clock()
@@ -496,8 +499,13 @@ public final class ProxyAPI: HTTPHandler {
             seq = n
         case nil: break
         }
+        var raw = false
+        switch params.boolean("raw") {
+        case .failure(let e)?: error(connection, .badRequest, e.reason); return false
+        case .success(let b)?: raw = b
+        case nil: break
+        }
         session.lastTouched = clock()
-        let raw = params.flag("raw")
         let command: [UInt8]
         if let q = params.rawQuery("cmd") {
             command = Parameters.decode(q)
