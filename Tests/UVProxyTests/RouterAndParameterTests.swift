@@ -137,6 +137,20 @@ final class ParameterTests: XCTestCase {
         }
     }
 
+    /// Found by Schemathesis: `?seq=1` with a form body's `seq=9223372036854775808` was taken (the
+    /// query wins, and the form's value went unread). A malformed parameter is 400 also where
+    /// another wins over it; a well-formed one that loses is still ignored.
+    func testAFormValueTheQueryOverridesMustBeWellFormed() throws {
+        XCTAssertEqual(try params("seq=1", form: "seq=2").unsigned("seq")?.get(), 1)
+        XCTAssertThrowsError(try params("seq=1", form: "seq=9223372036854775808").unsigned("seq")?.get())
+        XCTAssertThrowsError(try params("wait=1", form: "wait=-1").milliseconds("wait")?.get())
+        XCTAssertEqual(try params("raw=1", form: "raw=no").boolean("raw")?.get(), true)
+        XCTAssertThrowsError(try params("raw=1", form: "raw=maybe").boolean("raw")?.get())
+        XCTAssertEqual(try params("", form: "seq=3").unsigned("seq")?.get(), 3, "the form alone")
+        XCTAssertThrowsError(try params("since=x").unsigned("since")?.get())
+        XCTAssertTrue(params("raw=1", form: "raw=maybe").flag("raw"), "flag reads the winning value only")
+    }
+
     func testBadPercentEscapesAreKept() {
         XCTAssertEqual(params("cmd=100%").string("cmd"), "100%")
         XCTAssertEqual(params("cmd=%zz").string("cmd"), "%zz")

@@ -89,23 +89,39 @@ func check(_ params: Parameters, query: ArraySlice<UInt8>, form: ArraySlice<UInt
         let decoded = referenceDecode(expected)
         fuzzCheck(params.bytes(name) == decoded, "decode(\(Array(expected))) = \(params.bytes(name)!), expected \(decoded)")
         fuzzCheck(decoded.count <= expected.count, "decoding grew the value")
+        // A form value the query's overrides must be well formed too (a malformed parameter is 400).
+        let shadow = q != nil ? f : nil
+        func unlessShadowBad<T>(_ value: T?, _ valid: (ArraySlice<UInt8>) -> Bool) -> T? {
+            guard let value else { return nil }
+            if let shadow, !valid(shadow) { return nil }
+            return value
+        }
+        let wantUnsigned = unlessShadowBad(referenceUnsigned(expected)) { referenceUnsigned($0) != nil }
         switch params.unsigned(name) {
-        case .success(let n)?: fuzzCheck(referenceUnsigned(expected) == n, "unsigned(\(Array(expected))) = \(n)")
-        case .failure?: fuzzCheck(referenceUnsigned(expected) == nil, "unsigned(\(Array(expected))) refused")
+        case .success(let n)?: fuzzCheck(wantUnsigned == n, "unsigned(\(Array(expected))) = \(n)")
+        case .failure?: fuzzCheck(wantUnsigned == nil, "unsigned(\(Array(expected))) refused")
         case nil: fuzzCheck(false, "unsigned of a present name is nil")
         }
+        let wantSeconds = unlessShadowBad(referenceSeconds(expected)) { referenceSeconds($0) != nil }
         switch params.milliseconds(name) {
-        case .success(let ms)?: fuzzCheck(referenceSeconds(expected) == ms, "milliseconds(\(Array(expected))) = \(ms)")
-        case .failure?: fuzzCheck(referenceSeconds(expected) == nil, "milliseconds(\(Array(expected))) refused")
+        case .success(let ms)?: fuzzCheck(wantSeconds == ms, "milliseconds(\(Array(expected))) = \(ms)")
+        case .failure?: fuzzCheck(wantSeconds == nil, "milliseconds(\(Array(expected))) refused")
         case nil: fuzzCheck(false, "milliseconds of a present name is nil")
         }
         let text = String(decoding: decoded, as: UTF8.self).lowercased()
         let flag = decoded.isEmpty || ["1", "true", "yes", "on"].contains(text) && decoded.count == text.utf8.count
         fuzzCheck(params.flag(name) == flag, "flag(\(Array(expected))) = \(params.flag(name))")
-        let no = ["0", "false", "no", "off"].contains(text) && decoded.count == text.utf8.count
+        func referenceBoolean(_ raw: ArraySlice<UInt8>) -> Bool? {
+            let d = referenceDecode(raw)
+            let t = String(decoding: d, as: UTF8.self).lowercased()
+            guard d.count == t.utf8.count else { return nil }
+            return d.isEmpty || ["1", "true", "yes", "on"].contains(t) ? true : ["0", "false", "no", "off"].contains(t) ? false : nil
+        }
+        let wantBoolean = unlessShadowBad(referenceBoolean(expected)) { referenceBoolean($0) != nil }
+        fuzzCheck(referenceBoolean(expected) ?? false == flag, "the two boolean references disagree")
         switch params.boolean(name) {
-        case .success(let b)?: fuzzCheck(b ? flag : no, "boolean(\(Array(expected))) = \(b)")
-        case .failure?: fuzzCheck(!flag && !no, "boolean(\(Array(expected))) refused")
+        case .success(let b)?: fuzzCheck(wantBoolean == b, "boolean(\(Array(expected))) = \(b)")
+        case .failure?: fuzzCheck(wantBoolean == nil, "boolean(\(Array(expected))) refused")
         case nil: fuzzCheck(false, "boolean of a present name is nil")
         }
         let (keep, crlf) = LineEnding.terminate(decoded)

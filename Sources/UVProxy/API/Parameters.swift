@@ -106,44 +106,68 @@ public struct Parameters {
 
     public func string(_ name: StaticString) -> String? { bytes(name).map { String(decoding: $0, as: UTF8.self) } }
 
-    /// A whole number: nil if absent, `.failure` if not digits.
+    /// A form value of `name` that the query's overrides (nil without a form: every GET). It is
+    /// still checked: a malformed parameter is 400 also where another wins over it (SPEC §2).
+    @inline(__always)
+    private func shadowed(_ name: StaticString) -> ArraySlice<UInt8>? {
+        guard form != nil, rawQuery(name) != nil else { return nil }
+        return rawForm(name)
+    }
+
+    /// A whole number below 2^63: nil if absent, `.failure` if not digits (or too large).
     public func unsigned(_ name: StaticString) -> Result<UInt64, ParameterError>? {
         guard let raw = raw(name) else { return nil }
-        // Digits need no decoding. At most 2^63 - 1: what clients hold offsets in (int64, the
-        // OpenAPI document's format).
-        guard let n = Parameters.parseUnsigned(raw), n <= UInt64(Int64.max) else {
+        guard let n = Parameters.wholeNumber(raw), shadowed(name).map({ Parameters.wholeNumber($0) != nil }) ?? true else {
             return .failure(ParameterError("\(name) must be a non-negative integer below 2^63"))
         }
         return .success(n)
     }
 
-    /// Seconds with optional decimals ("2", "0.5"), as milliseconds.
+    /// Digits need no decoding. At most 2^63 - 1: what clients hold offsets in (int64, the
+    /// OpenAPI document's format).
+    @inline(__always)
+    static func wholeNumber(_ raw: ArraySlice<UInt8>) -> UInt64? {
+        guard let n = parseUnsigned(raw), n <= UInt64(Int64.max) else { return nil }
+        return n
+    }
+
+    /// Seconds with optional decimals ("2", "0.5") or an exponent ("1e-3"), as milliseconds.
     public func milliseconds(_ name: StaticString) -> Result<UInt64, ParameterError>? {
         guard let raw = raw(name) else { return nil }
-        guard let ms = Parameters.parseSeconds(raw) ?? Parameters.parseScientificSeconds(raw) else {
+        guard let ms = Parameters.seconds(raw), shadowed(name).map({ Parameters.seconds($0) != nil }) ?? true else {
             return .failure(ParameterError("\(name) must be a non-negative number of seconds"))
         }
         return .success(ms)
     }
 
+    @inline(__always)
+    static func seconds(_ raw: ArraySlice<UInt8>) -> UInt64? { parseSeconds(raw) ?? parseScientificSeconds(raw) }
+
     /// A flag: "1", "true", "yes", "on" (or present with no value) are true; anything else false.
     public func flag(_ name: StaticString) -> Bool {
-        guard case .success(true)? = boolean(name) else { return false }
-        return true
+        guard let raw = raw(name) else { return false }
+        return Parameters.boolean(raw) ?? false
     }
 
     /// A boolean: nil if absent; "1", "true", "yes", "on" (any case) or no value are true, "0",
     /// "false", "no", "off" false, anything else `.failure` (a malformed parameter).
     public func boolean(_ name: StaticString) -> Result<Bool, ParameterError>? {
         guard let raw = raw(name) else { return nil }
+        guard let b = Parameters.boolean(raw), shadowed(name).map({ Parameters.boolean($0) != nil }) ?? true else {
+            return .failure(ParameterError("\(name) must be 1, true, yes or on, or 0, false, no or off"))
+        }
+        return .success(b)
+    }
+
+    static func boolean(_ raw: ArraySlice<UInt8>) -> Bool? {
         let v = Parameters.decode(raw)[...]
         if v.isEmpty || v.equals("1") || v.equalsIgnoringCase("true") || v.equalsIgnoringCase("yes") || v.equalsIgnoringCase("on") {
-            return .success(true)
+            return true
         }
         if v.equals("0") || v.equalsIgnoringCase("false") || v.equalsIgnoringCase("no") || v.equalsIgnoringCase("off") {
-            return .success(false)
+            return false
         }
-        return .failure(ParameterError("\(name) must be 1, true, yes or on, or 0, false, no or off"))
+        return nil
     }
 
     /// Scans `name=value&…` pairs for a name that has no slot.
