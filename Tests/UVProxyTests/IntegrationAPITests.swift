@@ -541,8 +541,9 @@ final class IntegrationAPITests: XCTestCase {
             XCTAssertEqual(r.header("Access-Control-Allow-Origin"), "https://play.example", "status \(r.status)")
             let exposed = Set((r.header("Access-Control-Expose-Headers") ?? "").split(separator: ",")
                 .map { $0.trimmingCharacters(in: .whitespaces).lowercased() })
+            // x-gmcp-base (SPEC §7) was missing: found writing docs/openapi.yaml.
             for h in ["x-offset", "x-next-offset", "x-session-state", "x-close-reason", "x-offset-base",
-                      "x-duplicate", "x-session-id"] {
+                      "x-duplicate", "x-session-id", "x-gmcp-base"] {
                 XCTAssertTrue(exposed.contains(h), "\(h) not exposed on \(r.status): \(exposed)")
             }
         }
