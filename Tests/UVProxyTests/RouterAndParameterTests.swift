@@ -149,6 +149,10 @@ final class ParameterTests: XCTestCase {
         XCTAssertEqual(try params("", form: "seq=3").unsigned("seq")?.get(), 3, "the form alone")
         XCTAssertThrowsError(try params("since=x").unsigned("since")?.get())
         XCTAssertTrue(params("raw=1", form: "raw=maybe").flag("raw"), "flag reads the winning value only")
+        // And its bounds: seq=0 in the form beside seq=1 in the query (Schemathesis again).
+        XCTAssertThrowsError(try params("seq=1", form: "seq=0").unsigned("seq", atLeast: 1)?.get())
+        XCTAssertEqual(params("seq=0").unsigned("seq", atLeast: 1), .failure(ParameterError("seq must be at least 1")))
+        XCTAssertEqual(try params("max=1").unsigned("max", atLeast: 1)?.get(), 1)
     }
 
     func testBadPercentEscapesAreKept() {

@@ -114,12 +114,14 @@ public struct Parameters {
         return rawForm(name)
     }
 
-    /// A whole number below 2^63: nil if absent, `.failure` if not digits (or too large).
-    public func unsigned(_ name: StaticString) -> Result<UInt64, ParameterError>? {
+    /// A whole number from `minimum` to 2^63 - 1: nil if absent, `.failure` if not digits, too
+    /// large or below `minimum`.
+    public func unsigned(_ name: StaticString, atLeast minimum: UInt64 = 0) -> Result<UInt64, ParameterError>? {
         guard let raw = raw(name) else { return nil }
-        guard let n = Parameters.wholeNumber(raw), shadowed(name).map({ Parameters.wholeNumber($0) != nil }) ?? true else {
+        guard let n = Parameters.wholeNumber(raw), let s = shadowed(name).map(Parameters.wholeNumber) ?? n else {
             return .failure(ParameterError("\(name) must be a non-negative integer below 2^63"))
         }
+        guard n >= minimum, s >= minimum else { return .failure(ParameterError("\(name) must be at least \(minimum)")) }
         return .success(n)
     }
 

@@ -369,10 +369,9 @@ public final class ProxyAPI: HTTPHandler {
     private func read(_ connection: HTTPConnection, _ session: Session, _ params: Parameters, compat: Bool) {
         guard let (since, waitMs) = sinceAndWait(params, connection) else { return }
         var max = Int.max
-        switch params.unsigned("max") {
+        switch params.unsigned("max", atLeast: 1) {
         case .failure(let e)?: return error(connection, .badRequest, e.reason)
         case .success(let n)?:
-            guard n >= 1 else { return error(connection, .badRequest, "max must be at least 1") }
             max = Int(clamping: n)
         case nil: break
         }
@@ -492,10 +491,9 @@ public final class ProxyAPI: HTTPHandler {
     private func input(_ connection: HTTPConnection, _ session: Session, _ request: HTTPRequest,
                        _ params: Parameters, respond: Bool) -> Bool {
         var seq: UInt64?
-        switch params.unsigned("seq") {
+        switch params.unsigned("seq", atLeast: 1) {
         case .failure(let e)?: error(connection, .badRequest, e.reason); return false
         case .success(let n)?:
-            guard n >= 1 else { error(connection, .badRequest, "seq must be at least 1"); return false }
             seq = n
         case nil: break
         }
