@@ -34,11 +34,14 @@ let package = Package(
                 .product(name: "Prometheus", package: "swift-prometheus"),
             ],
             // The web client (Sources/UVProxy/Web/WebAssets.swift): compiled into the binary as
-            // `PackageResources.index_html`, `.client_js` and `.client_css` ([UInt8]), no bundle.
+            // `PackageResources.index_html`, `.client_js` and `.client_css` ([UInt8]), no bundle;
+            // and the API's OpenAPI document, `.openapi_yaml` (Web/openapi.yaml is a symlink to
+            // docs/openapi.yaml, where client authors look for it).
             resources: [
                 .embedInCode("Web/index.html"),
                 .embedInCode("Web/client.js"),
                 .embedInCode("Web/client.css"),
+                .embedInCode("Web/openapi.yaml"),
             ],
             swiftSettings: [
                 // UVProxy runs on one thread by design (one libuv loop; the only entry from

@@ -282,6 +282,27 @@ final class IntegrationAPITests: XCTestCase {
         XCTAssertFalse(target.isReadable(within: 0.2), "nothing more reaches the target")
     }
 
+    /// Found by Schemathesis (scripts/api-test): `raw=null` was taken as "not raw" and the
+    /// command sent. `raw` is a boolean (docs/openapi.yaml): 1, true, yes, on or empty, or 0,
+    /// false, no, off; anything else is a malformed parameter, `400`, and nothing is sent.
+    func testInputRawMustBeABoolean() throws {
+        let (_, _, c, id, target) = try sessionOnTestUpstream()
+        let path = "/sessions/\(id)/input"
+        for bad in ["null", "2", "maybe", "%00"] {
+            let r = try c.call("POST", path + "?cmd=x&raw=" + bad)
+            XCTAssertEqual(r.status, 400, "raw=\(bad): \(r.text)")
+            assertConforms(r, "raw=\(bad)")
+        }
+        XCTAssertEqual(try c.form(path, "cmd=x&raw=perhaps").status, 400, "in a form body too")
+        XCTAssertFalse(target.isReadable(within: 0.2), "nothing was sent")
+        for (value, sent) in [("0", "a\r\n"), ("false", "b\r\n"), ("No", "c\r\n"), ("off", "d\r\n"),
+                              ("TRUE", "e"), ("yes", "f"), ("on", "g"), ("", "h")] {
+            let cmd = String(sent.first!)
+            XCTAssertEqual(try c.call("POST", path + "?cmd=\(cmd)&raw=\(value)").status, 204, "raw=\(value)")
+            XCTAssertEqual(String(decoding: try target.receive(exactly: sent.utf8.count), as: UTF8.self), sent, "raw=\(value)")
+        }
+    }
+
     func testInputSeqDuplicatesAreNotSentTwice() throws {
         let (_, _, c, id, target) = try sessionOnTestUpstream()
         let path = "/sessions/\(id)/input"
@@ -520,8 +541,9 @@ final class IntegrationAPITests: XCTestCase {
             XCTAssertEqual(r.header("Access-Control-Allow-Origin"), "https://play.example", "status \(r.status)")
             let exposed = Set((r.header("Access-Control-Expose-Headers") ?? "").split(separator: ",")
                 .map { $0.trimmingCharacters(in: .whitespaces).lowercased() })
+            // x-gmcp-base (SPEC §7) was missing: found writing docs/openapi.yaml.
             for h in ["x-offset", "x-next-offset", "x-session-state", "x-close-reason", "x-offset-base",
-                      "x-duplicate", "x-session-id"] {
+                      "x-duplicate", "x-session-id", "x-gmcp-base"] {
                 XCTAssertTrue(exposed.contains(h), "\(h) not exposed on \(r.status): \(exposed)")
             }
         }

@@ -55,6 +55,32 @@ final class IntegrationStrictHTTPTests: XCTestCase {
         try assertRejected(d, "GET /healthz\r\nHost: x\r\n\r\n")
     }
 
+    /// Found by Schemathesis (scripts/api-test): `QUERY /sessions HTTP/1.1`, a well-formed
+    /// request with a method http_parser does not know, was answered `400 malformed request`.
+    /// A method is any token (RFC 9110 §9.1): a wrong one is `405` with `Allow` (SPEC §2), as
+    /// for the methods http_parser knows; the connection still closes after it, since the parser
+    /// cannot tell where such a request ends.
+    func testUnknownMethodIs405WithAllow() throws {
+        let d = try startDaemon()
+        for (method, path, allow) in [("QUERY", "/sessions", "POST"), ("QUERY", "/sessions/abc?x=1", "GET, DELETE"),
+                                      ("FROB", "/healthz", "GET"), ("QUERY", "/openapi.yaml", "GET, HEAD")] {
+            let c = try d.client()
+            try c.socket.send("\(method) \(path) HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\n\r\nhi")
+            let r = try c.readResponse()
+            assertConforms(r, "\(method) \(path)")
+            XCTAssertEqual(r.status, 405, "\(method) \(path): \(r.text)")
+            XCTAssertEqual(r.header("Allow"), allow, "\(method) \(path)")
+            XCTAssertEqual(r.header("Connection")?.lowercased(), "close")
+            XCTAssertTrue(c.isClosedByServer())
+        }
+        let c = try d.client()
+        try c.socket.send("QUERY /nope HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        XCTAssertEqual(try c.readResponse().status, 404, "an unknown path is still 404")
+        // Not a method at all (a TLS ClientHello's first bytes): still a malformed request.
+        try assertRejected(d, "\u{16}\u{03}\u{01} / HTTP/1.1\r\n\r\n")
+        XCTAssertEqual(try d.client().call("GET", "/healthz").text, "ok")
+    }
+
     func testUnknownVersionIs505() throws {
         let d = try startDaemon()
         for version in ["9.9", "2.0", "1.2", "3.0"] {

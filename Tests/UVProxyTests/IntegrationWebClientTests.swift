@@ -91,6 +91,37 @@ final class IntegrationWebClientTests: XCTestCase {
         XCTAssertEqual(try t.call("GET", "/metrics").status, 401, "the API still needs it")
     }
 
+    /// The API's OpenAPI document (SPEC §2 Operations, docs/openapi.yaml): at `/openapi.yaml`
+    /// with or without `--web`, never needing the token (as `/healthz`), `application/yaml`, with
+    /// the ETag, `no-store` and `nosniff` of the page's files; `GET` and `HEAD` only.
+    func testOpenAPIDocumentIsServedWithoutTokenAsYAML() throws {
+        let bytes = PackageResources.openapi_yaml
+        XCTAssertTrue(String(decoding: bytes.prefix(20), as: UTF8.self).hasPrefix("openapi: 3.1"))
+        for web in [false, true] {
+            let d = try startDaemon {
+                $0.web = web
+                $0.token = "s3cret"
+            }
+            let c = try d.client()
+            let r = try c.request("GET", "/openapi.yaml")
+            XCTAssertEqual(r.status, 200, "no token needed (web: \(web))")
+            XCTAssertEqual(r.header("Content-Type"), "application/yaml")
+            XCTAssertEqual(r.body, bytes)
+            XCTAssertEqual(r.header("Cache-Control"), "no-store")
+            XCTAssertEqual(r.header("X-Content-Type-Options"), "nosniff")
+            let etag = try XCTUnwrap(r.header("ETag"))
+            XCTAssertEqual(try c.request("GET", "/openapi.yaml", headers: ["If-None-Match": etag]).status, 304)
+            try c.send("HEAD", "/openapi.yaml")
+            let head = try c.readResponse(head: true)
+            XCTAssertEqual(head.status, 200)
+            XCTAssertEqual(head.header("Content-Length"), "\(bytes.count)")
+            let post = try c.call("POST", "/openapi.yaml")
+            XCTAssertEqual(post.status, 405)
+            XCTAssertEqual(post.header("Allow"), "GET, HEAD")
+            XCTAssertEqual(try c.call("GET", "/metrics").status, 401, "the API still needs the token")
+        }
+    }
+
     /// A HEAD answered with an error (here a 404) has no body either: the connection stays in step.
     func testHeadOfAnErrorSendsNoBody() throws {
         let d = try startDaemon { $0.web = true }

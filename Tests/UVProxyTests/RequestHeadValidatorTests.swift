@@ -173,6 +173,24 @@ final class RequestHeadValidatorTests: XCTestCase {
         XCTAssertEqual(parse("GET / HTTP/9.9\r\n\r\n", cut: 3, body: &body), .failure(.versionNotSupported))
     }
 
+    /// A method http_parser does not know (RFC 9110 allows any token) comes back with the request's
+    /// target, so the router can answer `405` with `Allow`, when the request line came whole in
+    /// the read that starts with it (as clients send it); anything else stays malformed.
+    func testUnknownMethodComesBackWithItsTarget() {
+        let text = "QUERY /sessions/abc?since=1 HTTP/1.1\r\nHost: x\r\n\r\n"
+        for cut in [0, 38, 40, text.utf8.count] {
+            var body: [UInt8] = []
+            XCTAssertEqual(parse(text, cut: cut, body: &body), .failure(.unknownMethod(target: Array("/sessions/abc?since=1".utf8))),
+                           "cut at \(cut)")
+        }
+        var body: [UInt8] = []
+        for bad in ["\u{16}\u{03}\u{01}\u{02} / HTTP/1.1\r\n\r\n", "QUERY  / HTTP/1.1\r\n\r\n", "QUERY / HTTP/3\r\n\r\n"] {
+            guard case .failure(.malformed) = parse(bad, cut: bad.utf8.count, body: &body) else {
+                return XCTFail("\(bad.debugDescription) is not malformed")
+            }
+        }
+    }
+
     /// Bytes offered while the parser is paused (before the owner resumes it) are not taken, and
     /// are judged from their first byte when offered again.
     func testBytesOfferedWhilePausedAreJudgedOnce() {

@@ -28,6 +28,7 @@ final class RouterTests: XCTestCase {
         XCTAssertEqual(route("/"), .webPage)
         XCTAssertEqual(route("/client.js"), .webScript)
         XCTAssertEqual(route("/client.css"), .webStyle)
+        XCTAssertEqual(route("/openapi.yaml"), .openAPI)
     }
 
     func testUnknownButWellFormedIDRoutesWithNoSession() {
@@ -58,8 +59,11 @@ final class RouterTests: XCTestCase {
             XCTAssertFalse(web.allows(.post) || web.allows(.delete), "\(web)")
             XCTAssertEqual("\(web.allow)", "GET, HEAD")
         }
+        XCTAssertTrue(Route.openAPI.allows(.get) && Route.openAPI.allows(.head) && !Route.openAPI.allows(.post))
+        XCTAssertEqual("\(Route.openAPI.allow)", "GET, HEAD")
+        XCTAssertFalse(Route.openAPI.isWebClient, "served without --web too")
         XCTAssertFalse(Route.healthz.isWebClient || Route.sessions.isWebClient)
-        XCTAssertFalse(Route.healthz.allows(.head), "HEAD is the web client's only")
+        XCTAssertFalse(Route.healthz.allows(.head), "HEAD is for the served files only (web client, OpenAPI document)")
     }
 
     func testSplit() {
@@ -103,7 +107,10 @@ final class ParameterTests: XCTestCase {
     func testUnsigned() {
         XCTAssertEqual(try params("since=42").unsigned("since")?.get(), 42)
         XCTAssertEqual(try params("since=0").unsigned("since")?.get(), 0)
-        for bad in ["-1", "abc", "", "1.5", "99999999999999999999999"] {
+        XCTAssertEqual(try params("since=9223372036854775807").unsigned("since")?.get(), 9_223_372_036_854_775_807)
+        // Found by Schemathesis: the document says int64 (what clients hold offsets in), and the
+        // daemon took 2^63 and more (a `seq` that high would then refuse every later command).
+        for bad in ["-1", "abc", "", "1.5", "99999999999999999999999", "9223372036854775808", "18446744073709551615"] {
             XCTAssertThrowsError(try params("since=\(bad)").unsigned("since")?.get(), bad)
         }
     }
@@ -116,9 +123,36 @@ final class ParameterTests: XCTestCase {
         XCTAssertEqual(try params("wait=3.").milliseconds("wait")?.get(), 3000)
         XCTAssertEqual(try params("wait=99999999999999999999999.5").milliseconds("wait")?.get(), 1_000_000_000_500,
                        "huge waits saturate; max-wait caps them")
-        for bad in ["-1", "x", "", ".", "1e3", "1.2.3"] {
+        // Found by Schemathesis: a number as JSON, JavaScript or Python write it may have an
+        // exponent (`1e-05`, `2.5e+3`): the same seconds.
+        XCTAssertEqual(try params("wait=1e3").milliseconds("wait")?.get(), 1_000_000)
+        XCTAssertEqual(try params("wait=2.5E%2B3").milliseconds("wait")?.get(), 2_500_000, "%2B is +")
+        XCTAssertEqual(try params("wait=1e-05").milliseconds("wait")?.get(), 0)
+        XCTAssertEqual(try params("wait=1.5e-3").milliseconds("wait")?.get(), 1)
+        XCTAssertEqual(try params("wait=2.2250738585072014e-308").milliseconds("wait")?.get(), 0)
+        XCTAssertEqual(try params("wait=9.016358172656226e%2B307").milliseconds("wait")?.get(), 1_000_000_000_000,
+                       "saturates as huge whole numbers do")
+        for bad in ["-1", "x", "", ".", "1.2.3", "-1e3", "1e", "e3", "inf", "nan", "0x1p3", "1e3x", "1e%2B", "1e99999"] {
             XCTAssertThrowsError(try params("wait=\(bad)").milliseconds("wait")?.get(), bad)
         }
+    }
+
+    /// Found by Schemathesis: `?seq=1` with a form body's `seq=9223372036854775808` was taken (the
+    /// query wins, and the form's value went unread). A malformed parameter is 400 also where
+    /// another wins over it; a well-formed one that loses is still ignored.
+    func testAFormValueTheQueryOverridesMustBeWellFormed() throws {
+        XCTAssertEqual(try params("seq=1", form: "seq=2").unsigned("seq")?.get(), 1)
+        XCTAssertThrowsError(try params("seq=1", form: "seq=9223372036854775808").unsigned("seq")?.get())
+        XCTAssertThrowsError(try params("wait=1", form: "wait=-1").milliseconds("wait")?.get())
+        XCTAssertEqual(try params("raw=1", form: "raw=no").boolean("raw")?.get(), true)
+        XCTAssertThrowsError(try params("raw=1", form: "raw=maybe").boolean("raw")?.get())
+        XCTAssertEqual(try params("", form: "seq=3").unsigned("seq")?.get(), 3, "the form alone")
+        XCTAssertThrowsError(try params("since=x").unsigned("since")?.get())
+        XCTAssertTrue(params("raw=1", form: "raw=maybe").flag("raw"), "flag reads the winning value only")
+        // And its bounds: seq=0 in the form beside seq=1 in the query (Schemathesis again).
+        XCTAssertThrowsError(try params("seq=1", form: "seq=0").unsigned("seq", atLeast: 1)?.get())
+        XCTAssertEqual(params("seq=0").unsigned("seq", atLeast: 1), .failure(ParameterError("seq must be at least 1")))
+        XCTAssertEqual(try params("max=1").unsigned("max", atLeast: 1)?.get(), 1)
     }
 
     func testBadPercentEscapesAreKept() {

@@ -46,10 +46,24 @@ func isDigits(_ s: ArraySlice<UInt8>) -> Bool { s.allSatisfy { $0 >= 48 && $0 <=
 
 func referenceUnsigned(_ s: ArraySlice<UInt8>) -> UInt64? {
     guard !s.isEmpty, isDigits(s) else { return nil }
-    return UInt64(String(decoding: s, as: UTF8.self))  // nil past UInt64.max
+    return UInt64(String(decoding: s, as: UTF8.self)).flatMap { $0 <= UInt64(Int64.max) ? $0 : nil }  // below 2^63
 }
 
 func referenceSeconds(_ s: ArraySlice<UInt8>) -> UInt64? {
+    plainSeconds(s) ?? exponentSeconds(s)
+}
+
+/// `<plain seconds>e[+-]<digits>` (`+` also as a space or `%2B`), through Double.
+func exponentSeconds(_ s: ArraySlice<UInt8>) -> UInt64? {
+    let text = String(String(decoding: referenceDecode(s), as: UTF8.self).map { $0 == " " ? "+" : $0 })
+    let parts = text.split(omittingEmptySubsequences: false, whereSeparator: { $0 == "e" || $0 == "E" })
+    guard parts.count == 2, plainSeconds(ArraySlice(parts[0].utf8)) != nil else { return nil }
+    let digits = parts[1].hasPrefix("+") || parts[1].hasPrefix("-") ? parts[1].dropFirst() : parts[1][...]
+    guard !digits.isEmpty, isDigits(ArraySlice(digits.utf8)), let value = Double(text), value.isFinite else { return nil }
+    return UInt64((min(value, 1e9) * 1000).rounded(.down))
+}
+
+func plainSeconds(_ s: ArraySlice<UInt8>) -> UInt64? {
     let parts = s.split(separator: UInt8(ascii: "."), maxSplits: 1, omittingEmptySubsequences: false)
     let whole = parts[0]
     let fraction = parts.count > 1 ? parts[1] : []
@@ -75,19 +89,41 @@ func check(_ params: Parameters, query: ArraySlice<UInt8>, form: ArraySlice<UInt
         let decoded = referenceDecode(expected)
         fuzzCheck(params.bytes(name) == decoded, "decode(\(Array(expected))) = \(params.bytes(name)!), expected \(decoded)")
         fuzzCheck(decoded.count <= expected.count, "decoding grew the value")
+        // A form value the query's overrides must be well formed too (a malformed parameter is 400).
+        let shadow = q != nil ? f : nil
+        func unlessShadowBad<T>(_ value: T?, _ valid: (ArraySlice<UInt8>) -> Bool) -> T? {
+            guard let value else { return nil }
+            if let shadow, !valid(shadow) { return nil }
+            return value
+        }
+        let wantUnsigned = unlessShadowBad(referenceUnsigned(expected)) { referenceUnsigned($0) != nil }
         switch params.unsigned(name) {
-        case .success(let n)?: fuzzCheck(referenceUnsigned(expected) == n, "unsigned(\(Array(expected))) = \(n)")
-        case .failure?: fuzzCheck(referenceUnsigned(expected) == nil, "unsigned(\(Array(expected))) refused")
+        case .success(let n)?: fuzzCheck(wantUnsigned == n, "unsigned(\(Array(expected))) = \(n)")
+        case .failure?: fuzzCheck(wantUnsigned == nil, "unsigned(\(Array(expected))) refused")
         case nil: fuzzCheck(false, "unsigned of a present name is nil")
         }
+        let wantSeconds = unlessShadowBad(referenceSeconds(expected)) { referenceSeconds($0) != nil }
         switch params.milliseconds(name) {
-        case .success(let ms)?: fuzzCheck(referenceSeconds(expected) == ms, "milliseconds(\(Array(expected))) = \(ms)")
-        case .failure?: fuzzCheck(referenceSeconds(expected) == nil, "milliseconds(\(Array(expected))) refused")
+        case .success(let ms)?: fuzzCheck(wantSeconds == ms, "milliseconds(\(Array(expected))) = \(ms)")
+        case .failure?: fuzzCheck(wantSeconds == nil, "milliseconds(\(Array(expected))) refused")
         case nil: fuzzCheck(false, "milliseconds of a present name is nil")
         }
         let text = String(decoding: decoded, as: UTF8.self).lowercased()
         let flag = decoded.isEmpty || ["1", "true", "yes", "on"].contains(text) && decoded.count == text.utf8.count
         fuzzCheck(params.flag(name) == flag, "flag(\(Array(expected))) = \(params.flag(name))")
+        func referenceBoolean(_ raw: ArraySlice<UInt8>) -> Bool? {
+            let d = referenceDecode(raw)
+            let t = String(decoding: d, as: UTF8.self).lowercased()
+            guard d.count == t.utf8.count else { return nil }
+            return d.isEmpty || ["1", "true", "yes", "on"].contains(t) ? true : ["0", "false", "no", "off"].contains(t) ? false : nil
+        }
+        let wantBoolean = unlessShadowBad(referenceBoolean(expected)) { referenceBoolean($0) != nil }
+        fuzzCheck(referenceBoolean(expected) ?? false == flag, "the two boolean references disagree")
+        switch params.boolean(name) {
+        case .success(let b)?: fuzzCheck(wantBoolean == b, "boolean(\(Array(expected))) = \(b)")
+        case .failure?: fuzzCheck(wantBoolean == nil, "boolean(\(Array(expected))) refused")
+        case nil: fuzzCheck(false, "boolean of a present name is nil")
+        }
         let (keep, crlf) = LineEnding.terminate(decoded)
         if decoded.last == 0x0A && decoded.dropLast().last == 0x0D {
             fuzzCheck(keep == decoded.count && !crlf, "CRLF-terminated command changed")
@@ -125,6 +161,7 @@ func checkRoute(_ target: [UInt8]) {
     case "/metrics": expected = "metrics"
     case "/sessions": expected = "sessions"
     case "/ws": expected = "webSocketCreate"
+    case "/openapi.yaml": expected = "openAPI"
     default:
         if segments.count >= 3, segments.count <= 5, segments[0].isEmpty, segments[1] == "sessions", idOK(segments[2]) {
             let id = SessionID(text: Array(segments[2].utf8)).map { "\($0)" } ?? "nil"
@@ -155,6 +192,7 @@ func checkRoute(_ target: [UInt8]) {
     case .gmcpState(let id)?: actual = "gmcpState \(id.map { "\($0)" } ?? "nil")"
     case .webSocket(let id)?: actual = "ws \(id.map { "\($0)" } ?? "nil")"
     case .webSocketCreate?: actual = "webSocketCreate"
+    case .openAPI?: actual = "openAPI"
     case nil: actual = nil
     }
     // Non-UTF-8 paths cannot match a route: the String reference may not see them the same way.

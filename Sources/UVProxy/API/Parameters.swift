@@ -106,29 +106,70 @@ public struct Parameters {
 
     public func string(_ name: StaticString) -> String? { bytes(name).map { String(decoding: $0, as: UTF8.self) } }
 
-    /// A whole number: nil if absent, `.failure` if not digits.
-    public func unsigned(_ name: StaticString) -> Result<UInt64, ParameterError>? {
+    /// A form value of `name` that the query's overrides (nil without a form: every GET). It is
+    /// still checked: a malformed parameter is 400 also where another wins over it (SPEC §2).
+    @inline(__always)
+    private func shadowed(_ name: StaticString) -> ArraySlice<UInt8>? {
+        guard form != nil, rawQuery(name) != nil else { return nil }
+        return rawForm(name)
+    }
+
+    /// A whole number from `minimum` to 2^63 - 1: nil if absent, `.failure` if not digits, too
+    /// large or below `minimum`.
+    public func unsigned(_ name: StaticString, atLeast minimum: UInt64 = 0) -> Result<UInt64, ParameterError>? {
         guard let raw = raw(name) else { return nil }
-        guard let n = Parameters.parseUnsigned(raw) else {  // digits need no decoding
-            return .failure(ParameterError("\(name) must be a non-negative integer"))
+        guard let n = Parameters.wholeNumber(raw), let s = shadowed(name).map(Parameters.wholeNumber) ?? n else {
+            return .failure(ParameterError("\(name) must be a non-negative integer below 2^63"))
         }
+        guard n >= minimum, s >= minimum else { return .failure(ParameterError("\(name) must be at least \(minimum)")) }
         return .success(n)
     }
 
-    /// Seconds with optional decimals ("2", "0.5"), as milliseconds.
+    /// Digits need no decoding. At most 2^63 - 1: what clients hold offsets in (int64, the
+    /// OpenAPI document's format).
+    @inline(__always)
+    static func wholeNumber(_ raw: ArraySlice<UInt8>) -> UInt64? {
+        guard let n = parseUnsigned(raw), n <= UInt64(Int64.max) else { return nil }
+        return n
+    }
+
+    /// Seconds with optional decimals ("2", "0.5") or an exponent ("1e-3"), as milliseconds.
     public func milliseconds(_ name: StaticString) -> Result<UInt64, ParameterError>? {
         guard let raw = raw(name) else { return nil }
-        guard let ms = Parameters.parseSeconds(raw) else {
+        guard let ms = Parameters.seconds(raw), shadowed(name).map({ Parameters.seconds($0) != nil }) ?? true else {
             return .failure(ParameterError("\(name) must be a non-negative number of seconds"))
         }
         return .success(ms)
     }
 
-    /// A flag: "1", "true", "yes", "on" (or present with no value) are true.
+    @inline(__always)
+    static func seconds(_ raw: ArraySlice<UInt8>) -> UInt64? { parseSeconds(raw) ?? parseScientificSeconds(raw) }
+
+    /// A flag: "1", "true", "yes", "on" (or present with no value) are true; anything else false.
     public func flag(_ name: StaticString) -> Bool {
         guard let raw = raw(name) else { return false }
+        return Parameters.boolean(raw) ?? false
+    }
+
+    /// A boolean: nil if absent; "1", "true", "yes", "on" (any case) or no value are true, "0",
+    /// "false", "no", "off" false, anything else `.failure` (a malformed parameter).
+    public func boolean(_ name: StaticString) -> Result<Bool, ParameterError>? {
+        guard let raw = raw(name) else { return nil }
+        guard let b = Parameters.boolean(raw), shadowed(name).map({ Parameters.boolean($0) != nil }) ?? true else {
+            return .failure(ParameterError("\(name) must be 1, true, yes or on, or 0, false, no or off"))
+        }
+        return .success(b)
+    }
+
+    static func boolean(_ raw: ArraySlice<UInt8>) -> Bool? {
         let v = Parameters.decode(raw)[...]
-        return v.isEmpty || v.equals("1") || v.equalsIgnoringCase("true") || v.equalsIgnoringCase("yes") || v.equalsIgnoringCase("on")
+        if v.isEmpty || v.equals("1") || v.equalsIgnoringCase("true") || v.equalsIgnoringCase("yes") || v.equalsIgnoringCase("on") {
+            return true
+        }
+        if v.equals("0") || v.equalsIgnoringCase("false") || v.equalsIgnoringCase("no") || v.equalsIgnoringCase("off") {
+            return false
+        }
+        return nil
     }
 
     /// Scans `name=value&…` pairs for a name that has no slot.
@@ -209,6 +250,23 @@ public struct Parameters {
             scale /= 10
         }
         return seconds * 1000 + ms
+    }
+}
+
+extension Parameters {
+    /// Seconds with an exponent (`1e-05`, `2.5e+3`: how JSON, JavaScript and Python write some
+    /// numbers) → milliseconds, saturating as `parseSeconds` does; nil for anything else (no
+    /// sign but the exponent's, no `inf`, `nan` or hex). Tried only when `parseSeconds` fails,
+    /// so the plain numbers every client sends cost nothing more.
+    static func parseScientificSeconds(_ raw: ArraySlice<UInt8>) -> UInt64? {
+        // `+` is a space in form encoding, but no number has a space: either spelling is `+`.
+        let text = decode(raw).map { $0 == 0x20 ? UInt8(ascii: "+") : $0 }
+        guard let e = text.firstIndex(where: { $0 == UInt8(ascii: "e") || $0 == UInt8(ascii: "E") }) else { return nil }
+        var exponent = text[(e + 1)...]
+        if let sign = exponent.first, sign == UInt8(ascii: "+") || sign == UInt8(ascii: "-") { exponent = exponent.dropFirst() }
+        guard parseSeconds(text[..<e]) != nil, !exponent.isEmpty, exponent.allSatisfy({ $0 >= 48 && $0 <= 57 }),
+              let seconds = Double(String(decoding: text, as: UTF8.self)), seconds.isFinite else { return nil }
+        return UInt64((Swift.min(seconds, 1_000_000_000) * 1000).rounded(.down))
     }
 }
 

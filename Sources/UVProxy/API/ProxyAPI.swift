@@ -108,9 +108,10 @@ public final class ProxyAPI: HTTPHandler {
         guard route.allows(request.method) else {
             return error(connection, .methodNotAllowed, "method not allowed", allow: route.allow)
         }
-        // The page and its files are public (they hold no secret; the page asks the player for the token).
-        if route != .healthz, !route.isWebClient, let tokenBytes, !constantTimeEquals(request.authorization, tokenBytes),
-           !queryTokenAllowed(route, query, tokenBytes) {
+        // The page and its files are public (they hold no secret; the page asks the player for the
+        // token), and so is the API's description.
+        if route != .healthz, route != .openAPI, !route.isWebClient, let tokenBytes,
+           !constantTimeEquals(request.authorization, tokenBytes), !queryTokenAllowed(route, query, tokenBytes) {
             connection.begin(.unauthorized)
             connection.header("WWW-Authenticate", "Bearer")
             return connection.finishError("missing or wrong bearer token")
@@ -158,6 +159,8 @@ public final class ProxyAPI: HTTPHandler {
             }
         case .metrics:
             respond(connection, .ok, contentType: "text/plain; version=0.0.4", body: metricsText?() ?? [])
+        case .openAPI:
+            serve(WebAsset.openAPI, request, connection)
         case .webPage:
             serve(WebAsset.page, request, connection)
         case .webScript:
@@ -368,10 +371,9 @@ public final class ProxyAPI: HTTPHandler {
     private func read(_ connection: HTTPConnection, _ session: Session, _ params: Parameters, compat: Bool) {
         guard let (since, waitMs) = sinceAndWait(params, connection) else { return }
         var max = Int.max
-        switch params.unsigned("max") {
+        switch params.unsigned("max", atLeast: 1) {
         case .failure(let e)?: return error(connection, .badRequest, e.reason)
         case .success(let n)?:
-            guard n >= 1 else { return error(connection, .badRequest, "max must be at least 1") }
             max = Int(clamping: n)
         case nil: break
         }
@@ -416,6 +418,13 @@ public final class ProxyAPI: HTTPHandler {
     private func events(_ connection: HTTPConnection, _ session: Session, _ request: HTTPRequest, _ params: Parameters) {
         var start = session.delivered
         var gmcpStart: UInt64?
+        // A malformed `since` is 400 even when Last-Event-ID wins over it (SPEC §2).
+        var since: UInt64?
+        switch params.unsigned("since") {
+        case .failure(let e)?: return error(connection, .badRequest, e.reason)
+        case .success(let n)?: since = n
+        case nil: break
+        }
         if !request.lastEventID.isEmpty {  // EventSource reconnecting: resume where it was
             // `<offset>`, or `<offset>:<next gmcp seq>` on a GMCP session (SPEC §7).
             let id = request.lastEventID[...]
@@ -430,12 +439,8 @@ public final class ProxyAPI: HTTPHandler {
                 gmcpStart = seq
             }
             start = n
-        } else {
-            switch params.unsigned("since") {
-            case .failure(let e)?: return error(connection, .badRequest, e.reason)
-            case .success(let n)?: start = n
-            case nil: break
-            }
+        } else if let since {
+            start = since
         }
         guard isReadable(start, session, connection) else { return }
         session.lastTouched = clock()
@@ -488,15 +493,19 @@ public final class ProxyAPI: HTTPHandler {
     private func input(_ connection: HTTPConnection, _ session: Session, _ request: HTTPRequest,
                        _ params: Parameters, respond: Bool) -> Bool {
         var seq: UInt64?
-        switch params.unsigned("seq") {
+        switch params.unsigned("seq", atLeast: 1) {
         case .failure(let e)?: error(connection, .badRequest, e.reason); return false
         case .success(let n)?:
-            guard n >= 1 else { error(connection, .badRequest, "seq must be at least 1"); return false }
             seq = n
         case nil: break
         }
+        var raw = false
+        switch params.boolean("raw") {
+        case .failure(let e)?: error(connection, .badRequest, e.reason); return false
+        case .success(let b)?: raw = b
+        case nil: break
+        }
         session.lastTouched = clock()
-        let raw = params.flag("raw")
         let command: [UInt8]
         if let q = params.rawQuery("cmd") {
             command = Parameters.decode(q)
@@ -565,9 +574,9 @@ public final class ProxyAPI: HTTPHandler {
         connection.finish(contentType: contentType, body: body)
     }
 
-    /// One of the web client's files (docs/DESIGN.md, "The web client"): `no-store` as every
-    /// response (SPEC §2), with an ETag that `If-None-Match` is answered `304` for; the
-    /// Content-Security-Policy and `nosniff` on all three.
+    /// One of the web client's files (docs/DESIGN.md, "The web client"), or the OpenAPI document:
+    /// `no-store` as every response (SPEC §2), with an ETag that `If-None-Match` is answered `304`
+    /// for; the Content-Security-Policy and `nosniff` on all of them.
     private func serve(_ asset: WebAsset, _ request: HTTPRequest, _ connection: HTTPConnection) {
         let unchanged = !request.ifNoneMatch.isEmpty && WebAsset.matches(ifNoneMatch: request.ifNoneMatch, etag: asset.etag)
         connection.begin(unchanged ? .notModified : .ok)

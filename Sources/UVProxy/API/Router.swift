@@ -11,6 +11,7 @@ public enum Route: Equatable, Sendable {
     case mud                            // /mud
     case healthz
     case metrics
+    case openAPI                        // /openapi.yaml: this API's OpenAPI document
     case webPage                        // /
     case webScript                      // /client.js
     case webStyle                       // /client.css
@@ -25,7 +26,7 @@ public enum Route: Equatable, Sendable {
         case .gmcp: return "GET, POST"
         case .mud: return "GET, POST"
         case .healthz, .metrics: return "GET"
-        case .webPage, .webScript, .webStyle: return "GET, HEAD"
+        case .openAPI, .webPage, .webScript, .webStyle: return "GET, HEAD"
         }
     }
 
@@ -41,7 +42,7 @@ public enum Route: Equatable, Sendable {
         switch (self, method) {
         case (.sessions, .post), (.session, .get), (.session, .delete), (.input, .post), (.events, .get),
              (.gmcp, .get), (.gmcp, .post), (.gmcpState, .get), (.webSocket, .get), (.webSocketCreate, .get),
-             (.mud, .get), (.mud, .post), (.healthz, .get), (.metrics, .get),
+             (.mud, .get), (.mud, .post), (.healthz, .get), (.metrics, .get), (.openAPI, .get), (.openAPI, .head),
              (.webPage, .get), (.webPage, .head), (.webScript, .get), (.webScript, .head),
              (.webStyle, .get), (.webStyle, .head):
             return true
@@ -76,6 +77,7 @@ public enum Router {
         if p.equals("/healthz") { return .healthz }
         if p.equals("/metrics") { return .metrics }
         if p.equals("/ws") { return .webSocketCreate }
+        if p.equals("/openapi.yaml") { return .openAPI }
         let prefix: StaticString = "/sessions"
         guard p.hasPrefix(prefix) else { return nil }
         var rest = p.dropFirst(prefix.utf8CodeUnitCount)

@@ -213,7 +213,7 @@ public final class ProxyDaemon: SessionEventSink, HTTPServerObserver {
         guard let origin else { return nil }
         return Array(("Access-Control-Allow-Origin: \(origin)\r\n"
             + "Access-Control-Expose-Headers: X-Offset, X-Next-Offset, X-Session-State, X-Close-Reason, "
-            + "X-Offset-Base, X-Session-Id, X-Duplicate, Location, Retry-After\r\n"
+            + "X-Offset-Base, X-Session-Id, X-Duplicate, X-Gmcp-Base, Location, Retry-After\r\n"
             + (origin == "*" ? "" : "Vary: Origin\r\n")).utf8)
     }
 

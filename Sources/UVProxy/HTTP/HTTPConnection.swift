@@ -330,6 +330,17 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
         case .versionNotSupported: respondError(.httpVersionNotSupported, "only HTTP/1.0 and HTTP/1.1 are served")
         case .headersTooLarge: respondError(.headersTooLarge, "request line and headers exceed \(limits.maxHeader) bytes")
         case .bodyTooLarge: respondError(.payloadTooLarge, "request body exceeds \(limits.maxBody) bytes")
+        case .unknownMethod(let target):
+            // The router answers as for any method it does not allow (405 with Allow, or 404);
+            // nothing else of the request was parsed, and the connection closes after the answer.
+            let request = parser.request
+            request.reset()
+            request.method = .other
+            request.keepAlive = false
+            request.target.keep(target)
+            isHead = false
+            server.handler?.handle(request, on: self)
+            if awaitingResponse { respondError(.methodNotAllowed, "method not allowed") }
         }
     }
 

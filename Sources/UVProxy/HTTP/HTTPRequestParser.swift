@@ -6,6 +6,9 @@ public enum HTTPParseError: Error, Equatable {
     case versionNotSupported      // 505, connection closed
     case headersTooLarge          // 431
     case bodyTooLarge             // 413
+    /// A well-formed request line whose method http_parser does not know (RFC 9110 §9.1: any
+    /// token): the router answers it (`405` with `Allow`), then the connection is closed.
+    case unknownMethod(target: [UInt8])
 }
 
 /// What the parser tells its owner.
@@ -147,7 +150,29 @@ final class HTTPRequestParser {
         if errno == HPE_OK || errno == HPE_PAUSED { return .success(consumed) }
         if let failure { return .failure(failure) }
         if errno == HPE_HEADER_OVERFLOW { return .failure(.headersTooLarge) }
+        if errno == HPE_INVALID_METHOD, let target = HTTPRequestParser.target(ofRequestLine: bytes) {
+            return .failure(.unknownMethod(target: target))
+        }
         return .failure(.malformed(String(cString: http_errno_description(errno))))
+    }
+
+    /// The request-target of `bytes` if they hold the rest of a request line, `method-or-its-end
+    /// SP target SP HTTP/1.x CRLF` (http_parser stops at the first byte of a method it does not
+    /// know, so the bytes it was given hold the line from that byte on, or from the start of the
+    /// method when it was cut within a known method's prefix); a line not whole in those bytes
+    /// stays `400` (clients send it in one piece). Only on that error: not a hot path.
+    static func target(ofRequestLine bytes: UnsafeRawBufferPointer) -> [UInt8]? {
+        guard let space = bytes.firstIndex(of: UInt8(ascii: " ")), space > 0,
+              bytes[..<space].allSatisfy(RequestHeadValidator.isTokenByte) else { return nil }
+        let rest = bytes[(space + 1)...]
+        guard let end = rest.firstIndex(of: UInt8(ascii: " ")), end > rest.startIndex else { return nil }
+        let target = rest[rest.startIndex..<end]
+        guard target.allSatisfy({ $0 > 0x20 && $0 < 0x7F }) else { return nil }
+        let version = Array(rest[(end + 1)...].prefix(10))
+        guard version.starts(with: Array("HTTP/1.0\r\n".utf8)) || version.starts(with: Array("HTTP/1.1\r\n".utf8)) else {
+            return nil
+        }
+        return Array(target)
     }
 
     /// Lets the parser continue after a completed request.

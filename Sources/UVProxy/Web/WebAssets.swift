@@ -22,6 +22,9 @@ struct WebAsset: Sendable {
     static let page = WebAsset(PackageResources.index_html, contentType: "text/html; charset=utf-8")
     static let script = WebAsset(PackageResources.client_js, contentType: "text/javascript; charset=utf-8")
     static let style = WebAsset(PackageResources.client_css, contentType: "text/css; charset=utf-8")
+    /// The API's OpenAPI 3.1 document (docs/openapi.yaml), at `/openapi.yaml` whether or not the
+    /// page is served, without a token (SPEC §2 Operations). `application/yaml`: RFC 9512.
+    static let openAPI = WebAsset(PackageResources.openapi_yaml, contentType: "application/yaml")
 
     /// Sent with the page and its two files. Nothing inline (no `'unsafe-inline'`): script and
     /// style come only from these files; `fetch()` and EventSource only to this origin (the API);
