@@ -30,6 +30,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from memory_per_session import rss_kib  # noqa: E402
 from metrics_cost import cpu_ns, cpu_ticks  # noqa: E402
 
 KEY = b"dGhlIHNhbXBsZSBub25jZQ=="
@@ -46,14 +47,6 @@ def start(binary, upstream_port, wrapper=()):
             threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
             return proc, int(m.group(1))
     raise SystemExit(f"{binary} did not start")
-
-
-def rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
 
 
 def request(sock, data):
