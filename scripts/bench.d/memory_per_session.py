@@ -17,7 +17,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from create_cost import start  # noqa: E402
+from metrics_cost import start_proxy  # noqa: E402
 
 
 def rss_kib(pid):
@@ -42,7 +42,7 @@ def main():
     tmp = tempfile.mkdtemp()
     try:
         for name, binary in (("old", args.old), ("new", args.new)):
-            proc, port = start(binary, upstream_port, ["--max-sessions", str(args.sessions + 1000)])
+            proc, port = start_proxy(binary, upstream_port, extra=["--max-sessions", str(args.sessions + 1000)])
             lc = [args.loadclient_bin]
             subprocess.run(lc + ["create", "-p", str(port), "-n", "200", "-c", "16", "-P", "1", "-o", f"{tmp}/warm"],
                            check=True, capture_output=True)

@@ -37,9 +37,10 @@ def cpu_ticks(pid):
     return int(fields[11]), int(fields[12])
 
 
-def start_proxy(binary, upstream_port, wrapper=()):
+def start_proxy(binary, upstream_port, wrapper=(), extra=()):
+    """The proxy in front of the upstream on a free port (`extra` options after the defaults win)."""
     proc = subprocess.Popen(list(wrapper) + [binary, "--listen", "127.0.0.1:0", "--upstream", f"127.0.0.1:{upstream_port}",
-                             "--log-level", "notice", "--max-sessions", "5000"],
+                             "--log-level", "notice", "--max-sessions", "5000"] + list(extra),
                             stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     for line in proc.stderr:

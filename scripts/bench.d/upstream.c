@@ -1,10 +1,14 @@
 /*
  * Fast line-based TCP upstream for scripts/bench (one thread, epoll, non-blocking).
  *
- *   upstream [--host 127.0.0.1] [--port 0] [--greeting N]
+ *   upstream [--host 127.0.0.1] [--port 0] [--greeting N] [--accept-proxy]
  *
  * Prints "ready <port>" on stdout once it listens. For every accepted connection:
- *   - sends a greeting of N bytes (pattern "greeting ..." padded, ending in "\r\n"), if N > 0;
+ *   - with --accept-proxy, first reads a PROXY protocol header (v1 line or v2 binary), as a game
+ *     behind HAProxy's `accept-proxy` does: nothing else until it has come whole, then it is
+ *     dropped (never echoed); a connection that starts otherwise is closed;
+ *   - sends a greeting of N bytes (pattern "greeting ..." padded, ending in "\r\n"), if N > 0
+ *     (with --accept-proxy, once the header has come);
  *   - reads lines (\n-terminated, a trailing \r is stripped);
  *   - "flood <n>": sends n bytes where byte i is PATTERN[i % 64], in chunks, respecting
  *     EAGAIN / EPOLLOUT (never blocks, never materialises the whole flood);
@@ -46,6 +50,9 @@ struct conn {
     uint64_t flood_left; /* bytes of flood still to send */
     uint64_t flood_pos;  /* index in the current flood */
     char tag[32];        /* set by "tag <word>"; empty: not in broadcasts */
+    int proxy_pending;   /* --accept-proxy: the PROXY header has not come whole yet */
+    size_t hdr_len;      /* bytes of it so far, in hdr */
+    unsigned char hdr[232];
 };
 
 static struct conn **conns;
@@ -54,7 +61,9 @@ static int ep;
 static char *patbuf;     /* CHUNK + 64 bytes of pattern: patbuf + (pos % 64) is a valid chunk start */
 static char *greeting;
 static size_t greeting_len;
+static int accept_proxy;
 static volatile sig_atomic_t stop;
+static const unsigned char V2SIG[12] = { 0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A };
 
 static void on_signal(int s) { (void)s; stop = 1; }
 
@@ -174,6 +183,32 @@ static void handle_line(struct conn *c, char *s, size_t n) {
     queue_out(c, "\r\n", 2);
 }
 
+static void send_greeting(struct conn *c) {
+    if (greeting_len == 0) return;
+    queue_out(c, greeting, greeting_len);
+}
+
+/* Takes PROXY header bytes from buf (n of them) into c->hdr. Returns how many it took, or -1 if
+ * the connection does not start with a valid-looking header (checked only as far as the bench
+ * needs: signature, length, the v1 line's end). Clears proxy_pending once it is whole. */
+static long take_proxy_header(struct conn *c, const char *buf, size_t n) {
+    size_t took = 0;
+    while (took < n) {
+        if (c->hdr_len >= sizeof c->hdr) return -1;
+        c->hdr[c->hdr_len++] = (unsigned char)buf[took++];
+        size_t k = c->hdr_len;
+        if (c->hdr[0] == 'P') {
+            if (k <= 6 && memcmp(c->hdr, "PROXY ", k) != 0) return -1;
+            if (k > 107) return -1;
+            if (k >= 2 && c->hdr[k - 2] == '\r' && c->hdr[k - 1] == '\n') { c->proxy_pending = 0; return (long)took; }
+        } else {
+            if (k <= 12 && c->hdr[k - 1] != V2SIG[k - 1]) return -1;
+            if (k >= 16 && k == 16 + (((size_t)c->hdr[14] << 8) | c->hdr[15])) { c->proxy_pending = 0; return (long)took; }
+        }
+    }
+    return (long)took;
+}
+
 static void on_readable(struct conn *c) {
     char buf[65536];
     for (;;) {
@@ -186,7 +221,13 @@ static void on_readable(struct conn *c) {
             return;
         }
         size_t start = 0;
-        for (size_t i = 0; i < (size_t)r; i++) {
+        if (c->proxy_pending) {
+            long took = take_proxy_header(c, buf, (size_t)r);
+            if (took < 0) { close_conn(c); return; }
+            start = (size_t)took;
+            if (!c->proxy_pending) send_greeting(c);
+        }
+        for (size_t i = start; i < (size_t)r; i++) {
             if (buf[i] != '\n') continue;
             if (c->line_len > 0) {
                 size_t k = i - start;
@@ -229,6 +270,7 @@ static void on_accept(int lfd) {
         conns[fd] = c;
         struct epoll_event ev = { .events = EPOLLIN, .data.fd = fd };
         if (epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) < 0) die("epoll_ctl add");
+        if (accept_proxy) { c->proxy_pending = 1; continue; }
         if (greeting_len > 0) {
             ssize_t w = send(fd, greeting, greeting_len, MSG_NOSIGNAL);
             if (w < 0 && errno != EAGAIN) { close_conn(c); continue; }
@@ -249,7 +291,8 @@ int main(int argc, char **argv) {
         if (!strcmp(argv[i], "--host") && i + 1 < argc) host = argv[++i];
         else if (!strcmp(argv[i], "--port") && i + 1 < argc) port = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--greeting") && i + 1 < argc) glen = atol(argv[++i]);
-        else { fprintf(stderr, "usage: upstream [--host H] [--port P] [--greeting N]\n"); return 2; }
+        else if (!strcmp(argv[i], "--accept-proxy")) accept_proxy = 1;
+        else { fprintf(stderr, "usage: upstream [--host H] [--port P] [--greeting N] [--accept-proxy]\n"); return 2; }
     }
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0) {
