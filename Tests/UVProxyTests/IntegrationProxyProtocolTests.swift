@@ -119,6 +119,44 @@ final class IntegrationProxyProtocolTests: XCTestCase {
         XCTAssertEqual(try up.connection(2).receive(exactly: 7), Array("hello\r\n".utf8))
     }
 
+    /// The header goes to the kernel inside the create, before the connect completes (a game on
+    /// this host gets it with the connection); where the kernel cannot take it yet (a handshake
+    /// still under way: the early send is turned off here to make that path run) it waits for
+    /// the connection and still comes first, whole, before the session's input.
+    func testTheHeaderComesFirstWhetherSentEarlyOrOnceConnected() throws {
+        for early in [true, false] {
+            TCPStream.sendsFirstBytesEarly = early
+            defer { TCPStream.sendsFirstBytesEarly = true }
+            let up = try startUpstream()
+            let d = try startDaemon {
+                $0.upstream = "127.0.0.1:\(up.port)"
+                $0.proxyProtocol = .v1
+            }
+            let c = try d.client()
+            let clientPort = try XCTUnwrap(c.socket.localPort)
+            let id = try c.createSession()
+            XCTAssertEqual(try c.call("POST", "/sessions/\(id)/input", body: "look").status, 204)
+            let expected = "PROXY TCP4 127.0.0.1 127.0.0.1 \(clientPort) \(up.port)\r\nlook\r\n"
+            XCTAssertEqual(String(decoding: try up.connection(0).receive(exactly: expected.utf8.count), as: UTF8.self),
+                           expected, "early send: \(early)")
+        }
+    }
+
+    /// A target that refuses the connection fails the create (502) with a header to send too:
+    /// the early send must not take the refusal for itself and leave libuv a connected socket.
+    func testARefusedTargetWithAHeaderFailsTheCreate() throws {
+        let port = try refusedPort()
+        let d = try startDaemon {
+            $0.upstream = "127.0.0.1:\(port)"
+            $0.proxyProtocol = .v2
+        }
+        let c = try d.client()
+        for _ in 0..<20 {
+            let r = try c.call("POST", "/sessions")
+            XCTAssertEqual(r.status, 502, r.text)
+        }
+    }
+
     func testTheHeaderOutCarriesTheClientFromTheHeaderIn() throws {
         let up = try startUpstream()
         let d = try startDaemon {

@@ -587,11 +587,19 @@ final class ProxyProtocolTests: XCTestCase {
         }
     }
 
+    func testEveryOctetIsWrittenAsInetNtopWritesIt() {
+        for v in 0...255 {
+            let e = ProxyProtocol.Endpoint(address: [UInt8(v), 0, UInt8(255 - v), UInt8(v)], port: UInt16(v * 257))
+            XCTAssertEqual(e.description, "\(v).0.\(255 - v).\(v):\(v * 257)")
+            let header = ProxyProtocol.header(.v1, source: e, destination: e)
+            XCTAssertEqual(String(decoding: header, as: UTF8.self),
+                           "PROXY TCP4 \(v).0.\(255 - v).\(v) \(v).0.\(255 - v).\(v) \(v * 257) \(v * 257)\r\n")
+        }
+    }
+
     func testDecimalText() {
-        for v in [0, 1, 9, 10, 99, 100, 255, 1000, 9999, 10000, 65535] {
-            var out: [UInt8] = []
-            ProxyProtocol.appendDecimal(v, to: &out)
-            XCTAssertEqual(String(decoding: out, as: UTF8.self), "\(v)")
+        for v in [0, 1, 9, 10, 99, 100, 255, 1000, 9999, 10000, 65535, 99999, 100000, 1234567] {
+            XCTAssertEqual(ProxyProtocol.text(capacity: 8) { ProxyProtocol.appendDecimal(v, to: &$0) }, "\(v)")
         }
     }
 }

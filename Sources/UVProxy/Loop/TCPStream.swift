@@ -46,6 +46,10 @@ public final class TCPStream: LoopHandle {
     private var writeRequest: UnsafeMutablePointer<uv_write_t>?
     /// `shutdown` was asked for while bytes were still queued here: FIN goes after them.
     private var shutdownPending = false
+    /// `connect`'s first bytes that the kernel did not take before the connection was up.
+    private var unsentFirst: [UInt8]?
+    /// `connect`'s early send failed with this (see `connect`).
+    private var earlyError: Int32 = 0
     /// Every byte handed to the kernel so far (progress: minus `unsentBytes`, what the peer took).
     public private(set) var bytesToKernel: UInt64 = 0
 
@@ -119,7 +123,17 @@ public final class TCPStream: LoopHandle {
 
     // MARK: Connect
 
-    public func connect(to address: SocketAddress) {
+    /// Connects; `first` (if any) is the connection's first bytes, such as a PROXY header.
+    ///
+    /// They are handed to the kernel at once if it takes them, before the connect's callback:
+    /// to a game on the same host the connection is already up by then (loopback completes the
+    /// handshake inside `connect`), and bytes that come before the game has accepted the
+    /// connection arrive with it, often sparing the game a wake-up of its own for them. Otherwise
+    /// (`EAGAIN` while the handshake is under way, over a network) they are kept and written
+    /// first thing once it is up. An error from that early send (the connection was refused
+    /// meanwhile: `send` then takes the socket's error, which libuv would have read next) is the
+    /// connect's outcome unless libuv reports one of its own.
+    public func connect(to address: SocketAddress, first: UnsafeRawBufferPointer = .init(start: nil, count: 0)) {
         let request = UnsafeMutablePointer<uv_connect_t>.allocate(capacity: 1)
         let rc = address.withSockaddr { addr in
             uv_tcp_connect(request, tcp, addr) { request, status in
@@ -127,14 +141,41 @@ public final class TCPStream: LoopHandle {
                 request!.deallocate()
                 let stream = LoopHandle.owner(UnsafeMutableRawPointer(handle), as: TCPStream.self)
                 guard !stream.isClosing else { return }
-                stream.setNoDelay()
-                stream.delegate?.stream(stream, didConnect: status)
+                stream.connected(status)
             }
         }
         if rc != 0 {
             request.deallocate()
             delegate?.stream(self, didConnect: rc)
+            return
         }
+        guard first.count > 0 else { return }
+        var fd: uv_os_fd_t = -1
+        let sent = TCPStream.sendsFirstBytesEarly && uv_fileno(handle, &fd) == 0
+            ? Glibc.send(fd, first.baseAddress, first.count, Int32(MSG_NOSIGNAL | MSG_DONTWAIT)) : 0
+        if sent > 0 { bytesToKernel &+= UInt64(sent) }
+        if sent == first.count { return }
+        if sent < 0, errno != EAGAIN, errno != EWOULDBLOCK {
+            earlyError = -errno
+        } else {
+            unsentFirst = Array(UnsafeRawBufferPointer(rebasing: first[max(sent, 0)...]))
+        }
+    }
+
+    /// Off in tests of the other path: every first byte then waits for the connect's callback.
+    nonisolated(unsafe) static var sendsFirstBytesEarly = true
+
+    private func connected(_ libuvStatus: Int32) {
+        let status = libuvStatus != 0 ? libuvStatus : earlyError
+        earlyError = 0
+        if status == 0 {
+            setNoDelay()
+            if let bytes = unsentFirst {
+                unsentFirst = nil
+                bytes.withUnsafeBytes { _ = write($0) }
+            }
+        }
+        delegate?.stream(self, didConnect: status)
     }
 
     // MARK: Read

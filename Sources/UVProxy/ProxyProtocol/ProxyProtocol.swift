@@ -52,26 +52,22 @@ public enum ProxyProtocol {
 
         /// "1.2.3.4:80" or "[2001:db8::1]:80" (RFC 5952 compressed IPv6 text, lower case)
         public var description: String {
-            var out: [UInt8] = []
-            out.reserveCapacity(48)
-            if isIPv4 {
-                ProxyProtocol.appendIPv4(address, to: &out)
-            } else {
-                out.append(UInt8(ascii: "["))
-                ProxyProtocol.appendIPv6(ipv6Bytes, to: &out)
-                out.append(UInt8(ascii: "]"))
+            ProxyProtocol.text(capacity: 56) { out in
+                if isIPv4 {
+                    ProxyProtocol.appendIPv4(address, to: &out)
+                } else {
+                    out.append(UInt8(ascii: "["))
+                    ProxyProtocol.appendIPv6(ipv6Bytes, to: &out)
+                    out.append(UInt8(ascii: "]"))
+                }
+                out.append(UInt8(ascii: ":"))
+                ProxyProtocol.appendDecimal(Int(port), to: &out)
             }
-            out.append(UInt8(ascii: ":"))
-            ProxyProtocol.appendDecimal(Int(port), to: &out)
-            return String(decoding: out, as: UTF8.self)
         }
 
         /// The address as text without port and without brackets ("1.2.3.4", "2001:db8::1")
         public var addressText: String {
-            var out: [UInt8] = []
-            out.reserveCapacity(40)
-            ProxyProtocol.appendAddress(self, to: &out)
-            return String(decoding: out, as: UTF8.self)
+            ProxyProtocol.text(capacity: 48) { ProxyProtocol.appendAddress(self, to: &$0) }
         }
 
         /// The address as 16 bytes: IPv4 as IPv4-mapped IPv6 (RFC 4291 §2.5.5.2).
@@ -111,49 +107,62 @@ public enum ProxyProtocol {
     ///
     /// v2 is written without TLVs, with command PROXY and protocol STREAM.
     public static func header(_ version: Version, source: Endpoint, destination: Endpoint) -> [UInt8] {
+        Array(unsafeUninitializedCapacity: maxHeaderLength) { buffer, count in
+            count = writeHeader(version, source: source, destination: destination, into: UnsafeMutableRawBufferPointer(buffer))
+        }
+    }
+
+    /// The most bytes `writeHeader` writes (a v1 TCP6 line; v2 without TLVs is at most 52).
+    public static let maxHeaderLength = v1MaxLength
+
+    /// `header` written into `out` (at least `maxHeaderLength` bytes): its length. No
+    /// allocation: a session create writes it on the stack.
+    public static func writeHeader(_ version: Version, source: Endpoint, destination: Endpoint,
+                                   into out: UnsafeMutableRawBufferPointer) -> Int {
+        precondition(out.count >= maxHeaderLength)
         let v4 = source.isIPv4 && destination.isIPv4
-        var out: [UInt8] = []
+        var w = ByteWriter(out.baseAddress!.assumingMemoryBound(to: UInt8.self))
         switch version {
         case .v1:
-            out.reserveCapacity(v1MaxLength)
-            out += v4 ? Array("PROXY TCP4 ".utf8) : Array("PROXY TCP6 ".utf8)
+            w.append(v4 ? "PROXY TCP4 " : "PROXY TCP6 ")
             if v4 {
-                appendIPv4(source.address, to: &out)
-                out.append(0x20)
-                appendIPv4(destination.address, to: &out)
+                appendIPv4(source.address, to: &w)
+                w.append(0x20)
+                appendIPv4(destination.address, to: &w)
             } else {
-                appendIPv6(source.ipv6Bytes, to: &out)
-                out.append(0x20)
-                appendIPv6(destination.ipv6Bytes, to: &out)
+                appendIPv6(source.ipv6Bytes, to: &w)
+                w.append(0x20)
+                appendIPv6(destination.ipv6Bytes, to: &w)
             }
-            out.append(0x20)
-            appendDecimal(Int(source.port), to: &out)
-            out.append(0x20)
-            appendDecimal(Int(destination.port), to: &out)
-            out += [0x0D, 0x0A]
+            w.append(0x20)
+            appendDecimal(Int(source.port), to: &w)
+            w.append(0x20)
+            appendDecimal(Int(destination.port), to: &w)
+            w.append("\r\n")
         case .v2:
             let length = v4 ? 12 : 36
-            out.reserveCapacity(16 + length)
-            out += v2Signature
-            out.append(0x21)              // version 2, command PROXY
-            out.append(v4 ? 0x11 : 0x21)  // TCP over AF_INET / AF_INET6
-            out += [UInt8(length >> 8), UInt8(length & 0xFF)]
-            out += v4 ? source.address : source.ipv6Bytes
-            out += v4 ? destination.address : destination.ipv6Bytes
-            out += [UInt8(source.port >> 8), UInt8(source.port & 0xFF)]
-            out += [UInt8(destination.port >> 8), UInt8(destination.port & 0xFF)]
+            w.append(v2Signature)
+            w.append(0x21)              // version 2, command PROXY
+            w.append(v4 ? 0x11 : 0x21)  // TCP over AF_INET / AF_INET6
+            w.append(UInt8(length >> 8)); w.append(UInt8(length & 0xFF))
+            w.append(v4 ? source.address : source.ipv6Bytes)
+            w.append(v4 ? destination.address : destination.ipv6Bytes)
+            w.append(UInt8(source.port >> 8)); w.append(UInt8(source.port & 0xFF))
+            w.append(UInt8(destination.port >> 8)); w.append(UInt8(destination.port & 0xFF))
         }
-        return out
+        return w.count
     }
 
     /// The header that names no client: v1 `PROXY UNKNOWN`, v2 `LOCAL` (a receiver then takes
     /// the connection's own peer, us). For a session whose client's address is not known.
     public static func localHeader(_ version: Version) -> [UInt8] {
         switch version {
-        case .v1: Array("PROXY UNKNOWN\r\n".utf8)
-        case .v2: v2Signature + [0x20, 0x00, 0x00, 0x00]  // version 2, command LOCAL, UNSPEC, no addresses
+        case .v1: v1Local
+        case .v2: v2Local
         }
     }
+    private static let v1Local = Array("PROXY UNKNOWN\r\n".utf8)
+    private static let v2Local = v2Signature + [0x20, 0x00, 0x00, 0x00]  // version 2, command LOCAL, UNSPEC, no addresses
 
     // MARK: Address text
 
@@ -267,15 +276,63 @@ public enum ProxyProtocol {
         }
     }
 
-    static func appendAddress(_ e: Endpoint, to out: inout [UInt8]) {
+    /// Writes bytes into memory sized beforehand: the callers know the most they write (a v1
+    /// line, an address's text), so there is no capacity check or growth per byte.
+    struct ByteWriter {
+        let base: UnsafeMutablePointer<UInt8>
+        private(set) var count = 0
+        init(_ base: UnsafeMutablePointer<UInt8>) { self.base = base }
+        @inline(__always) mutating func append(_ byte: UInt8) {
+            base[count] = byte
+            count &+= 1
+        }
+        mutating func append(_ bytes: [UInt8]) { for b in bytes { append(b) } }
+        /// Lets `body` write the next `n` bytes.
+        @inline(__always) mutating func fill(_ n: Int, _ body: (UnsafeMutablePointer<UInt8>) -> Void) {
+            body(base + count)
+            count &+= n
+        }
+        mutating func append(_ text: StaticString) {
+            text.withUTF8Buffer { for b in $0 { append(b) } }
+        }
+    }
+
+    /// A string of at most `capacity` bytes of ASCII written by `body`.
+    static func text(capacity: Int, _ body: (inout ByteWriter) -> Void) -> String {
+        String(unsafeUninitializedCapacity: capacity) { buffer in
+            var w = ByteWriter(buffer.baseAddress!)
+            body(&w)
+            precondition(w.count <= capacity)
+            return w.count
+        }
+    }
+
+    static func appendAddress(_ e: Endpoint, to out: inout ByteWriter) {
         if e.isIPv4 { appendIPv4(e.address, to: &out) } else { appendIPv6(e.ipv6Bytes, to: &out) }
     }
 
-    static func appendIPv4(_ a: [UInt8], to out: inout [UInt8]) {
+    /// The dotted quad of the four bytes of `a` from `start`.
+    @inline(__always)
+    static func appendIPv4(_ a: [UInt8], from start: Int = 0, to out: inout ByteWriter) {
         for k in 0..<4 {
             if k > 0 { out.append(UInt8(ascii: ".")) }
-            appendDecimal(Int(a[k]), to: &out)
+            let text = octetText[Int(a[start + k])]
+            let count = Int(text >> 24)
+            out.fill(count) { p in
+                p[0] = UInt8(truncatingIfNeeded: text)
+                if count > 1 { p[1] = UInt8(truncatingIfNeeded: text >> 8) }
+                if count > 2 { p[2] = UInt8(truncatingIfNeeded: text >> 16) }
+            }
         }
+    }
+
+    /// The decimal text of every byte value: its digits in the low three bytes, first digit
+    /// lowest, and their count in the top byte (a create writes eight of them).
+    static let octetText: [UInt32] = (0...255).map { v in
+        let digits = Array(String(v).utf8)
+        var packed = UInt32(digits.count) << 24
+        for (i, d) in digits.enumerated() { packed |= UInt32(d) << (8 * i) }
+        return packed
     }
 
     /// RFC 5952: lower-case hex without leading zeros, the longest run of two or more zero
@@ -283,11 +340,11 @@ public enum ProxyProtocol {
     /// (`::ffff:192.0.2.1`). This is inet_ntop's text too, except for the deprecated
     /// IPv4-compatible addresses (`::/96`), which glibc also writes dotted and this writes in hex
     /// (`::102:304`), as RFC 5952 §5 no longer asks for them.
-    static func appendIPv6(_ a: [UInt8], to out: inout [UInt8]) {
+    static func appendIPv6(_ a: [UInt8], to out: inout ByteWriter) {
         precondition(a.count == 16)
         if a[0..<10].allSatisfy({ $0 == 0 }) && a[10] == 0xFF && a[11] == 0xFF {
-            out += Array("::ffff:".utf8)
-            appendIPv4(Array(a[12..<16]), to: &out)
+            out.append("::ffff:")
+            appendIPv4(a, from: 12, to: &out)
             return
         }
         @inline(__always) func word(_ k: Int) -> Int { Int(a[2 * k]) << 8 | Int(a[2 * k + 1]) }
@@ -320,14 +377,19 @@ public enum ProxyProtocol {
         if best >= 0 && best + bestLength == 8 { out.append(UInt8(ascii: ":")) }
     }
 
-    static func appendDecimal(_ v: Int, to out: inout [UInt8]) {
-        var divisor = 1
-        while divisor <= v / 10 { divisor &*= 10 }
-        var rest = v
-        while divisor > 0 {
-            out.append(UInt8(truncatingIfNeeded: 0x30 + rest / divisor))
-            rest %= divisor
-            divisor /= 10
+    /// `v` (≥ 0) in decimal, written from its last digit (divisions by the constant 10, which
+    /// the compiler turns into multiplications; a create writes twelve of these).
+    @inline(__always)
+    static func appendDecimal(_ v: Int, to out: inout ByteWriter) {
+        var digits = v < 10 ? 1 : v < 100 ? 2 : v < 1000 ? 3 : v < 10000 ? 4 : 5
+        var n = v / 100_000
+        while n > 0 { n /= 10; digits += 1 }
+        out.fill(digits) { p in
+            var rest = v
+            for i in stride(from: digits - 1, through: 0, by: -1) {
+                p[i] = UInt8(truncatingIfNeeded: 0x30 + rest % 10)
+                rest /= 10
+            }
         }
     }
 }

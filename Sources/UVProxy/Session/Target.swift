@@ -2,7 +2,9 @@
 /// proxy is never a relay to arbitrary hosts.
 public struct Target: Sendable {
     public var name: String
-    public var address: SocketAddress
+    public var address: SocketAddress { didSet { endpoint = address.endpoint } }
+    /// `address` as a PROXY header names it (kept: a create with a header reads it).
+    public private(set) var endpoint: ProxyProtocol.Endpoint?
     /// Speak telnet to it (SPEC §3).
     public var telnet: Bool
     /// What its bytes are in where they become text (SSE).
@@ -19,6 +21,7 @@ public struct Target: Sendable {
         self.gmcp = gmcp
         self.name = name
         self.address = address
+        self.endpoint = address.endpoint
         self.telnet = telnet || gmcp
         self.charset = charset
         self.connectTimeoutMs = connectTimeoutMs

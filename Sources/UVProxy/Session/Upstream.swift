@@ -45,7 +45,25 @@ final class Upstream: UpstreamLink, TCPStreamDelegate, DeadlineOwner {
     /// at once without the target seeing anything.
     func duplicateStream() throws -> TCPStream { try stream.duplicate() }
 
-    func connect(to address: SocketAddress) { stream.connect(to: address) }
+    /// Connects to the target; a target that wants a PROXY header gets it as the connection's
+    /// first bytes (SPEC §6), before anything of the session can be written.
+    func connect(to address: SocketAddress) {
+        guard let version = session.target.proxyProtocol else { return stream.connect(to: address) }
+        let count: Int
+        if let source = session.origin, let destination = session.target.endpoint {
+            count = withUnsafeTemporaryAllocation(byteCount: ProxyProtocol.maxHeaderLength, alignment: 1) { buffer in
+                let n = ProxyProtocol.writeHeader(version, source: source, destination: destination, into: buffer)
+                stream.connect(to: address, first: UnsafeRawBufferPointer(rebasing: buffer[..<n]))
+                return n
+            }
+        } else {
+            // The client is not known: v1 `UNKNOWN` / v2 `LOCAL` (the game then sees us).
+            let header = ProxyProtocol.localHeader(version)
+            header.withUnsafeBytes { stream.connect(to: address, first: $0) }
+            count = header.count
+        }
+        session.table.counters.upstreamSentBytes += UInt64(count)
+    }
 
     func send(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer) {
         defer { checkOwed() }
@@ -139,23 +157,8 @@ final class Upstream: UpstreamLink, TCPStreamDelegate, DeadlineOwner {
     func stream(_ stream: TCPStream, didConnect status: Int32) {
         if status == 0 {
             stream.enableKeepAlive(seconds: 60)
-            // Before the session opens: nothing of it can reach the target ahead of the header.
-            if let version = session.target.proxyProtocol { sendProxyHeader(version) }
         }
         session.table.upstreamConnected(session, status: status)
-    }
-
-    /// The PROXY header (SPEC §6): the player who created the session, and the target. A
-    /// session whose client is unknown sends v1 `UNKNOWN` / v2 `LOCAL` (the game then sees us).
-    private func sendProxyHeader(_ version: ProxyProtocol.Version) {
-        let header: [UInt8]
-        if let source = session.origin, let destination = session.target.address.endpoint {
-            header = ProxyProtocol.header(version, source: source, destination: destination)
-        } else {
-            header = ProxyProtocol.localHeader(version)
-        }
-        header.withUnsafeBytes { _ = stream.write($0) }
-        session.table.counters.upstreamSentBytes += UInt64(header.count)
     }
 
     func stream(_ stream: TCPStream, didRead bytes: UnsafeRawBufferPointer) {
