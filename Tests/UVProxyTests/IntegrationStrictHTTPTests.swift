@@ -81,6 +81,31 @@ final class IntegrationStrictHTTPTests: XCTestCase {
         XCTAssertEqual(try d.client().call("GET", "/healthz").text, "ok")
     }
 
+    /// A request line with an unknown method that comes in pieces is held until its CRLF (then
+    /// `405` as when it comes whole), under the header clock meanwhile (`408`).
+    func testUnknownMethodInPiecesIs405AndHeldUnderTheHeaderClock() throws {
+        let d = try startDaemon()
+        let c = try d.client()
+        try c.socket.send("QUE")
+        XCTAssertFalse(c.socket.isReadable(within: 0.2), "no answer before the line has come")
+        try c.socket.send("RY /sessi")
+        XCTAssertFalse(c.socket.isReadable(within: 0.2), "no answer before the line has come")
+        try c.socket.send("ons HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        let r = try c.readResponse()
+        assertConforms(r)
+        XCTAssertEqual(r.status, 405, r.text)
+        XCTAssertEqual(r.header("Allow"), "POST")
+
+        try d.onLoop { $0.server.limits.headerTimeoutMs = 300 }
+        let slow = try d.client()
+        let start = Date()
+        try slow.socket.send("QUERY /sessi")
+        let late = try slow.readResponse()
+        XCTAssertEqual(late.status, 408, late.text)
+        XCTAssertLessThan(Date().timeIntervalSince(start), 5)
+        XCTAssertTrue(slow.isClosedByServer())
+    }
+
     func testUnknownVersionIs505() throws {
         let d = try startDaemon()
         for version in ["9.9", "2.0", "1.2", "3.0"] {

@@ -174,19 +174,30 @@ final class RequestHeadValidatorTests: XCTestCase {
     }
 
     /// A method http_parser does not know (RFC 9110 allows any token) comes back with the request's
-    /// target, so the router can answer `405` with `Allow`, when the request line came whole in
-    /// the read that starts with it (as clients send it); anything else stays malformed.
+    /// target, so the router can answer `405` with `Allow`, however the reads cut the request line
+    /// (the parser holds it until its CRLF); anything else stays malformed.
     func testUnknownMethodComesBackWithItsTarget() {
         let text = "QUERY /sessions/abc?since=1 HTTP/1.1\r\nHost: x\r\n\r\n"
-        for cut in [0, 38, 40, text.utf8.count] {
+        for cut in 0...text.utf8.count {
             var body: [UInt8] = []
             XCTAssertEqual(parse(text, cut: cut, body: &body), .failure(.unknownMethod(target: Array("/sessions/abc?since=1".utf8))),
                            "cut at \(cut)")
         }
         var body: [UInt8] = []
-        for bad in ["\u{16}\u{03}\u{01}\u{02} / HTTP/1.1\r\n\r\n", "QUERY  / HTTP/1.1\r\n\r\n", "QUERY / HTTP/3\r\n\r\n"] {
-            guard case .failure(.malformed) = parse(bad, cut: bad.utf8.count, body: &body) else {
-                return XCTFail("\(bad.debugDescription) is not malformed")
+        for bad in ["\u{16}\u{03}\u{01}\u{02} / HTTP/1.1\r\n\r\n", "QUERY  / HTTP/1.1\r\n\r\n", "QUERY / HTTP/3\r\n\r\n",
+                    "QUERY / HTTP/1.1\n\r\n", "GEX / HTTP/1.1\r\n\r\n".replacingOccurrences(of: " ", with: "\t"),
+                    "QU(ERY / HTTP/1.1", "QUERY /a\u{7F} HTTP/1.1", "QUERY / HTTQ"] {
+            for cut in 0...bad.utf8.count {
+                guard case .failure(.malformed) = parse(bad, cut: cut, body: &body) else {
+                    return XCTFail("\(bad.debugDescription) cut at \(cut) is not malformed")
+                }
+            }
+        }
+        // A request line that never ends is held no further than the bound, then malformed.
+        let endless = "QUERY /" + String(repeating: "a", count: HTTPRequestParser.maxHeldRequestLine + 10)
+        for cut in [3, 100] {
+            guard case .failure(.malformed) = parse(endless, cut: cut, body: &body) else {
+                return XCTFail("an endless request line cut at \(cut) is not malformed")
             }
         }
     }

@@ -144,36 +144,76 @@ final class HTTPRequestParser {
         // either: it sees each byte once, when http_parser does.
         if parser.pointee.http_errno == HPE_PAUSED.rawValue { return .success(0) }
         if !head.isDone, let problem = head.scan(bytes) { return .failure(.malformed(problem.reason)) }
+        if heldLine != nil { return holdRequestLine(bytes) }
         parser.pointee.data = Unmanaged.passUnretained(self).toOpaque()
         let consumed = http_parser_execute(parser, settings, bytes.baseAddress?.assumingMemoryBound(to: CChar.self), bytes.count)
         let errno = http_errno(rawValue: parser.pointee.http_errno)
         if errno == HPE_OK || errno == HPE_PAUSED { return .success(consumed) }
         if let failure { return .failure(failure) }
         if errno == HPE_HEADER_OVERFLOW { return .failure(.headersTooLarge) }
-        if errno == HPE_INVALID_METHOD, let target = HTTPRequestParser.target(ofRequestLine: bytes) {
-            return .failure(.unknownMethod(target: target))
+        if errno == HPE_INVALID_METHOD {
+            heldLine = []
+            return holdRequestLine(bytes)
         }
         return .failure(.malformed(String(cString: http_errno_description(errno))))
     }
 
-    /// The request-target of `bytes` if they hold the rest of a request line, `method-or-its-end
-    /// SP target SP HTTP/1.x CRLF` (http_parser stops at the first byte of a method it does not
-    /// know, so the bytes it was given hold the line from that byte on, or from the start of the
-    /// method when it was cut within a known method's prefix); a line not whole in those bytes
-    /// stays `400` (clients send it in one piece). Only on that error: not a hot path.
-    static func target(ofRequestLine bytes: UnsafeRawBufferPointer) -> [UInt8]? {
-        guard let space = bytes.firstIndex(of: UInt8(ascii: " ")), space > 0,
-              bytes[..<space].allSatisfy(RequestHeadValidator.isTokenByte) else { return nil }
-        let rest = bytes[(space + 1)...]
-        guard let end = rest.firstIndex(of: UInt8(ascii: " ")), end > rest.startIndex else { return nil }
-        let target = rest[rest.startIndex..<end]
-        guard target.allSatisfy({ $0 > 0x20 && $0 < 0x7F }) else { return nil }
-        let version = Array(rest[(end + 1)...].prefix(10))
-        guard version.starts(with: Array("HTTP/1.0\r\n".utf8)) || version.starts(with: Array("HTTP/1.1\r\n".utf8)) else {
-            return nil
+    /// The longest request line with an unknown method held while it comes in pieces.
+    static let maxHeldRequestLine = 8 * 1024
+
+    /// After http_parser stopped at a method it does not know: the bytes from there on, until
+    /// the request line's CRLF has come (a client may send it in pieces) or it is too long.
+    private var heldLine: [UInt8]?
+
+    /// Holds `bytes` of a request line with an unknown method, judged as they come: a byte that
+    /// cannot belong to `token SP target SP HTTP/1.x CRLF` (a TLS handshake's first, say) makes it
+    /// malformed at once; the whole line gives `unknownMethod` with its target.
+    private func holdRequestLine(_ bytes: UnsafeRawBufferPointer) -> Result<Int, HTTPParseError> {
+        heldLine!.append(contentsOf: bytes)
+        switch HTTPRequestParser.judgeRequestLine(heldLine!) {
+        case .partial where heldLine!.count <= HTTPRequestParser.maxHeldRequestLine:
+            inHeaders = true  // the header clock runs for it as for any request's head
+            return .success(bytes.count)
+        case .whole(let target):
+            heldLine = nil
+            return .failure(.unknownMethod(target: target))
+        case .partial, .invalid:
+            heldLine = nil
+            return .failure(.malformed(String(cString: http_errno_description(HPE_INVALID_METHOD))))
         }
-        return Array(target)
     }
+
+    enum RequestLine: Equatable { case whole(target: [UInt8]), partial, invalid }
+
+    /// Whether `line` is the rest of a request line, `method-or-its-end SP target SP HTTP/1.x
+    /// CRLF`, a beginning of one, or neither (http_parser stops at the first byte of a method it
+    /// does not know, so the line is held from that byte on, or from the start of the method when
+    /// it was cut within a known method's prefix). Only on that error: not a hot path.
+    static func judgeRequestLine(_ line: [UInt8]) -> RequestLine {
+        var i = 0
+        while i < line.count, line[i] != 0x20 {
+            guard RequestHeadValidator.isTokenByte(line[i]) else { return .invalid }
+            i += 1
+        }
+        guard i < line.count else { return .partial }
+        guard i > 0 else { return .invalid }
+        i += 1
+        let start = i
+        while i < line.count, line[i] != 0x20 {
+            guard line[i] > 0x20, line[i] < 0x7F else { return .invalid }
+            i += 1
+        }
+        guard i < line.count else { return .partial }
+        guard i > start else { return .invalid }
+        let target = Array(line[start..<i])
+        let version = line[(i + 1)...].prefix(10)
+        for (k, c) in version.enumerated() {
+            let want = HTTPRequestParser.versionText[k]
+            guard c == want || (k == 7 && c == UInt8(ascii: "0")) else { return .invalid }
+        }
+        return version.count == 10 ? .whole(target: target) : .partial
+    }
+    private static let versionText = Array("HTTP/1.1\r\n".utf8)
 
     /// Lets the parser continue after a completed request.
     func resume() { http_parser_pause(parser, 0) }
