@@ -53,4 +53,15 @@ final class HostCheckTests: XCTestCase {
             XCTAssertFalse(try SocketAddress(parsing: text).isLoopback, text)
         }
     }
+
+    func testAValidHostValueIsURIHostAndPort() {
+        for good in ["", "localhost", "localhost:8080", "mud.example.org", "127.0.0.1", "[::1]", "[::1]:80",
+                     "[::ffff:1.2.3.4]", "a-b_c~d.e", "xn--bcher-kva.example", "%41b", "h:", "name.  "] {
+            XCTAssertTrue(HostCheck.isValidHostValue(Array(good.utf8)), good.debugDescription)
+        }
+        for bad in ["local host", "evil@localhost", "localhost:80x", "[::1", "[::1]x", "a/b", "[]", "a:1:2", "é.example",
+                    "a\\b", "a?b", "a#b"] {
+            XCTAssertFalse(HostCheck.isValidHostValue(Array(bad.utf8)), bad.debugDescription)
+        }
+    }
 }

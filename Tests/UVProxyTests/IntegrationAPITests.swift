@@ -491,7 +491,8 @@ final class IntegrationAPITests: XCTestCase {
         let c = try d.client()
         let good = ["Authorization": "Bearer s3cret"]
         for headers in [[:], ["Authorization": "Bearer wrong"], ["Authorization": "Bearer s3cre"],
-                        ["Authorization": "Bearer s3cretx"], ["Authorization": "s3cret"]] {
+                        ["Authorization": "Bearer s3cretx"], ["Authorization": "s3cret"], ["Authorization": "Bearers3cret"],
+                        ["Authorization": "Basic s3cret"], ["Authorization": "Bearer"]] {
             for (method, path) in [("POST", "/sessions"), ("GET", "/mud"), ("GET", "/metrics"),
                                    ("GET", "/sessions/AAAAAAAAAAAAAAAAAAAAAA")] {
                 let r = try c.call(method, path, headers: headers)
@@ -509,6 +510,10 @@ final class IntegrationAPITests: XCTestCase {
         XCTAssertEqual(try c.call("GET", "/sessions/\(id)", headers: good).status, 200)
         XCTAssertEqual(try c.call("POST", "/sessions/\(id)/input?cmd=x", headers: good).status, 204)
         XCTAssertEqual(try c.call("DELETE", "/sessions/\(id)", headers: good).status, 204)
+        // The scheme is case-insensitive (RFC 9110 §11.1; found by a SPEC audit: `bearer` was 401).
+        for scheme in ["bearer s3cret", "BEARER s3cret", "Bearer  s3cret"] {
+            XCTAssertEqual(try c.call("GET", "/metrics", headers: ["Authorization": scheme]).status, 200, scheme)
+        }
     }
 
     func testCORSHeadersAndPreflight() throws {

@@ -49,6 +49,25 @@ final class IntegrationStrictHTTPTests: XCTestCase {
         try assertRejected(d, "GET /healthz HTTP/1.1\r\nHost: x\r\nX Forwarded: 1\r\n\r\n")
     }
 
+    /// RFC 9112 §3.2: an HTTP/1.1 request without `Host`, or with a value that is not
+    /// `uri-host [":" port]`, is `400` (found by a SPEC audit: served, or `403`); HTTP/1.0
+    /// without one is served (SPEC §5).
+    func testHTTP11WithoutHostOrWithAnInvalidHostIs400() throws {
+        let d = try startDaemon()
+        try assertRejected(d, "GET /healthz HTTP/1.1\r\n\r\n")
+        for bad in ["local host", "evil@localhost", "localhost:80x", "[::1", "a/b", "[]"] {
+            try assertRejected(d, "GET /healthz HTTP/1.1\r\nHost: \(bad)\r\n\r\n")
+        }
+        let c = try d.client()
+        try c.socket.send("GET /healthz HTTP/1.0\r\n\r\n")
+        XCTAssertEqual(try c.readResponse().status, 200, "HTTP/1.0 without Host")
+        for good in ["localhost", "localhost:8080", "127.0.0.1:1", "[::1]:80", "LOCALHOST."] {
+            let c = try d.client()
+            try c.socket.send("GET /healthz HTTP/1.1\r\nHost: \(good)\r\n\r\n")
+            XCTAssertEqual(try c.readResponse().status, 200, good)
+        }
+    }
+
     func testRequestLineWithoutVersionIs400() throws {
         let d = try startDaemon()
         try assertRejected(d, "GET /healthz\r\n\r\n")

@@ -15,6 +15,7 @@ final class IntegrationWebSocketTests: XCTestCase {
         XCTAssertEqual(ws.status, 101)
         XCTAssertEqual(ws.headers["sec-websocket-accept"], "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
         XCTAssertEqual(ws.headers["sec-websocket-protocol"], "binary")
+        XCTAssertEqual(ws.headers["cache-control"], "no-store", "SPEC §2: every response, the 101 too")
         XCTAssertEqual(try ws.next(), .init(fin: true, opcode: 2, payload: bytes("llo\r\n")), "from since, in a binary frame")
         try ws.send(2, bytes("look"))
         XCTAssertEqual(try target.receive(exactly: 4), bytes("look"), "binary input goes raw: no line ending added")

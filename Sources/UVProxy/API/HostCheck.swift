@@ -40,6 +40,50 @@ public struct HostCheck: Sendable, Equatable {
         return allowed.contains { HostCheck.equalsIgnoringCase(name, $0) }
     }
 
+    /// Whether a `Host` value is `uri-host [":" port]` (RFC 9112 §3.2, RFC 3986 §3.2.2): a
+    /// bracketed IP literal or a reg-name (unreserved, sub-delims, `%`), then digits after a
+    /// colon. Empty is valid (a URI without authority). Not a check that the name exists.
+    public static func isValidHostValue(_ value: [UInt8]) -> Bool {
+        var end = value.count
+        while end > 0, value[end - 1] == 32 || value[end - 1] == 9 { end -= 1 }
+        var i = 0
+        if end > 0, value[0] == UInt8(ascii: "[") {
+            i = 1
+            while i < end, value[i] != UInt8(ascii: "]") {
+                guard isIPLiteralByte(value[i]) else { return false }
+                i += 1
+            }
+            guard i < end, i > 1 else { return false }
+            i += 1
+        } else {
+            while i < end, value[i] != UInt8(ascii: ":") {
+                guard isRegNameByte(value[i]) else { return false }
+                i += 1
+            }
+        }
+        guard i < end else { return true }
+        guard value[i] == UInt8(ascii: ":") else { return false }
+        return value[(i + 1)..<end].allSatisfy { $0 >= 48 && $0 <= 57 }
+    }
+
+    /// RFC 3986 reg-name: unreserved, sub-delims and `%` of pct-encoded.
+    @inline(__always) private static func isRegNameByte(_ c: UInt8) -> Bool {
+        switch c {
+        case 0x30...0x39, 0x41...0x5A, 0x61...0x7A: return true  // digits, letters
+        case UInt8(ascii: "-"), UInt8(ascii: "."), UInt8(ascii: "_"), UInt8(ascii: "~"), UInt8(ascii: "%"),
+             UInt8(ascii: "!"), UInt8(ascii: "$"), UInt8(ascii: "&"), UInt8(ascii: "'"), UInt8(ascii: "("),
+             UInt8(ascii: ")"), UInt8(ascii: "*"), UInt8(ascii: "+"), UInt8(ascii: ","), UInt8(ascii: ";"),
+             UInt8(ascii: "="):
+            return true
+        default: return false
+        }
+    }
+
+    /// Inside `[…]`: an IPv6 address (hex digits, `:`, `.` for a dotted tail) or IPvFuture.
+    @inline(__always) private static func isIPLiteralByte(_ c: UInt8) -> Bool {
+        c == UInt8(ascii: ":") || isRegNameByte(c)
+    }
+
     /// `127.a.b.c`, four decimal parts of at most 255.
     static func isLoopbackIPv4(_ name: ArraySlice<UInt8>) -> Bool {
         var parts = 0, digits = 0, value = 0, first = -1

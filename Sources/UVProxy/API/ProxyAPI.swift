@@ -29,7 +29,7 @@ public struct APISettings: Sendable {
 public final class ProxyAPI: HTTPHandler {
     public var settings: APISettings {
         didSet {  // a reload may change them
-            tokenBytes = settings.token.map { Array("Bearer \($0)".utf8) }
+            tokenBytes = settings.token.map { Array($0.utf8) }
             hostCheck = settings.hostCheck
             idPrefix = settings.idPrefix
             allowedHostSeen.clear()
@@ -60,7 +60,7 @@ public final class ProxyAPI: HTTPHandler {
         self.settings = settings
         self.table = table
         self.clock = clock
-        tokenBytes = settings.token.map { Array("Bearer \($0)".utf8) }
+        tokenBytes = settings.token.map { Array($0.utf8) }
         hostCheck = settings.hostCheck
         idPrefix = settings.idPrefix
     }
@@ -111,7 +111,7 @@ public final class ProxyAPI: HTTPHandler {
         // The page and its files are public (they hold no secret; the page asks the player for the
         // token), and so is the API's description.
         if route != .healthz, route != .openAPI, !route.isWebClient, let tokenBytes,
-           !constantTimeEquals(request.authorization, tokenBytes), !queryTokenAllowed(route, query, tokenBytes) {
+           !bearerMatches(request.authorization, token: tokenBytes), !queryTokenAllowed(route, query, tokenBytes) {
             connection.begin(.unauthorized)
             connection.header("WWW-Authenticate", "Bearer")
             return connection.finishError("missing or wrong bearer token")
@@ -319,7 +319,7 @@ public final class ProxyAPI: HTTPHandler {
         guard isReadable(start, session, connection) else { return }
         session.lastTouched = clock()
         session.acknowledge(upTo: start)
-        var extra: [(String, String)] = []
+        var extra: [(String, String)] = [("Cache-Control", "no-store")]  // SPEC §2: every response, the 101 too
         if let sessionID { extra.append(("X-Session-Id", String(decoding: sessionID, as: UTF8.self))) }
         if let cors = settings.corsOrigin { extra.append(("Access-Control-Allow-Origin", cors)) }
         let head = WebSocketHandshake.responseHead(accept: handshake.accept, subprotocol: handshake.subprotocol,
@@ -343,8 +343,7 @@ public final class ProxyAPI: HTTPHandler {
         default: return false
         }
         guard let token = Parameters(query: query, form: nil).rawQuery("token") else { return false }
-        let expected = tokenBytes.dropFirst("Bearer ".utf8.count)
-        return constantTimeEquals(Parameters.decode(token), Array(expected))
+        return constantTimeEquals(Parameters.decode(token), tokenBytes)
     }
 
     // MARK: Read
@@ -609,8 +608,25 @@ public final class ProxyAPI: HTTPHandler {
 }
 
 /// Compares without an early exit, so the time taken does not reveal how much matched.
-func constantTimeEquals(_ a: [UInt8], _ b: [UInt8]) -> Bool {
+func constantTimeEquals(_ a: some RandomAccessCollection<UInt8>, _ b: [UInt8]) -> Bool {
     var diff = UInt8(a.count == b.count ? 0 : 1)
-    for i in 0..<b.count { diff |= (i < a.count ? a[i] : 0) ^ b[i] }
+    var i = a.startIndex
+    for x in b {
+        if i != a.endIndex {
+            diff |= a[i] ^ x
+            i = a.index(after: i)
+        } else {
+            diff |= x | 1
+        }
+    }
     return diff == 0
+}
+
+/// `Authorization: Bearer <token>` (RFC 6750 §2.1): the scheme in any case (RFC 9110 §11.1), one
+/// or more spaces, then the token, compared in constant time.
+func bearerMatches(_ header: [UInt8], token: [UInt8]) -> Bool {
+    guard header.count > 7, header[0..<6].equalsIgnoringCase("bearer"), header[6] == 0x20 else { return false }
+    var i = 7
+    while i < header.count, header[i] == 0x20 { i += 1 }
+    return constantTimeEquals(header[i...], token)
 }

@@ -101,6 +101,9 @@ public final class HTTPRequest {
         if contentLengthCount > 1 { return "more than one Content-Length header" }
         if transferEncodingCount > 0 && contentLengthCount > 0 { return "Content-Length with Transfer-Encoding" }
         if hostCount > 1 { return "more than one Host header" }
+        // RFC 9112 §3.2: an HTTP/1.1 request names its host, in a valid `uri-host [":" port]`.
+        if hostCount == 0 && versionMajor == 1 && versionMinor == 1 { return "an HTTP/1.1 request without Host" }
+        if hostCount == 1 && !HostCheck.isValidHostValue(host) { return "an invalid Host value" }
         return nil
     }
 

@@ -177,13 +177,16 @@ final class HTTPRequestParser {
         case .whole(let target):
             heldLine = nil
             return .failure(.unknownMethod(target: target))
+        case .otherVersion:
+            heldLine = nil
+            return .failure(.versionNotSupported)  // `PRI * HTTP/2.0`, HTTP/2's preface, among them
         case .partial, .invalid:
             heldLine = nil
             return .failure(.malformed(String(cString: http_errno_description(HPE_INVALID_METHOD))))
         }
     }
 
-    enum RequestLine: Equatable { case whole(target: [UInt8]), partial, invalid }
+    enum RequestLine: Equatable { case whole(target: [UInt8]), otherVersion, partial, invalid }
 
     /// Whether `line` is the rest of a request line, `method-or-its-end SP target SP HTTP/1.x
     /// CRLF`, a beginning of one, or neither (http_parser stops at the first byte of a method it
@@ -207,11 +210,17 @@ final class HTTPRequestParser {
         guard i > start else { return .invalid }
         let target = Array(line[start..<i])
         let version = line[(i + 1)...].prefix(10)
+        var other = false  // HTTP/d.d other than 1.0 and 1.1: 505, as for a known method
         for (k, c) in version.enumerated() {
             let want = HTTPRequestParser.versionText[k]
-            guard c == want || (k == 7 && c == UInt8(ascii: "0")) else { return .invalid }
+            if (k == 5 || k == 7) && c >= 0x30 && c <= 0x39 {
+                if c != want && !(k == 7 && c == UInt8(ascii: "0")) { other = true }
+                continue
+            }
+            guard c == want else { return .invalid }
         }
-        return version.count == 10 ? .whole(target: target) : .partial
+        guard version.count == 10 else { return .partial }
+        return other ? .otherVersion : .whole(target: target)
     }
     private static let versionText = Array("HTTP/1.1\r\n".utf8)
 

@@ -523,7 +523,7 @@ class Client {
    * Close codes: 1000 the session ended (its reason); 4000 another window took over the
    * session; 1008 its offset was evicted, and a connection that never opened (no session,
    * refused): a plain read says why, then connect again; anything else (1001 the proxy is
-   * restarting or upgrading, 1006 a network drop): reconnect from the offset.
+   * upgrading, 1006 a network drop): reconnect from the offset.
    */
   openWebSocket() {
     const generation = this.generation;
