@@ -82,7 +82,7 @@ final class IntegrationStrictHTTPTests: XCTestCase {
     func testUnknownMethodIs405WithAllow() throws {
         let d = try startDaemon()
         for (method, path, allow) in [("QUERY", "/sessions", "POST"), ("QUERY", "/sessions/abc?x=1", "GET, DELETE"),
-                                      ("FROB", "/healthz", "GET"), ("QUERY", "/openapi.yaml", "GET, HEAD")] {
+                                      ("FROB", "/healthz", "GET, HEAD"), ("QUERY", "/openapi.yaml", "GET, HEAD")] {
             let c = try d.client()
             try c.socket.send("\(method) \(path) HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\n\r\nhi")
             let r = try c.readResponse()

@@ -130,9 +130,15 @@ final class IntegrationWebClientTests: XCTestCase {
         let r = try c.readResponse(head: true)
         XCTAssertEqual(r.status, 404)
         XCTAssertEqual(r.header("Cache-Control"), "no-store")
-        try c.send("HEAD", "/metrics")
+        try c.send("HEAD", "/sessions")
         XCTAssertEqual(try c.readResponse(head: true).status, 405)
-        XCTAssertEqual(try c.call("GET", "/healthz").text, "ok")
+        try c.send("HEAD", "/healthz")
+        let head = try c.readResponse(head: true)
+        XCTAssertEqual(head.status, 200, "HEAD /healthz, for uptime checkers")
+        XCTAssertEqual(head.header("Content-Length"), "2")
+        try c.send("HEAD", "/metrics")
+        XCTAssertEqual(try c.readResponse(head: true).status, 200)
+        XCTAssertEqual(try c.call("GET", "/healthz").text, "ok", "the connection is still in step")
     }
 
     /// The CSP allows no inline script or style: the page must have none.

@@ -63,7 +63,11 @@ final class RouterTests: XCTestCase {
         XCTAssertEqual("\(Route.openAPI.allow)", "GET, HEAD")
         XCTAssertFalse(Route.openAPI.isWebClient, "served without --web too")
         XCTAssertFalse(Route.healthz.isWebClient || Route.sessions.isWebClient)
-        XCTAssertFalse(Route.healthz.allows(.head), "HEAD is for the served files only (web client, OpenAPI document)")
+        for route in [Route.healthz, .metrics] {  // uptime checkers and `curl -I` (RFC 9110 §9.3.2)
+            XCTAssertTrue(route.allows(.head) && route.allows(.get) && !route.allows(.post))
+            XCTAssertEqual("\(route.allow)", "GET, HEAD")
+        }
+        XCTAssertFalse(Route.sessions.allows(.head), "HEAD is for what GET only reads")
     }
 
     func testSplit() {

@@ -25,8 +25,7 @@ public enum Route: Equatable, Sendable {
         case .events, .gmcpState, .webSocket, .webSocketCreate: return "GET"
         case .gmcp: return "GET, POST"
         case .mud: return "GET, POST"
-        case .healthz, .metrics: return "GET"
-        case .openAPI, .webPage, .webScript, .webStyle: return "GET, HEAD"
+        case .healthz, .metrics, .openAPI, .webPage, .webScript, .webStyle: return "GET, HEAD"
         }
     }
 
@@ -42,7 +41,8 @@ public enum Route: Equatable, Sendable {
         switch (self, method) {
         case (.sessions, .post), (.session, .get), (.session, .delete), (.input, .post), (.events, .get),
              (.gmcp, .get), (.gmcp, .post), (.gmcpState, .get), (.webSocket, .get), (.webSocketCreate, .get),
-             (.mud, .get), (.mud, .post), (.healthz, .get), (.metrics, .get), (.openAPI, .get), (.openAPI, .head),
+             (.mud, .get), (.mud, .post), (.healthz, .get), (.healthz, .head), (.metrics, .get), (.metrics, .head),
+             (.openAPI, .get), (.openAPI, .head),
              (.webPage, .get), (.webPage, .head), (.webScript, .get), (.webScript, .head),
              (.webStyle, .get), (.webStyle, .head):
             return true
