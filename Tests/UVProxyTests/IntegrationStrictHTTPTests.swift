@@ -68,6 +68,22 @@ final class IntegrationStrictHTTPTests: XCTestCase {
         }
     }
 
+    /// RFC 9112 §3.2.2: a server must accept an absolute-form target; its authority is the
+    /// request's host (found by a SPEC audit: `GET http://localhost/healthz` was 404).
+    func testAbsoluteFormTargetIsServedWithItsAuthorityAsHost() throws {
+        let d = try startDaemon()
+        for (target, status) in [("http://localhost/healthz", 200), ("HTTP://127.0.0.1:80/metrics", 200),
+                                 ("https://localhost/healthz?x=1", 200), ("http://evil.example/metrics", 403),
+                                 ("http://localhost", 404)] {
+            let c = try d.client()
+            try c.socket.send("GET \(target) HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            let r = try c.readResponse()
+            assertConforms(r, target)
+            XCTAssertEqual(r.status, status, "\(target): \(r.text)")
+        }
+        try assertRejected(d, "GET http://evil@localhost/healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    }
+
     func testRequestLineWithoutVersionIs400() throws {
         let d = try startDaemon()
         try assertRejected(d, "GET /healthz\r\n\r\n")

@@ -94,6 +94,33 @@ public final class HTTPRequest {
         webSocketExtensions = []
     }
 
+    /// An absolute-form target (`http://host:port/path?query`, RFC 9112 §3.2.2, which a server
+    /// must accept) becomes its origin form (`/path?query`, `/` when it has no path), and its
+    /// authority the request's `Host` (the header's value is ignored then, as the RFC says; the
+    /// header must still be there in HTTP/1.1).
+    /// Any other target (`*`, an authority alone) is left as it is: no route has it. False for
+    /// an authority with userinfo (`http://user@host/`), an error (RFC 9110 §4.2.4).
+    func takeAbsoluteForm() -> Bool {
+        let scheme: Int
+        if target.count >= 7, target[0..<7].equalsIgnoringCase("http://") {
+            scheme = 7
+        } else if target.count >= 8, target[0..<8].equalsIgnoringCase("https://") {
+            scheme = 8
+        } else {
+            return true
+        }
+        let rest = target[scheme...]
+        let end = rest.firstIndex { $0 == UInt8(ascii: "/") || $0 == UInt8(ascii: "?") || $0 == UInt8(ascii: "#") } ?? rest.endIndex
+        let authority = Array(rest[..<end])
+        guard !authority.contains(UInt8(ascii: "@")) else { return false }
+        guard !authority.isEmpty else { return true }
+        var origin = Array(rest[end...])
+        if origin.first != UInt8(ascii: "/") { origin.insert(UInt8(ascii: "/"), at: 0) }
+        target = origin
+        if hostCount == 1 { host = authority }  // HTTP/1.1 without Host is still 400 (framingProblem)
+        return true
+    }
+
     /// Why the headers make the message's framing or target ambiguous (RFC 9112 §6.1, §6.3,
     /// §3.2), or nil.
     var framingProblem: String? {

@@ -241,6 +241,10 @@ final class HTTPRequestParser {
                 ? .malformed("no HTTP/1.0 or HTTP/1.1 version in the request line") : .versionNotSupported
             return -1
         }
+        if request.target.first != UInt8(ascii: "/"), !request.takeAbsoluteForm() {
+            failure = .malformed("userinfo in an absolute-form target")
+            return -1
+        }
         if let why = request.framingProblem {
             failure = .malformed(why)
             return -1
