@@ -185,5 +185,17 @@ final class IntegrationProxyProtocolTests: XCTestCase {
         // Not an IP address: the client is unknown, and the header says so.
         XCTAssertEqual(try c.call("POST", "/sessions", headers: ["X-Forwarded-For": "unknown"]).status, 201)
         XCTAssertEqual(try up.connection(1).receive(exactly: 15), Array("PROXY UNKNOWN\r\n".utf8))
+        // Found by a SPEC audit: an entry with a port (as Azure's front ends write it), or a list
+        // ending in an empty entry, was an unknown client. The address is what counts.
+        for (n, (forwarded, source)) in [("10.9.8.7, 198.51.100.4:5555", "198.51.100.4"),
+                                         ("198.51.100.5, ", "198.51.100.5"),
+                                         ("[2001:db8::9]:443", "2001:db8::9"), ("2001:db8::8", "2001:db8::8")].enumerated() {
+            XCTAssertEqual(try c.call("POST", "/sessions", headers: ["X-Forwarded-For": forwarded]).status, 201)
+            let family = source.contains(":") ? "TCP6" : "TCP4"
+            let target = source.contains(":") ? "::ffff:127.0.0.1" : "127.0.0.1"
+            let line = "PROXY \(family) \(source) \(target) 0 \(up.port)\r\n"
+            XCTAssertEqual(String(decoding: try up.connection(2 + n).receive(exactly: line.utf8.count), as: UTF8.self), line,
+                           forwarded)
+        }
     }
 }

@@ -46,8 +46,25 @@ extension ProxyDaemon {
     func forwardedClient(_ connection: HTTPConnection) -> String? {
         let forwarded = connection.request.forwardedFor
         guard config.trustProxy, !forwarded.isEmpty else { return nil }
-        let last = forwarded.lastIndex(of: UInt8(ascii: ",")).map { forwarded[($0 + 1)...] } ?? forwarded[...]
-        return String(decoding: last, as: UTF8.self).trimmingSpaces
+        return ProxyDaemon.lastForwardedAddress(forwarded)
+    }
+
+    /// The last non-empty entry of an `X-Forwarded-For` value, without a port where one was
+    /// added (`1.2.3.4:5555`, `[2001:db8::1]:443`, as some balancers write them) and without
+    /// IPv6 brackets; a bare IPv6 address is kept whole. Not judged further: a name stays a
+    /// name (the callers take it as an unknown address).
+    static func lastForwardedAddress(_ value: [UInt8]) -> String? {
+        let entries = value.split(separator: UInt8(ascii: ","), omittingEmptySubsequences: false)
+        guard let entry = entries.reversed().map({ String(decoding: $0, as: UTF8.self).trimmingSpaces })
+            .first(where: { !$0.isEmpty }) else { return nil }
+        if entry.hasPrefix("["), let close = entry.firstIndex(of: "]") {
+            return String(entry[entry.index(after: entry.startIndex)..<close])
+        }
+        if let colon = entry.firstIndex(of: ":"), case let port = entry[entry.index(after: colon)...],
+           !port.isEmpty, port.allSatisfy({ $0.isASCII && $0.isNumber }) {
+            return String(entry[..<colon])  // exactly one colon, then digits: an IPv4 address or name with a port
+        }
+        return entry
     }
 
     /// Logs carry the first 8 characters of a session id: enough to follow a session through
