@@ -173,6 +173,28 @@ final class RequestHeadValidatorTests: XCTestCase {
         XCTAssertEqual(parse("GET / HTTP/9.9\r\n\r\n", cut: 3, body: &body), .failure(.versionNotSupported))
     }
 
+    /// RFC 9112 §3: one SP between method, target and version, none before the line's end (found
+    /// by a SPEC audit: http_parser, built lenient, took `GET  /healthz`), at every cut.
+    func testRequestLineSpacingIsExact() {
+        var body: [UInt8] = []
+        for bad in ["GET  /healthz HTTP/1.1\r\nHost: x\r\n\r\n", "GET /healthz  HTTP/1.1\r\nHost: x\r\n\r\n",
+                    "GET /healthz HTTP/1.1 \r\nHost: x\r\n\r\n", "GET /healthz HTTP/1.1 \nHost: x\r\n\r\n",
+                    "GET /a-long-enough-path-for-the-word-at-a-time-path  HTTP/1.1\r\nHost: x\r\n\r\n",
+                    "POST /x HTTP/01.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"] {
+            for cut in 0...bad.utf8.count {
+                guard case .failure(.malformed) = parse(bad, cut: cut, body: &body) else {
+                    return XCTFail("\(bad.debugDescription) cut at \(cut) was accepted")
+                }
+            }
+        }
+        for good in ["GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", "\r\n\r\nDELETE /s?x=1#f HTTP/1.0\n\n",
+                     "M-SEARCH * HTTP/1.1\r\nHost: x\r\n\r\n"] {
+            for cut in 0...good.utf8.count {
+                XCTAssertEqual(parse(good, cut: cut, body: &body), .success(1), "\(good.debugDescription) cut at \(cut)")
+            }
+        }
+    }
+
     /// A method http_parser does not know (RFC 9110 allows any token) comes back with the request's
     /// target, so the router can answer `405` with `Allow`, however the reads cut the request line
     /// (the parser holds it until its CRLF); anything else stays malformed.

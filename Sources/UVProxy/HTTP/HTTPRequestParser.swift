@@ -1,4 +1,5 @@
 import CUV
+import Glibc
 
 /// Why a request could not be parsed; each maps to one status code.
 public enum HTTPParseError: Error, Equatable {
@@ -239,6 +240,13 @@ final class HTTPRequestParser {
         if request.versionMajor != 1 || request.versionMinor > 1 {
             failure = request.versionMajor == 0 && request.versionMinor == 9
                 ? .malformed("no HTTP/1.0 or HTTP/1.1 version in the request line") : .versionNotSupported
+            return -1
+        }
+        // RFC 9112 §3: `method SP request-target SP HTTP-version`, one SP each; http_parser, built
+        // lenient, takes runs of spaces (the version is 8 bytes: HTTP/1.0 or HTTP/1.1 by now).
+        let method = Int(Glibc.strlen(http_method_str(http_method(rawValue: UInt32(p.pointee.method)))))
+        if head.requestLineLength != method + request.target.count + 10 {
+            failure = .malformed("request line is not method SP target SP version")
             return -1
         }
         if request.target.first != UInt8(ascii: "/"), !request.takeAbsoluteForm() {

@@ -48,8 +48,16 @@ struct RequestHeadValidator {
     /// Whether the head has ended (and the rest of the request is body).
     var isDone: Bool { state == .done }
 
+    /// Bytes of the request line so far, its line end not counted (leading empty lines are
+    /// not part of it): the parser compares it with method, target and version to find runs
+    /// of spaces, which http_parser, built lenient, takes (RFC 9112 §3 wants one SP each).
+    private(set) var requestLineLength = 0
+
     /// Ready for the next request's first byte.
-    mutating func reset() { state = .start }
+    mutating func reset() {
+        state = .start
+        requestLineLength = 0
+    }
 
     /// Scans `bytes` (the next bytes of the connection); stops at the end of the head. Returns
     /// the first problem found, or nil.
@@ -67,7 +75,9 @@ struct RequestHeadValidator {
             // machine below must look, leaving it the state it would have reached itself.
             switch s {
             case .requestLine:
+                let from = i
                 i = Self.skipRequestLineBytes(raw, i, n)
+                requestLineLength &+= i &- from
                 if i &+ 1 < n, base[i] == 13, base[i &+ 1] == 10 { i &+= 2; s = .lineStart; continue }
             case .lineStart:
                 i = Self.skipPlainLines(raw, i, n)
@@ -85,12 +95,17 @@ struct RequestHeadValidator {
             case .done:
                 return nil
             case .start:
-                if c == 13 { s = .startCR } else if c == 10 { break } else if c == 0 { return .nul } else { s = .requestLine }
+                if c == 13 { s = .startCR } else if c == 10 { break } else if c == 0 { return .nul } else {
+                    s = .requestLine
+                    requestLineLength = 1
+                }
             case .startCR:
                 guard c == 10 else { return .bareCR }
                 s = .start
             case .requestLine:
-                if c == 13 { s = .requestLineCR } else if c == 10 { s = .lineStart } else if c == 0 { return .nul }
+                if c == 13 { s = .requestLineCR } else if c == 10 { s = .lineStart } else if c == 0 { return .nul } else {
+                    requestLineLength &+= 1
+                }
             case .requestLineCR:
                 guard c == 10 else { return .bareCR }
                 s = .lineStart
