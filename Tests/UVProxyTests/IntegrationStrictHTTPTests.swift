@@ -44,6 +44,20 @@ final class IntegrationStrictHTTPTests: XCTestCase {
         XCTAssertFalse(try up.connection(0).isReadable(within: 0.2), "no body reached the target")
     }
 
+    /// RFC 9112 §6.1: a transfer coding the server does not know is `501` (found by a SPEC audit:
+    /// `gzip, chunked` was taken as chunked and the input sent); without chunked last, `400`.
+    func testATransferCodingBesidesChunkedIs501() throws {
+        let up = try startUpstream()
+        let d = try startDaemon { $0.upstream = "127.0.0.1:\(up.port)" }
+        let id = try d.client().createSession()
+        try assertRejected(d, input(id, "Transfer-Encoding: gzip, chunked\r\n", "4\r\nlook\r\n0\r\n\r\n"), 501)
+        try assertRejected(d, input(id, "Transfer-Encoding: gzip\r\n", "look"))
+        XCTAssertFalse(try up.connection(0).isReadable(within: 0.2), "no input reached the target")
+        let c = try d.client()
+        try c.socket.send(input(id, "Transfer-Encoding: Chunked\r\n", "4\r\nlook\r\n0\r\n\r\n"))
+        XCTAssertEqual(try c.readResponse().status, 204, "chunked in any case")
+    }
+
     func testHeaderNameWithSpaceIs400() throws {
         let d = try startDaemon()
         try assertRejected(d, "GET /healthz HTTP/1.1\r\nHost: x\r\nX Forwarded: 1\r\n\r\n")

@@ -328,6 +328,7 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
         switch error {
         case .malformed(let why): respondError(.badRequest, "malformed request: \(why)")
         case .versionNotSupported: respondError(.httpVersionNotSupported, "only HTTP/1.0 and HTTP/1.1 are served")
+        case .codingNotImplemented: respondError(.notImplemented, "the only transfer coding taken is chunked")
         case .headersTooLarge: respondError(.headersTooLarge, "request line and headers exceed \(limits.maxHeader) bytes")
         case .bodyTooLarge: respondError(.payloadTooLarge, "request body exceeds \(limits.maxBody) bytes")
         case .unknownMethod(let target):

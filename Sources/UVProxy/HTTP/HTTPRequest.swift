@@ -48,6 +48,9 @@ public final class HTTPRequest {
     public var webSocketProtocol: [UInt8] = []
     public var webSocketExtensions: [UInt8] = []
     var transferEncodingCount = 0
+    /// What its `Transfer-Encoding` says besides `chunked` (RFC 9112 §6).
+    enum TransferCoding: UInt8 { case chunkedOrNone, otherCoding, chunkedNotLast }
+    var transferCoding = TransferCoding.chunkedOrNone
     var contentLengthCount = 0
     var hostCount = 0
 
@@ -71,6 +74,7 @@ public final class HTTPRequest {
         webSocketProtocol.clear()
         webSocketExtensions.clear()
         transferEncodingCount = 0
+        transferCoding = .chunkedOrNone
         contentLengthCount = 0
         hostCount = 0
         keepAlive = true

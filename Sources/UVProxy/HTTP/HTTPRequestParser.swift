@@ -5,6 +5,7 @@ import Glibc
 public enum HTTPParseError: Error, Equatable {
     case malformed(String)        // 400, connection closed
     case versionNotSupported      // 505, connection closed
+    case codingNotImplemented     // 501, connection closed: a transfer coding before chunked
     case headersTooLarge          // 431
     case bodyTooLarge             // 413
     /// A well-formed request line whose method http_parser does not know (RFC 9110 §9.1: any
@@ -257,6 +258,15 @@ final class HTTPRequestParser {
             failure = .malformed(why)
             return -1
         }
+        switch request.transferCoding {
+        case .chunkedOrNone: break
+        case .otherCoding:
+            failure = .codingNotImplemented
+            return -1
+        case .chunkedNotLast:
+            failure = .malformed("Transfer-Encoding without chunked last")
+            return -1
+        }
         let length = p.pointee.content_length
         if request.contentLengthCount == 1, length != UInt64.max, length > UInt64(maxBody) {
             failure = .bodyTooLarge
@@ -284,7 +294,17 @@ final class HTTPRequestParser {
         case .ifNoneMatch: HTTPRequestParser.join(&request.ifNoneMatch, value)
         case .contentLength: request.contentLengthCount += 1
         case .forwardedFor: request.forwardedFor.keep(value)
-        case .transferEncoding: request.transferEncodingCount += 1
+        case .transferEncoding:
+            request.transferEncodingCount += 1
+            // Only `chunked` is known: another coding before it (`gzip, chunked`) is 501 (RFC 9112
+            // §6.1); chunked not last makes the body's length unknown: 400 (§6.3).
+            let last = (value.lastIndex(of: UInt8(ascii: ",")).map { value[($0 + 1)...] } ?? value[...])
+                .drop { $0 == 32 || $0 == 9 }
+            if !last.equalsIgnoringCase("chunked") {
+                request.transferCoding = .chunkedNotLast
+            } else if !value[...].equalsIgnoringCase("chunked") {
+                request.transferCoding = .otherCoding
+            }
         case .upgrade: HTTPRequestParser.join(&request.upgrade, value)
         case .connection: HTTPRequestParser.join(&request.connection, value)
         case .webSocketVersion: HTTPRequestParser.join(&request.webSocketVersion, value)
@@ -330,10 +350,11 @@ final class HTTPRequestParser {
             }
         }
 
-        /// Whether the value's bytes are read (the counted ones need only to be seen).
+        /// Whether the value's bytes are read (the counted ones need only to be seen;
+        /// Transfer-Encoding's is read to tell `chunked` from other codings).
         var keepsValue: Bool {
             switch self {
-            case .other, .contentLength, .transferEncoding: false
+            case .other, .contentLength: false
             default: true
             }
         }

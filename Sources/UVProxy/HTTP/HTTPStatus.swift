@@ -18,6 +18,7 @@ public enum HTTPStatus: Int, Sendable {
     case tooManyRequests = 429
     case headersTooLarge = 431
     case internalServerError = 500
+    case notImplemented = 501
     case badGateway = 502
     case serviceUnavailable = 503
     case gatewayTimeout = 504
@@ -44,6 +45,7 @@ public enum HTTPStatus: Int, Sendable {
         case .tooManyRequests: return "HTTP/1.1 429 Too Many Requests\r\n"
         case .headersTooLarge: return "HTTP/1.1 431 Request Header Fields Too Large\r\n"
         case .internalServerError: return "HTTP/1.1 500 Internal Server Error\r\n"
+        case .notImplemented: return "HTTP/1.1 501 Not Implemented\r\n"
         case .badGateway: return "HTTP/1.1 502 Bad Gateway\r\n"
         case .serviceUnavailable: return "HTTP/1.1 503 Service Unavailable\r\n"
         case .gatewayTimeout: return "HTTP/1.1 504 Gateway Timeout\r\n"
