@@ -115,6 +115,26 @@ final class IntegrationGMCPTests: XCTestCase {
         XCTAssertEqual(try c.call("POST", "/sessions/\(id)/gmcp", body: "Core.Ping {not json").status, 400)
     }
 
+    /// SPEC §7: the log keeps the last 256 messages; a read from an evicted seq is `409` with
+    /// `X-Gmcp-Base` (the oldest held), and reading from there works (no test had it over HTTP).
+    func testAnEvictedSeqIs409WithTheOldestHeld() throws {
+        let (_, c, id, target) = try gmcpSession()
+        var burst: [UInt8] = []
+        for k in 0..<300 { burst += gmcp("Char.Tick \(k)") }
+        try target.send(burst + bytes("done\r\n"))
+        XCTAssertEqual(try c.readBytes(id, from: 0, count: 6), bytes("done\r\n"), "every message came before the text")
+        let r = try c.call("GET", "/sessions/\(id)/gmcp?since=0")
+        XCTAssertEqual(r.status, 409, r.text)
+        XCTAssertEqual(r.header("X-Gmcp-Base"), "44")
+        XCTAssertEqual(r.header("Content-Type"), "application/json")
+        let from = try c.call("GET", "/sessions/\(id)/gmcp?since=44")
+        let messages = try XCTUnwrap(from.json?["messages"] as? [[String: Any]])
+        XCTAssertEqual(messages.count, 256)
+        XCTAssertEqual(messages.first?["seq"] as? Int, 44)
+        XCTAssertEqual(messages.first?["data"] as? Int, 44)
+        XCTAssertEqual(from.json?["next"] as? Int, 300)
+    }
+
     func testSessionsWithoutGMCPSayConflict() throws {
         let (_, _, c, id, _) = try sessionOnTestUpstream { $0.telnet = true }
         XCTAssertEqual(try c.call("GET", "/sessions/\(id)/gmcp").status, 409)
