@@ -114,9 +114,14 @@ final class ParameterTests: XCTestCase {
         XCTAssertEqual(try params("since=9223372036854775807").unsigned("since")?.get(), 9_223_372_036_854_775_807)
         // Found by Schemathesis: the document says int64 (what clients hold offsets in), and the
         // daemon took 2^63 and more (a `seq` that high would then refuse every later command).
-        for bad in ["-1", "abc", "", "1.5", "99999999999999999999999", "9223372036854775808", "18446744073709551615"] {
+        for bad in ["-1", "abc", "", "1.5", "99999999999999999999999", "9223372036854775808", "18446744073709551615",
+                    "%2D1", "%31%", "%3"] {
             XCTAssertThrowsError(try params("since=\(bad)").unsigned("since")?.get(), bad)
         }
+        // Percent-encoded digits are the same digits (RFC 3986 §2.3; found by a SPEC audit: 400).
+        XCTAssertEqual(try params("since=%31").unsigned("since")?.get(), 1)
+        XCTAssertEqual(try params("since=4%32").unsigned("since")?.get(), 42)
+        XCTAssertEqual(try params("wait=%30.5").milliseconds("wait")?.get(), 500)
     }
 
     func testSeconds() {

@@ -125,12 +125,19 @@ public struct Parameters {
         return .success(n)
     }
 
-    /// Digits need no decoding. At most 2^63 - 1: what clients hold offsets in (int64, the
-    /// OpenAPI document's format).
+    /// Digits need no decoding; percent-encoded ones (`%31`, which RFC 3986 makes the same as
+    /// `1`) are decoded only when the plain form fails. At most 2^63 - 1: what clients hold
+    /// offsets in (int64, the OpenAPI document's format).
     @inline(__always)
     static func wholeNumber(_ raw: ArraySlice<UInt8>) -> UInt64? {
-        guard let n = parseUnsigned(raw), n <= UInt64(Int64.max) else { return nil }
+        guard let n = parseUnsigned(raw) ?? decodedOnly(raw, parseUnsigned), n <= UInt64(Int64.max) else { return nil }
         return n
+    }
+
+    /// `parse` of `raw` percent-decoded, when it holds a `%` (not a hot path: the plain form failed).
+    static func decodedOnly<T>(_ raw: ArraySlice<UInt8>, _ parse: (ArraySlice<UInt8>) -> T?) -> T? {
+        guard raw.contains(UInt8(ascii: "%")) else { return nil }
+        return parse(decode(raw)[...])
     }
 
     /// Seconds with optional decimals ("2", "0.5") or an exponent ("1e-3"), as milliseconds.
@@ -143,7 +150,9 @@ public struct Parameters {
     }
 
     @inline(__always)
-    static func seconds(_ raw: ArraySlice<UInt8>) -> UInt64? { parseSeconds(raw) ?? parseScientificSeconds(raw) }
+    static func seconds(_ raw: ArraySlice<UInt8>) -> UInt64? {
+        parseSeconds(raw) ?? parseScientificSeconds(raw) ?? decodedOnly(raw) { parseSeconds($0) ?? parseScientificSeconds($0) }
+    }
 
     /// A flag: "1", "true", "yes", "on" (or present with no value) are true; anything else false.
     public func flag(_ name: StaticString) -> Bool {
