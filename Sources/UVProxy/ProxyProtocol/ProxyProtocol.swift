@@ -121,7 +121,7 @@ public enum ProxyProtocol {
                                    into out: UnsafeMutableRawBufferPointer) -> Int {
         precondition(out.count >= maxHeaderLength)
         let v4 = source.isIPv4 && destination.isIPv4
-        var w = ByteWriter(out.baseAddress!.assumingMemoryBound(to: UInt8.self))
+        var w = ByteWriter(out.bindMemory(to: UInt8.self))
         switch version {
         case .v1:
             w.append(v4 ? "PROXY TCP4 " : "PROXY TCP6 ")
@@ -280,15 +280,22 @@ public enum ProxyProtocol {
     /// line, an address's text), so there is no capacity check or growth per byte.
     struct ByteWriter {
         let base: UnsafeMutablePointer<UInt8>
+        /// The memory's size: a write past it traps rather than overrun what follows.
+        let capacity: Int
         private(set) var count = 0
-        init(_ base: UnsafeMutablePointer<UInt8>) { self.base = base }
+        init(_ buffer: UnsafeMutableBufferPointer<UInt8>) {
+            base = buffer.baseAddress!
+            capacity = buffer.count
+        }
         @inline(__always) mutating func append(_ byte: UInt8) {
+            precondition(count < capacity, "ByteWriter: past its capacity")
             base[count] = byte
             count &+= 1
         }
         mutating func append(_ bytes: [UInt8]) { for b in bytes { append(b) } }
         /// Lets `body` write the next `n` bytes.
         @inline(__always) mutating func fill(_ n: Int, _ body: (UnsafeMutablePointer<UInt8>) -> Void) {
+            precondition(n <= capacity &- count, "ByteWriter: past its capacity")
             body(base + count)
             count &+= n
         }
@@ -300,9 +307,8 @@ public enum ProxyProtocol {
     /// A string of at most `capacity` bytes of ASCII written by `body`.
     static func text(capacity: Int, _ body: (inout ByteWriter) -> Void) -> String {
         String(unsafeUninitializedCapacity: capacity) { buffer in
-            var w = ByteWriter(buffer.baseAddress!)
+            var w = ByteWriter(buffer)
             body(&w)
-            precondition(w.count <= capacity)
             return w.count
         }
     }
