@@ -27,7 +27,7 @@ struct UVProxyCommand: ParsableCommand {
     @Option(help: "Seconds a closed session stays readable. Default 60.") var linger: Double?
     @Option(help: "Longest long-poll, in seconds. Default 60.") var maxWait: Double?
     @Option(help: "Seconds to wait for a target connection. Default 10.") var connectTimeout: Double?
-    @Option(help: "Bearer token required on every endpoint but /healthz.") var token: String?
+    @Option(help: "Bearer token required on every endpoint but /healthz, /openapi.yaml and the page (one that starts with '-': --token=VALUE).") var token: String?
     @Option(help: "Allowed CORS origin.") var corsOrigin: String?
     @Flag(help: "Speak telnet to the targets.") var telnet = false
     @Option(help: "Charset of the targets' text: UTF-8 (default), ISO-8859-1/latin1, IBM437/cp437.") var charset: String?
