@@ -47,7 +47,8 @@ struct UVProxyCommand: ParsableCommand {
         is loopback (DNS rebinding check); repeatable.
         """) var allowedHost: [String] = []
     @Flag(help: """
-        Every client connection starts with a PROXY protocol header, v1 or v2 (behind HAProxy, nginx stream or a         cloud balancer); one without a valid header is closed.
+        Every client connection starts with a PROXY protocol header, v1 or v2 (behind HAProxy, nginx stream or a cloud
+        balancer); one without a valid header is closed.
         """) var acceptProxyProtocol = false
     @Option(help: "Send the default target a PROXY protocol header (v1 or v2) naming the player first.")
     var proxyProtocol: String?

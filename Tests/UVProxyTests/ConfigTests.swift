@@ -379,6 +379,25 @@ final class ConfigTests: XCTestCase {
         XCTAssertEqual(up.connectionCount, 1, "no new connection to the old target")
     }
 
+    /// With the demo game as the default target, `upstream` is not in force: a reload that
+    /// changes it says so instead of reporting it changed, and creates still reach the demo game.
+    func testReloadWithTheDemoSaysANewUpstreamIsIgnored() throws {
+        let log = LogCapture()
+        let d = try startDaemon(log: log) {
+            $0.demo = true
+            $0.logLevel = "info"  // a reload puts the config's level in force
+        }
+        let c = try d.client()
+        var new = try d.onLoop { $0.config }
+        new.upstream = "127.0.0.1:1"
+        new.maxWait = 2
+        try d.onLoop { try $0.apply(new) }
+        XCTAssertNotNil(log.wait(for: "config reloaded: 1 target (default); changed: max-wait"), "\(log.all)")
+        XCTAssertNotNil(log.wait(for: "config: upstream changed; ignored while the demo game is the default target"))
+        let id = try c.createSession()
+        XCTAssertTrue(try c.request("GET", "/sessions/\(id)?since=0&wait=5").text.contains("demo game"))
+    }
+
     func testReloadChangesTokenCorsAndLimitsForNewRequests() throws {
         let (_, d, c, _, _) = try sessionOnTestUpstream { $0.maxSessions = 1 }
         XCTAssertEqual(try c.request("POST", "/sessions").status, 503, "max-sessions 1 is full")

@@ -59,10 +59,14 @@ final class IntegrationAPITests: XCTestCase {
 
     func testCreateRefused502() throws {
         let port = try refusedPort()
-        let d = try startDaemon { $0.upstream = "127.0.0.1:\(port)" }
+        let log = LogCapture()
+        let d = try startDaemon(log: log) { $0.upstream = "127.0.0.1:\(port)" }
         let c = try d.client()
         let r = try c.call("POST", "/sessions")
         XCTAssertEqual(r.status, 502, r.text)
+        let failed = try XCTUnwrap(log.wait(for: "connect to target failed"))
+        XCTAssertEqual(failed["error"] as? String, "ECONNREFUSED", "the error's name, as in the 502's body")
+        XCTAssertEqual(failed["target"] as? String, "default")
         XCTAssertNil(r.header("Location"))
         XCTAssertEqual(try c.metric("uvproxyd_sessions{state=\"open\"}"), 0)
         XCTAssertEqual(try c.metric("uvproxyd_upstream_connect_failures_total"), 1)
@@ -72,7 +76,8 @@ final class IntegrationAPITests: XCTestCase {
     func testCreateConnectTimeout504() throws {
         let port = try blackholePort()
         let up = try startUpstream()
-        let d = try startDaemon {
+        let log = LogCapture()
+        let d = try startDaemon(log: log) {
             $0.upstream = "127.0.0.1:\(port)"
             $0.targets["ok"] = TargetConfig(address: "127.0.0.1:\(up.port)")
             $0.connectTimeout = 0.3
@@ -84,6 +89,7 @@ final class IntegrationAPITests: XCTestCase {
             throw XCTSkip("cannot make a connect hang here: it ended at once with \(r.status) \(r.text)")
         }
         XCTAssertEqual(r.status, 504, r.text)
+        XCTAssertEqual(try XCTUnwrap(log.wait(for: "connect to target failed"))["error"] as? String, "timeout")
         XCTAssertGreaterThanOrEqual(took, 0.25)
         XCTAssertLessThan(took, 3)
         XCTAssertEqual(try c.metric("uvproxyd_sessions{state=\"open\"}"), 0)

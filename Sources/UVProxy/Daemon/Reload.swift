@@ -45,6 +45,9 @@ extension ProxyDaemon {
         next.nodeId = config.nodeId  // every open session's id carries it
         next.demo = config.demo
         next.logFormat = config.logFormat
+        // With the demo game as the default target, `upstream` is not in force (nor was it).
+        let upstreamIgnored = config.demo && new.upstream != config.upstream
+        if config.demo { next.upstream = config.upstream }
         // Resolve every target before changing anything, so a bad one leaves the old config in force.
         let apiSettings = try next.apiSettings(defaultAddress: demoAddress, resolved: resolved,
                                                listenIsLoopback: listenIsLoopback)
@@ -67,6 +70,9 @@ extension ProxyDaemon {
             """)
         if !restartOnly.isEmpty {
             logger.warning("config: \(restartOnly.joined(separator: ", ")) changed; ignored until restart")
+        }
+        if upstreamIgnored {
+            logger.warning("config: upstream changed; ignored while the demo game is the default target")
         }
         if maxSessionsChanged { warnAboutLimits() }
     }

@@ -6,7 +6,7 @@ import Glibc
 /// `--log-format text` (the default): one logfmt line per event on stderr, readable as it is and
 /// parseable by logfmt tools (Loki's `| logfmt`, lnav, hl):
 ///
-///     time=2026-11-26T00:29:46.123Z level=info msg="session created" client=203.0.113.7 session=Ab3dE5fG target=default
+///     time=2026-11-26T00:29:46.123Z level=info msg="session created" client=203.0.113.7:51234 session=Ab3dE5fG target=default
 ///
 /// `time`, `level` and `msg` come first, then the metadata keys in order. A value is quoted when
 /// it is empty or holds a space, `=`, `"` or a control byte, and inside quotes `"`, `\`, newline,

@@ -38,6 +38,20 @@ public enum CreateError: Error, Equatable {
     }
 }
 
+extension CreateError: CustomStringConvertible {
+    /// As logs give it: the error's name for a failed connect (`ECONNREFUSED`), a word otherwise.
+    public var description: String {
+        switch self {
+        case .full: return "max-sessions"
+        case .clientFull: return "max-sessions-per-client"
+        case .failed(let name): return name
+        case .timedOut: return "timeout"
+        case .shuttingDown: return "shutting down"
+        case .noDescriptors: return "EMFILE"
+        }
+    }
+}
+
 /// Events worth a log line; the daemon turns them into log records.
 public protocol SessionEventSink: AnyObject {
     func sessionOpened(_ session: Session)
