@@ -11,8 +11,11 @@ final class IntegrationGMCPTests: XCTestCase {
     private func gmcp(_ text: String) -> [UInt8] { [IAC, SB, GMCPOption] + bytes(text) + [IAC, SE] }
 
     /// A session on a GMCP target, negotiated: the proxy's DO and Core.Hello read.
-    private func gmcpSession() throws -> (TestDaemon, HTTPTestClient, String, TestSocket) {
-        let (_, d, c, id, target) = try sessionOnTestUpstream { $0.gmcp = true }
+    private func gmcpSession(bufferSize: Int? = nil) throws -> (TestDaemon, HTTPTestClient, String, TestSocket) {
+        let (_, d, c, id, target) = try sessionOnTestUpstream {
+            $0.gmcp = true
+            if let bufferSize { $0.bufferSize = bufferSize }
+        }
         try target.send([IAC, Telnet.will, GMCPOption])
         let hello = [IAC, Telnet.do, GMCPOption] + gmcp("Core.Hello {\"client\":\"uvproxyd\",\"version\":\"\(UVProxyVersion.text)\"}")
         XCTAssertEqual(try target.receive(exactly: hello.count), hello)
@@ -133,6 +136,39 @@ final class IntegrationGMCPTests: XCTestCase {
         XCTAssertEqual(messages.first?["seq"] as? Int, 44)
         XCTAssertEqual(messages.first?["data"] as? Int, 44)
         XCTAssertEqual(from.json?["next"] as? Int, 300)
+    }
+
+    /// GMCP to the game is input: held to the session's input limit like commands (SPEC §2's
+    /// 503, §5), over `POST …/gmcp` and over WebSocket (1013), so a game that does not read
+    /// cannot make a client grow the proxy's memory.
+    func testGMCPToAGameThatNeverReadsIsHeldToTheInputLimit() throws {
+        let (d, c, id, _) = try gmcpSession(bufferSize: 65536)  // the target never reads from here on
+        let message = "Core.Big \"" + String(repeating: "x", count: 60000) + "\""
+        var accepted = 0
+        var refused: TestResponse?
+        for _ in 0..<2000 {
+            let r = try c.call("POST", "/sessions/\(id)/gmcp", body: message)
+            if r.status != 204 { refused = r; break }
+            accepted += 1
+        }
+        let full = try XCTUnwrap(refused, "GMCP kept being accepted for a game that never reads (\(accepted) × 60 KB)")
+        XCTAssertEqual(full.status, 503, full.text)
+        XCTAssertNotNil(full.header("Retry-After"))
+        let queued = try d.onLoop { $0.table.allSessions.first!.link!.queuedBytes }
+        XCTAssertLessThanOrEqual(queued, 65536 + 60100, "held for the game: the input limit and one message")
+        XCTAssertEqual(try c.call("POST", "/sessions/\(id)/input?cmd=x").status, 503, "commands wait behind it too")
+
+        let ws = try WebSocketTestClient(port: d.listenPort, path: "/sessions/\(id)/ws", protocols: ["gmcp.mudstandards.org"])
+        var close: (code: UInt16, reason: String)?
+        for _ in 0..<100 where close == nil {
+            try ws.sendText(message)
+            if ws.socket.isReadable(within: 0) {
+                while close == nil, let f = try ws.next() { close = f.close }
+            }
+        }
+        while close == nil, let f = try ws.next() { close = f.close }
+        XCTAssertEqual(close?.code, WebSocket.CloseCode.tryAgainLater, "\(String(describing: close))")
+        XCTAssertLessThanOrEqual(try d.onLoop { $0.table.allSessions.first!.link!.queuedBytes }, 65536 + 60100)
     }
 
     func testSessionsWithoutGMCPSayConflict() throws {

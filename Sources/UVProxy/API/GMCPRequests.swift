@@ -87,7 +87,9 @@ extension ProxyAPI {
         session.lastTouched = now
         var frame: [UInt8] = []
         GMCP.encode(package: message.package, payload: message.payload, into: &frame)
-        link.sendTelnet(frame)
+        guard session.sendGMCP(frame) == .queued else {
+            return error(connection, .serviceUnavailable, "too much input is waiting for the target", retryAfter: true)
+        }
         respondEmpty(connection)
     }
 }

@@ -241,7 +241,9 @@ final class WebSocketStream: SessionObserver, TurnTask, ConnectionTakeover {
         session.lastTouched = api.now
         var frame: [UInt8] = []
         GMCP.encode(package: parsed.package, payload: parsed.payload, into: &frame)
-        link.sendTelnet(frame)
+        if session.sendGMCP(frame) == .full {
+            sendClose(WebSocket.CloseCode.tryAgainLater, "too much input is waiting for the target")
+        }
     }
 
     /// One client message to the target: a command (the line-ending rule of Input) or raw bytes.

@@ -211,13 +211,27 @@ public final class Session: DeadlineOwner {
     public func sendInput(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer, seq: UInt64?) -> InputResult {
         if let seq, seq <= lastSeq { return .duplicate }
         guard state == .open, let link else { return .closed }
-        // The input limit (SPEC §2), and the process's send budget for a target that is behind.
-        if link.queuedBytes > ring.limit || (link.queuedBytes > 0 && table.isOverSendBudget()) { return .full }
+        if isInputFull(link) { return .full }
         if let seq { lastSeq = seq }
         link.send(a, b)
         sentBytes += UInt64(a.count + b.count)
         table.counters.upstreamSentBytes += UInt64(a.count + b.count)
         return .queued
+    }
+
+    /// Queues a GMCP message for the target (the whole subnegotiation, SPEC §7): input like a
+    /// command, held to the same limit.
+    public func sendGMCP(_ frame: [UInt8]) -> InputResult {
+        guard state == .open, let link else { return .closed }
+        if isInputFull(link) { return .full }
+        link.sendTelnet(frame)
+        return .queued
+    }
+
+    /// The input limit (SPEC §2), and the process's send budget for a target that is behind.
+    @inline(__always)
+    private func isInputFull(_ link: UpstreamLink) -> Bool {
+        link.queuedBytes > ring.limit || (link.queuedBytes > 0 && table.isOverSendBudget())
     }
 
     // MARK: Observers
