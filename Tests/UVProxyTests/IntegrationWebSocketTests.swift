@@ -136,3 +136,97 @@ final class IntegrationWebSocketTests: XCTestCase {
         XCTAssertNil(deflate.headers["sec-websocket-extensions"], "permessage-deflate is declined")
     }
 }
+
+/// Records what a session's link is asked to send, per loop turn: how many writes, and the most
+/// bytes in one turn.
+final class RecordingLink: UpstreamLink {
+    let inner: UpstreamLink
+    let turns: TurnQueue
+    var sends = 0
+    var bytes = 0
+    var turn: UInt64 = .max
+    var thisTurn = 0
+    var mostInATurn = 0
+    init(_ inner: UpstreamLink, turns: TurnQueue) { self.inner = inner; self.turns = turns }
+    func connect(to address: SocketAddress) { inner.connect(to: address) }
+    func finish() { inner.finish() }
+    func send(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer) {
+        if turn != turns.drains { turn = turns.drains; thisTurn = 0 }
+        sends += 1
+        bytes += a.count + b.count
+        thisTurn += a.count + b.count
+        mostInATurn = max(mostInATurn, thisTurn)
+        inner.send(a, b)
+    }
+    var queuedBytes: Int { inner.queuedBytes }
+    func pauseReading() { inner.pauseReading() }
+    func resumeReading() { inner.resumeReading() }
+    func close() { inner.close() }
+    func abort() { inner.abort() }
+    func handOverState() -> UpstreamHandOver { inner.handOverState() }
+    var gmcpEnabled: Bool { inner.gmcpEnabled }
+    func sendTelnet(_ command: [UInt8]) { inner.sendTelnet(command) }
+}
+
+/// SPEC §5 for WebSocket input: a client that sends frames faster than anything else is bounded
+/// like a pipelining HTTP client (a share of the loop per turn, its answers held to the
+/// per-connection limit), and costs a write per read, not per frame.
+extension IntegrationWebSocketTests {
+    func testTinyFramesGoToTheGameInFewWritesAndAShareAtATime() throws {
+        let (_, d, _, id, target) = try sessionOnTestUpstream()
+        let link = try d.onLoop { daemon -> RecordingLink in
+            let session = daemon.table.allSessions.first!
+            let link = RecordingLink(session.link!, turns: daemon.loop.turns)
+            session.link = link
+            return link
+        }
+        let ws = try WebSocketTestClient(port: d.listenPort, path: "/sessions/\(id)/ws", protocols: ["binary"])
+        let n = 300_000
+        var all: [UInt8] = []
+        all.reserveCapacity(n * 7)
+        for i in 0..<n { all += WebSocketTestClient.frame(2, [UInt8(ascii: "a") + UInt8(i % 26)]) }
+        let payload = all
+        let socket = ws.socket
+        let sender = Thread { try? socket.send(payload) }
+        sender.start()
+        var got = 0
+        var inOrder = true
+        while got < n {
+            let chunk = try target.receive()
+            guard !chunk.isEmpty else { break }
+            for (k, b) in chunk.enumerated() where b != UInt8(ascii: "a") + UInt8((got + k) % 26) { inOrder = false }
+            got += chunk.count
+        }
+        XCTAssertEqual(got, n, "every frame's byte reached the game")
+        XCTAssertTrue(inOrder, "in order")
+        let (sends, most) = try d.onLoop { _ in (link.sends, link.mostInATurn) }
+        print("measured: \(n) one-byte frames went to the game in \(sends) writes, at most \(most) bytes in one turn")
+        XCTAssertLessThan(sends, n / 100, "frames read together go to the game as one write")
+        // At most two reads of 64 KiB per turn: 2 × 65536 / 7 frames of one byte each.
+        XCTAssertLessThanOrEqual(most, 2 * 65536 / 7 + 1, "one connection's share of a turn")
+    }
+
+    /// Pings from a client that does not read its pongs: the proxy stops reading the client once
+    /// about 1 MiB of answers waits for it (as for a pipelining HTTP client), so the client is
+    /// held back by TCP instead of growing the proxy's memory.
+    func testPingsFromAClientThatNeverReadsAreHeldToTheConnectionsLimit() throws {
+        let (_, d, _, id, _) = try sessionOnTestUpstream()
+        let ws = try WebSocketTestClient(port: d.listenPort, path: "/sessions/\(id)/ws")
+        let ping = WebSocketTestClient.frame(9, [UInt8](repeating: 0x70, count: 125))
+        var all: [UInt8] = []
+        for _ in 0..<(40 << 20) / ping.count { all += ping }  // 40 MiB of pings
+        ws.socket.setTimeout(1)
+        XCTAssertThrowsError(try ws.socket.send(all), "the proxy stops reading a client that does not read")
+        let queued = try d.onLoop { $0.loop.sendQueueBytes }
+        XCTAssertLessThan(queued, (1 << 20) + 4 * 65536, "held for one client: \(queued) bytes")
+        XCTAssertEqual(try d.client().request("GET", "/healthz").status, 200)
+        // It reads: the pongs come, and the proxy reads the client again.
+        ws.socket.setTimeout(10)
+        var pongs = 0
+        while pongs < 5_000, let frame = try ws.next() {
+            XCTAssertEqual(frame.opcode, 10)
+            pongs += 1
+        }
+        XCTAssertEqual(pongs, 5_000)
+    }
+}

@@ -11,7 +11,12 @@
 /// In, every byte read goes to a `WebSocketFrameParser` (kept only while a message is under
 /// way; at most one message, `max-body`, is held); each whole message is input to the target:
 /// a text message in `terminal` mode is one command (the line-ending rule of Input), anything
-/// else raw bytes.
+/// else raw bytes. The messages of one read go to the target as one write, and the pongs they
+/// ask for to the client as one (`InputBatch`): a client sending thousands of tiny frames costs
+/// two system calls per read, not two per frame. A client is read for at most `readPerTurn`
+/// bytes a loop turn (then again in the next: its share, as pipelined HTTP requests get
+/// theirs), and not at all while more than the connection's limit of answers (pongs) waits
+/// for it (SPEC §5: a client that sends and never reads is held back by TCP).
 ///
 /// Subprotocols (`Mode`): `binary` (websockify: binary frames both ways, offsets are byte
 /// counts), `gmcp.mudstandards.org` (the bytes in binary frames; GMCP text frames when the
@@ -34,6 +39,13 @@ final class WebSocketStream: SessionObserver, TurnTask, ConnectionTakeover {
     private enum Wake { case none, pump, replaced }
     private var wake = Wake.none
     var isQueuedForTurn = false
+    /// Reading the client is stopped: its share of this turn is read (`readPerTurn`) …
+    private var readPausedForTurn = false
+    /// … or more than the connection's limit of answers waits for it.
+    private var readPausedForOutput = false
+    /// The turn (`TurnQueue.drains`, truncated) of the last read, and the bytes read in it.
+    private var readTurn: UInt32 = 0
+    private var readThisTurn: UInt32 = 0
     private var decoder: TextDecoder
     /// The frame parser, only while a frame or a fragmented message is under way: between
     /// messages a new parser reads on exactly as the old one would, so an idle WebSocket holds
@@ -45,6 +57,8 @@ final class WebSocketStream: SessionObserver, TurnTask, ConnectionTakeover {
     }
 
     static let highWater = 64 * 1024
+    /// Bytes of a client's frames read in one loop turn, at most (one read more may end past it).
+    static let readPerTurn: UInt32 = 64 * 1024
     /// Largest frame of session bytes.
     static let maxChunk: UInt64 = 32 * 1024
     /// An idle connection is pinged this often (SPEC §8: 30 s).
@@ -181,8 +195,13 @@ final class WebSocketStream: SessionObserver, TurnTask, ConnectionTakeover {
         connection.hold(until: api.now + WebSocketStream.pingIntervalMs)
     }
 
-    /// The client took everything queued: write more.
+    /// The client took everything queued: read it again if its answers held it back, and write
+    /// more.
     func connectionDrained() {
+        if readPausedForOutput {
+            readPausedForOutput = false
+            if !readPausedForTurn, !closeSent { connection.resumeReading() }
+        }
         pump()
     }
 
@@ -199,36 +218,121 @@ final class WebSocketStream: SessionObserver, TurnTask, ConnectionTakeover {
     func connectionDidRead(_ bytes: UnsafeRawBufferPointer) {
         guard !closeSent else { return }  // closing: what the client still sends is dropped
         let failure: WebSocketFrameParser.Failure?
+        var batch = InputBatch()
         if let box = parserUnderWay {
-            failure = box.parser.feed(bytes) { event in self.received(event) }
+            failure = box.parser.feed(bytes) { event in self.received(event, &batch) }
             if box.parser.isBetweenMessages { parserUnderWay = nil }
         } else {
             // A message is at most `max-body` (SPEC §8).
             var parser = WebSocketFrameParser(maxMessageSize: connection.maxBody)
-            failure = parser.feed(bytes) { event in self.received(event) }
+            failure = parser.feed(bytes) { event in self.received(event, &batch) }
             if failure == nil, !parser.isBetweenMessages { parserUnderWay = ParserBox(parser) }
         }
-        if let failure { sendClose(failure.code, failure.description) }
+        flush(&batch)
+        if let failure { return sendClose(failure.code, failure.description) }
+        guard !closeSent else { return }
+        limitReading(bytes.count)
     }
 
-    private func received(_ event: WebSocketFrameParser.Event) {
+    /// After a read: stop reading the client when its share of this turn is read (on again in
+    /// the next turn) or when its answers pile up (on again once it has taken them).
+    private func limitReading(_ count: Int) {
+        let turn = UInt32(truncatingIfNeeded: connection.loop.turns.drains)
+        if turn != readTurn {
+            readTurn = turn
+            readThisTurn = 0
+        }
+        readThisTurn &+= UInt32(count)
+        if connection.owesTooMuch {
+            readPausedForOutput = true
+            connection.pauseReading()
+        } else if readThisTurn >= WebSocketStream.readPerTurn {
+            readPausedForTurn = true
+            connection.pauseReading()
+            connection.loop.turns.enqueueNextTurn(self)
+        }
+    }
+
+    /// What one read's messages send on: the target's input and the client's pongs, each as
+    /// one write at the end of the read (or before a message that must follow them). The first
+    /// message is kept as the parser handed it (one message per read, the usual case, is not
+    /// copied); from a second one on they are gathered in `rest`.
+    private struct InputBatch {
+        var first: [UInt8]?
+        var firstKeep = 0
+        var firstCRLF = false
+        var rest: [UInt8] = []
+        var pongs: [UInt8] = []
+
+        mutating func add(_ message: [UInt8], command: Bool) {
+            let (keep, crlf) = command ? LineEnding.terminate(message) : (message.count, false)
+            if first == nil && rest.isEmpty {
+                first = message
+                firstKeep = keep
+                firstCRLF = crlf
+                return
+            }
+            if let held = first {
+                rest.reserveCapacity(held.count + message.count + 64)
+                rest.append(contentsOf: held[0..<firstKeep])
+                if firstCRLF { rest.append(contentsOf: [13, 10]) }
+                first = nil
+            }
+            rest.append(contentsOf: message[0..<keep])
+            if crlf { rest.append(contentsOf: [13, 10]) }
+        }
+    }
+
+    private func received(_ event: WebSocketFrameParser.Event, _ batch: inout InputBatch) {
         guard !closeSent else { return }
         switch event {
         case .text(let message) where mode == .gmcp:
+            flushInput(&batch)  // GMCP follows the input before it
             sendGMCP(message)
         case .text(let message):
-            input(message, command: mode == .terminal)
+            batch.add(message, command: mode == .terminal)
         case .binary(let message):
-            input(message, command: false)
+            batch.add(message, command: false)
         case .ping(let payload):
-            var frame: [UInt8] = []
-            WebSocketFrameEncoder.appendPong(payload, to: &frame)
-            frame.withUnsafeBytes { connection.writeStream($0) }
+            WebSocketFrameEncoder.appendPong(payload, to: &batch.pongs)
         case .pong:
             break
         case .close(let code, _):
             // The closing handshake (§5.5.1): echo the code, then end.
+            flush(&batch)
             sendClose(code ?? WebSocket.CloseCode.normal, "")
+        }
+    }
+
+    private func flush(_ batch: inout InputBatch) {
+        flushInput(&batch)
+        if !batch.pongs.isEmpty {
+            if !closeSent { batch.pongs.withUnsafeBytes { connection.writeStream($0) } }
+            batch.pongs = []
+        }
+    }
+
+    /// The batch's input to the target: one write (the line-ending rule already applied).
+    private func flushInput(_ batch: inout InputBatch) {
+        guard let session, !closeSent, batch.first != nil || !batch.rest.isEmpty else { return }
+        session.lastTouched = api.now
+        let none = UnsafeRawBufferPointer(start: nil, count: 0)
+        let result: Session.InputResult
+        if let first = batch.first {
+            let crlf = UnsafeRawBufferPointer(start: UnsafeRawPointer(("\r\n" as StaticString).utf8Start), count: 2)
+            result = first.withUnsafeBytes {
+                session.sendInput(UnsafeRawBufferPointer(rebasing: $0[0..<batch.firstKeep]), batch.firstCRLF ? crlf : none,
+                                  seq: nil)
+            }
+            batch.first = nil
+        } else {
+            result = batch.rest.withUnsafeBytes { session.sendInput($0, none, seq: nil) }
+            batch.rest = []
+        }
+        if result == .full {
+            // More input waits for the target than the session may hold (SPEC §2's input
+            // limit): the client is told to come back later rather than held in memory.
+            sendClose(WebSocket.CloseCode.tryAgainLater, "too much input is waiting for the target")
         }
     }
 
@@ -242,24 +346,6 @@ final class WebSocketStream: SessionObserver, TurnTask, ConnectionTakeover {
         var frame: [UInt8] = []
         GMCP.encode(package: parsed.package, payload: parsed.payload, into: &frame)
         if session.sendGMCP(frame) == .full {
-            sendClose(WebSocket.CloseCode.tryAgainLater, "too much input is waiting for the target")
-        }
-    }
-
-    /// One client message to the target: a command (the line-ending rule of Input) or raw bytes.
-    private func input(_ message: [UInt8], command: Bool) {
-        guard let session else { return }
-        session.lastTouched = api.now
-        let result = message.withUnsafeBytes { bytes -> Session.InputResult in
-            guard command else { return session.sendInput(bytes, .init(start: nil, count: 0), seq: nil) }
-            let crlf = UnsafeRawBufferPointer(start: UnsafeRawPointer(("\r\n" as StaticString).utf8Start), count: 2)
-            let (keep, append) = LineEnding.terminate(message)
-            return session.sendInput(UnsafeRawBufferPointer(rebasing: bytes[0..<keep]),
-                                     append ? crlf : .init(start: nil, count: 0), seq: nil)
-        }
-        if result == .full {
-            // More input waits for the target than the session may hold (SPEC §2's input
-            // limit): the client is told to come back later rather than held in memory.
             sendClose(WebSocket.CloseCode.tryAgainLater, "too much input is waiting for the target")
         }
     }
@@ -278,6 +364,10 @@ final class WebSocketStream: SessionObserver, TurnTask, ConnectionTakeover {
     }
 
     func runTurnTask() {
+        if readPausedForTurn {
+            readPausedForTurn = false
+            if !readPausedForOutput, !closeSent { connection.resumeReading() }
+        }
         let what = wake
         wake = .none
         guard session != nil else { return }  // detached meanwhile

@@ -265,6 +265,10 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
         return queued == 0 || (queued <= limits.maxQueuedResponseBytes && !loop.isOverSendBudget)
     }
 
+    /// More is queued for the client than one connection may hold (`maxQueuedResponseBytes`,
+    /// SPEC §5): a protocol that answers what it reads (WebSocket pongs) stops reading.
+    public var owesTooMuch: Bool { stream.queuedWriteBytes > limits.maxQueuedResponseBytes }
+
     /// Whether a streamed response may write more now (same rules, with a stream's own limit).
     public func mayStreamMore(below highWater: Int) -> Bool {
         let queued = stream.queuedWriteBytes
