@@ -54,6 +54,10 @@ public final class ProxyAPI: HTTPHandler {
     var scratch: [UInt8] = []
     /// Where WebSocket frame headers are built, shared the same way (no allocation per frame).
     var frameHeader: [UInt8] = []
+    /// A WebSocket read's input when it holds more than one message, and its pongs (each read
+    /// empties them before it returns: `WebSocketStream.InputBatch`).
+    var wsInput: [UInt8] = []
+    var wsPongs: [UInt8] = []
     var now: UInt64 { clock() }
 
     public init(settings: APISettings, table: SessionTable, clock: @escaping () -> UInt64) {

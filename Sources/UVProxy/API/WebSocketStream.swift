@@ -13,10 +13,10 @@
 /// a text message in `terminal` mode is one command (the line-ending rule of Input), anything
 /// else raw bytes. The messages of one read go to the target as one write, and the pongs they
 /// ask for to the client as one (`InputBatch`): a client sending thousands of tiny frames costs
-/// two system calls per read, not two per frame. A client is read for at most `readPerTurn`
-/// bytes a loop turn (then again in the next: its share, as pipelined HTTP requests get
-/// theirs), and not at all while more than the connection's limit of answers (pongs) waits
-/// for it (SPEC §5: a client that sends and never reads is held back by TCP).
+/// two system calls per read, not two per frame. A client is read once a loop turn (64 KiB at
+/// most; then again in the next turn: its share, as pipelined HTTP requests get theirs), and
+/// not at all while more than the connection's limit of answers (pongs) waits for it (SPEC §5:
+/// a client that sends and never reads is held back by TCP).
 ///
 /// Subprotocols (`Mode`): `binary` (websockify: binary frames both ways, offsets are byte
 /// counts), `gmcp.mudstandards.org` (the bytes in binary frames; GMCP text frames when the
@@ -39,13 +39,10 @@ final class WebSocketStream: SessionObserver, TurnTask, ConnectionTakeover {
     private enum Wake { case none, pump, replaced }
     private var wake = Wake.none
     var isQueuedForTurn = false
-    /// Reading the client is stopped: its share of this turn is read (`readPerTurn`) …
+    /// Reading the client is stopped: its share of this turn is read …
     private var readPausedForTurn = false
     /// … or more than the connection's limit of answers waits for it.
     private var readPausedForOutput = false
-    /// The turn (`TurnQueue.drains`, truncated) of the last read, and the bytes read in it.
-    private var readTurn: UInt32 = 0
-    private var readThisTurn: UInt32 = 0
     private var decoder: TextDecoder
     /// The frame parser, only while a frame or a fragmented message is under way: between
     /// messages a new parser reads on exactly as the old one would, so an idle WebSocket holds
@@ -57,8 +54,6 @@ final class WebSocketStream: SessionObserver, TurnTask, ConnectionTakeover {
     }
 
     static let highWater = 64 * 1024
-    /// Bytes of a client's frames read in one loop turn, at most (one read more may end past it).
-    static let readPerTurn: UInt32 = 64 * 1024
     /// Largest frame of session bytes.
     static let maxChunk: UInt64 = 32 * 1024
     /// An idle connection is pinged this often (SPEC §8: 30 s).
@@ -230,23 +225,9 @@ final class WebSocketStream: SessionObserver, TurnTask, ConnectionTakeover {
         }
         flush(&batch)
         if let failure { return sendClose(failure.code, failure.description) }
-        guard !closeSent else { return }
-        limitReading(bytes.count)
-    }
-
-    /// After a read: stop reading the client when its share of this turn is read (on again in
-    /// the next turn) or when its answers pile up (on again once it has taken them).
-    private func limitReading(_ count: Int) {
-        let turn = UInt32(truncatingIfNeeded: connection.loop.turns.drains)
-        if turn != readTurn {
-            readTurn = turn
-            readThisTurn = 0
-        }
-        readThisTurn &+= UInt32(count)
-        if connection.owesTooMuch {
-            readPausedForOutput = true
-            connection.pauseReading()
-        } else if readThisTurn >= WebSocketStream.readPerTurn {
+        if bytes.count >= EventLoop.readSlabSize, !closeSent {
+            // A full read: libuv would read on in this turn. The client's share of this turn is
+            // read; it is read again in the next (a shorter read ends the turn's reading anyway).
             readPausedForTurn = true
             connection.pauseReading()
             connection.loop.turns.enqueueNextTurn(self)
@@ -256,31 +237,32 @@ final class WebSocketStream: SessionObserver, TurnTask, ConnectionTakeover {
     /// What one read's messages send on: the target's input and the client's pongs, each as
     /// one write at the end of the read (or before a message that must follow them). The first
     /// message is kept as the parser handed it (one message per read, the usual case, is not
-    /// copied); from a second one on they are gathered in `rest`.
+    /// copied); from a second one on they are gathered in the API's `wsInput`, and pongs in its
+    /// `wsPongs` (shared by every WebSocket: each read empties them before it returns).
     private struct InputBatch {
         var first: [UInt8]?
         var firstKeep = 0
         var firstCRLF = false
-        var rest: [UInt8] = []
-        var pongs: [UInt8] = []
+        var gathered = false
+        var pongs = false
+    }
 
-        mutating func add(_ message: [UInt8], command: Bool) {
-            let (keep, crlf) = command ? LineEnding.terminate(message) : (message.count, false)
-            if first == nil && rest.isEmpty {
-                first = message
-                firstKeep = keep
-                firstCRLF = crlf
-                return
-            }
-            if let held = first {
-                rest.reserveCapacity(held.count + message.count + 64)
-                rest.append(contentsOf: held[0..<firstKeep])
-                if firstCRLF { rest.append(contentsOf: [13, 10]) }
-                first = nil
-            }
-            rest.append(contentsOf: message[0..<keep])
-            if crlf { rest.append(contentsOf: [13, 10]) }
+    private func add(_ message: [UInt8], command: Bool, to batch: inout InputBatch) {
+        let (keep, crlf) = command ? LineEnding.terminate(message) : (message.count, false)
+        if batch.first == nil && !batch.gathered {
+            batch.first = message
+            batch.firstKeep = keep
+            batch.firstCRLF = crlf
+            return
         }
+        if let held = batch.first {
+            batch.gathered = true
+            api.wsInput.append(contentsOf: held[0..<batch.firstKeep])
+            if batch.firstCRLF { api.wsInput.append(contentsOf: [13, 10]) }
+            batch.first = nil
+        }
+        api.wsInput.append(contentsOf: message[0..<keep])
+        if crlf { api.wsInput.append(contentsOf: [13, 10]) }
     }
 
     private func received(_ event: WebSocketFrameParser.Event, _ batch: inout InputBatch) {
@@ -290,11 +272,12 @@ final class WebSocketStream: SessionObserver, TurnTask, ConnectionTakeover {
             flushInput(&batch)  // GMCP follows the input before it
             sendGMCP(message)
         case .text(let message):
-            batch.add(message, command: mode == .terminal)
+            add(message, command: mode == .terminal, to: &batch)
         case .binary(let message):
-            batch.add(message, command: false)
+            add(message, command: false, to: &batch)
         case .ping(let payload):
-            WebSocketFrameEncoder.appendPong(payload, to: &batch.pongs)
+            batch.pongs = true
+            WebSocketFrameEncoder.appendPong(payload, to: &api.wsPongs)
         case .pong:
             break
         case .close(let code, _):
@@ -306,15 +289,29 @@ final class WebSocketStream: SessionObserver, TurnTask, ConnectionTakeover {
 
     private func flush(_ batch: inout InputBatch) {
         flushInput(&batch)
-        if !batch.pongs.isEmpty {
-            if !closeSent { batch.pongs.withUnsafeBytes { connection.writeStream($0) } }
-            batch.pongs = []
+        guard batch.pongs else { return }
+        batch.pongs = false
+        if !closeSent {
+            api.wsPongs.withUnsafeBytes { connection.writeStream($0) }
+            if connection.owesTooMuch {
+                // Answers pile up: the client is not read until it has taken them.
+                readPausedForOutput = true
+                connection.pauseReading()
+            }
         }
+        api.wsPongs.removeAll(keepingCapacity: api.wsPongs.capacity <= 64 * 1024)
     }
 
     /// The batch's input to the target: one write (the line-ending rule already applied).
     private func flushInput(_ batch: inout InputBatch) {
-        guard let session, !closeSent, batch.first != nil || !batch.rest.isEmpty else { return }
+        guard batch.first != nil || batch.gathered else { return }
+        defer {
+            if batch.gathered {
+                batch.gathered = false
+                api.wsInput.removeAll(keepingCapacity: api.wsInput.capacity <= 256 * 1024)
+            }
+        }
+        guard let session, !closeSent else { batch.first = nil; return }
         session.lastTouched = api.now
         let none = UnsafeRawBufferPointer(start: nil, count: 0)
         let result: Session.InputResult
@@ -326,8 +323,7 @@ final class WebSocketStream: SessionObserver, TurnTask, ConnectionTakeover {
             }
             batch.first = nil
         } else {
-            result = batch.rest.withUnsafeBytes { session.sendInput($0, none, seq: nil) }
-            batch.rest = []
+            result = api.wsInput.withUnsafeBytes { session.sendInput($0, none, seq: nil) }
         }
         if result == .full {
             // More input waits for the target than the session may hold (SPEC §2's input
