@@ -826,6 +826,33 @@ final class IntegrationAPITests: XCTestCase {
         XCTAssertTrue(c.isClosedByServer(), "408 closes the connection")
     }
 
+    /// A body trickled a byte at a time cannot hold a connection for ever: it must be whole
+    /// `bodyTimeoutMs` (60 s; shortened here) after its headers, else 408 and the connection
+    /// closes (the header clock covers only the head, SPEC §2).
+    func testSlowBody408AfterTheBodyTimeout() throws {
+        let up = try startUpstream()
+        let d = try startDaemon { $0.upstream = "127.0.0.1:\(up.port)" }
+        try d.onLoop { $0.server.limits.bodyTimeoutMs = 600 }
+        let c = try d.client()
+        let id = try c.createSession()
+        try c.socket.send("POST /sessions/\(id)/input HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nl")
+        let start = Date()
+        var trickled = 0
+        while !c.socket.isReadable(within: 0.1) && Date().timeIntervalSince(start) < 5 {
+            try c.socket.send("o")
+            trickled += 1
+        }
+        let r = try c.readResponse()
+        let took = Date().timeIntervalSince(start)
+        assertConforms(r)
+        XCTAssertEqual(r.status, 408, r.text)
+        XCTAssertGreaterThan(trickled, 3, "bytes kept coming")
+        XCTAssertGreaterThan(took, 0.5)
+        XCTAssertLessThan(took, 3)
+        XCTAssertTrue(c.isClosedByServer(), "408 closes the connection")
+        XCTAssertEqual(try d.client().call("POST", "/sessions/\(id)/input?cmd=x").status, 204, "the session is unharmed")
+    }
+
     // MARK: Session lifetime
 
     func testIdleTimeoutClosesUntouchedSession() throws {

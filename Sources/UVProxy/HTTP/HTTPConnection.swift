@@ -21,6 +21,8 @@ public struct HTTPLimits: Sendable {
     public var maxBody = 64 * 1024
     public var headerTimeoutMs: UInt64 = 10_000
     public var keepAliveTimeoutMs: UInt64 = 75_000
+    /// A request's body must be whole this long after its headers (else 408 and close).
+    public var bodyTimeoutMs: UInt64 = 60_000
     /// Parse no further request of a client while more than this of its responses waits in
     /// user space (SPEC §5: "about 1 MiB plus one response"); its bytes wait unparsed, and past
     /// one request's worth the connection is not read (TCP holds the client back).
@@ -87,7 +89,7 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
     private enum Phase { case open, lingering, closed }
     private var closeWhenDrained = false
     private var phase = Phase.open
-    private enum TimerKind { case idle, headers, held, linger, proxyHeader }
+    private enum TimerKind { case idle, headers, body, held, linger, proxyHeader }
     /// With `acceptProxyProtocol`, until the connection's PROXY header is read.
     private var proxyHeader: ProxyHeaderParser?
     /// The client's address from the PROXY header (nil: the TCP peer is the client).
@@ -215,6 +217,8 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
                     dispatch()
                 } else if parser.inHeaders, timerKind != .headers {
                     schedule(.headers, at: loop.now + limits.headerTimeoutMs)
+                } else if parser.inBody, timerKind != .body {
+                    schedule(.body, at: loop.now + limits.bodyTimeoutMs)
                 }
                 if n == 0 && !awaitingResponse && phase == .open && !requestReady { return offset }
             case .failure(let error):
@@ -621,14 +625,21 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
             }
         case .headers:
             guard phase == .open, !awaitingResponse else { return }
-            guard parser.inHeaders else {  // headers done, body still coming: idle rules apply
-                schedule(.idle, at: lastActivity + limits.keepAliveTimeoutMs)
+            guard parser.inHeaders else {  // headers done, body still coming: its own clock
+                if parser.inBody { schedule(.body, at: now + limits.bodyTimeoutMs) }
                 return
             }
             keepAlive = false
             awaitingResponse = true
             requestStart = EventLoop.hrtime
             respondError(.requestTimeout, "request headers not complete within \(limits.headerTimeoutMs / 1000) seconds")
+        case .body:
+            guard phase == .open, !awaitingResponse else { return }
+            guard parser.inBody else { return schedule(.idle, at: lastActivity + limits.keepAliveTimeoutMs) }
+            keepAlive = false
+            awaitingResponse = true
+            requestStart = EventLoop.hrtime
+            respondError(.requestTimeout, "request body not complete within \(limits.bodyTimeoutMs / 1000) seconds")
         case .held:
             guard phase == .open, awaitingResponse else { return }
             timerKind = .idle

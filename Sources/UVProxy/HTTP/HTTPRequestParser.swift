@@ -43,6 +43,7 @@ final class HTTPRequestParser {
                 me.value.clear()
                 me.inValue = false
                 me.inHeaders = true
+                me.inBody = false
                 return 0
             }
         }
@@ -91,6 +92,7 @@ final class HTTPRequestParser {
         settings.pointee.on_message_complete = { p in
             http_parser_pause(p, 1)  // one request at a time: the owner resumes after answering
             return HTTPRequestParser.with(p) { me in
+                me.inBody = false
                 me.head.reset()  // the next byte is the next request's
                 me.delegate?.parserDidCompleteRequest()
                 return 0
@@ -111,6 +113,8 @@ final class HTTPRequestParser {
     private var head = RequestHeadValidator()
     /// True between the first byte of a request and its headers' end (the 408 clock runs).
     private(set) var inHeaders = false
+    /// True between a request's headers' end and its body's end (the body clock runs).
+    private(set) var inBody = false
 
     /// Sets http_parser's process-wide header limit (request line plus headers).
     static func setMaxHeaderSize(_ bytes: Int) { http_parser_set_max_header_size(UInt32(bytes)) }
@@ -233,6 +237,7 @@ final class HTTPRequestParser {
     private func headersComplete(_ p: UnsafeMutablePointer<http_parser>) -> Int32 {
         if inValue, !commitHeader() { return -1 }
         inHeaders = false
+        inBody = true  // until on_message_complete, which comes at once for a request without one
         request.method = HTTPMethod(parserMethod: UInt32(p.pointee.method))
         request.versionMajor = Int(p.pointee.http_major)
         request.versionMinor = Int(p.pointee.http_minor)
