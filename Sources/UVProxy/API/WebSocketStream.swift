@@ -360,13 +360,13 @@ final class WebSocketStream: SessionObserver, TurnTask, ConnectionTakeover {
     }
 
     func runTurnTask() {
+        let what = wake
+        wake = .none
+        guard session != nil else { return }  // detached meanwhile (the connection may be gone)
         if readPausedForTurn {
             readPausedForTurn = false
             if !readPausedForOutput, !closeSent { connection.resumeReading() }
         }
-        let what = wake
-        wake = .none
-        guard session != nil else { return }  // detached meanwhile
         switch what {
         case .none: break
         case .pump: pump()
