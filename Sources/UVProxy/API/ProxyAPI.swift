@@ -220,7 +220,7 @@ public final class ProxyAPI: HTTPHandler {
     // MARK: Create
 
     private func create(_ connection: HTTPConnection, _ params: Parameters, compat: Bool) {
-        createSession(connection, params, compat: compat) { [unowned self] session, id in
+        createSession(connection, params, compat: compat) { session, id in
             if compat {
                 connection.begin(.ok)
                 connection.header("X-Session-Id", bytes: id)
