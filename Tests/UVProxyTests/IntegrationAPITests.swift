@@ -853,6 +853,35 @@ final class IntegrationAPITests: XCTestCase {
         XCTAssertEqual(try d.client().call("POST", "/sessions/\(id)/input?cmd=x").status, 204, "the session is unharmed")
     }
 
+    /// The body clock times the client, not the proxy: a body that came whole while the proxy
+    /// held the connection's bytes unparsed (its responses wait for a slow reader, the process
+    /// is over its send budget) is answered when it is parsed, not with 408.
+    func testABodyTheProxyHoldsBackIsNotTimedOut() throws {
+        let up = try startUpstream()
+        let d = try startDaemon { $0.upstream = "127.0.0.1:\(up.port)" }
+        try d.onLoop { $0.server.limits.bodyTimeoutMs = 600 }
+        let id = try d.client().createSession()
+        let c = try d.client()
+        let gets = 70
+        try c.socket.send(String(repeating: "GET /openapi.yaml HTTP/1.1\r\nHost: x\r\n\r\n", count: gets))
+        try waitUntil("responses wait in user space") { try d.onLoop { $0.loop.sendQueueBytes } > 0 }
+        try c.socket.send("POST /sessions/\(id)/input HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nlo")
+        let budget = try d.onLoop { daemon -> Int in
+            let old = daemon.loop.sendQueueBudget
+            daemon.loop.sendQueueBudget = 0  // over budget: the rest is held unparsed
+            return old
+        }
+        try c.socket.send("ok\r\n")
+        // Past the body clock while the whole body waits in the proxy.
+        let held = Date()
+        try waitUntil("the body clock has run out", timeout: 5) { Date().timeIntervalSince(held) > 1.2 }
+        try d.onLoop { $0.loop.sendQueueBudget = budget }
+        var statuses: [Int] = []
+        for _ in 0...gets { statuses.append(try c.readResponse().status) }
+        XCTAssertEqual(statuses.filter { $0 == 200 }.count, gets)
+        XCTAssertEqual(statuses.last, 204, "the input, not a 408")
+    }
+
     // MARK: Session lifetime
 
     func testIdleTimeoutClosesUntouchedSession() throws {

@@ -39,8 +39,12 @@ final class WebSocketStream: SessionObserver, TurnTask, ConnectionTakeover {
     private enum Wake { case none, pump, replaced }
     private var wake = Wake.none
     var isQueuedForTurn = false
-    /// Reading the client is stopped: its share of this turn is read …
+    /// Reading the client is stopped: its share of this turn is read (`resumer` starts it
+    /// again in the next) …
     private var readPausedForTurn = false
+    /// Made at the first full read: a turn task of its own, so that the session's wake-ups
+    /// (this object's turn task) never wait behind the pause, nor the pause behind them.
+    private var resumer: ReadResumer?
     /// … or more than the connection's limit of answers waits for it.
     private var readPausedForOutput = false
     private var decoder: TextDecoder
@@ -230,8 +234,17 @@ final class WebSocketStream: SessionObserver, TurnTask, ConnectionTakeover {
             // read; it is read again in the next (a shorter read ends the turn's reading anyway).
             readPausedForTurn = true
             connection.pauseReading()
-            connection.loop.turns.enqueueNextTurn(self)
+            let task = resumer ?? ReadResumer(self)
+            resumer = task
+            connection.loop.turns.enqueueNextTurn(task)
         }
+    }
+
+    /// The turn after a full read: the client is read again (unless its answers pile up).
+    fileprivate func resumeAfterTurn() {
+        guard session != nil, readPausedForTurn else { return }  // detached: the connection may be gone
+        readPausedForTurn = false
+        if !readPausedForOutput, !closeSent { connection.resumeReading() }
     }
 
     /// What one read's messages send on: the target's input and the client's pongs, each as
@@ -362,15 +375,20 @@ final class WebSocketStream: SessionObserver, TurnTask, ConnectionTakeover {
     func runTurnTask() {
         let what = wake
         wake = .none
-        guard session != nil else { return }  // detached meanwhile (the connection may be gone)
-        if readPausedForTurn {
-            readPausedForTurn = false
-            if !readPausedForOutput, !closeSent { connection.resumeReading() }
-        }
+        guard session != nil else { return }  // detached meanwhile
         switch what {
         case .none: break
         case .pump: pump()
         case .replaced: sendClose(WebSocket.CloseCode.replaced, "replaced by a newer reader")
         }
     }
+}
+
+/// `WebSocketStream.resumeAfterTurn` as a turn task of its own. Weak: it may wait in the queue
+/// after its stream has gone.
+private final class ReadResumer: TurnTask {
+    weak var stream: WebSocketStream?
+    var isQueuedForTurn = false
+    init(_ stream: WebSocketStream) { self.stream = stream }
+    func runTurnTask() { stream?.resumeAfterTurn() }
 }

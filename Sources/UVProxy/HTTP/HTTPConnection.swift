@@ -627,6 +627,7 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
             guard phase == .open, !awaitingResponse else { return }
             guard parser.inHeaders else {  // headers done, body still coming: its own clock
                 if parser.inBody { schedule(.body, at: now + limits.bodyTimeoutMs) }
+                else { schedule(.idle, at: lastActivity + limits.keepAliveTimeoutMs) }
                 return
             }
             keepAlive = false
@@ -635,7 +636,12 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
             respondError(.requestTimeout, "request headers not complete within \(limits.headerTimeoutMs / 1000) seconds")
         case .body:
             guard phase == .open, !awaitingResponse else { return }
-            guard parser.inBody else { return schedule(.idle, at: lastActivity + limits.keepAliveTimeoutMs) }
+            // The clock times the client: bytes we hold unparsed (its responses wait, the
+            // process is over its send budget) are ours; the idle rules apply meanwhile, and
+            // the clock starts again when they are parsed.
+            guard parser.inBody, unparsed.count == unparsedStart else {
+                return schedule(.idle, at: lastActivity + limits.keepAliveTimeoutMs)
+            }
             keepAlive = false
             awaitingResponse = true
             requestStart = EventLoop.hrtime

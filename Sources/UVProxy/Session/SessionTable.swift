@@ -47,7 +47,7 @@ extension CreateError: CustomStringConvertible {
         case .failed(let name): return name
         case .timedOut: return "timeout"
         case .shuttingDown: return "shutting down"
-        case .noDescriptors: return "EMFILE"
+        case .noDescriptors: return "out of file descriptors"
         }
     }
 }
