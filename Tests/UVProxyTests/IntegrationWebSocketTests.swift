@@ -229,4 +229,32 @@ extension IntegrationWebSocketTests {
         }
         XCTAssertEqual(pongs, 5_000)
     }
+
+    /// Over the process's send budget (SPEC §5), a connection that owes anything is not read
+    /// (as HTTP answers no more requests there): pongs are answers too, so a pinging client
+    /// waits for its pongs to be taken before it is read again.
+    func testPingsOverTheProcessSendBudgetWaitForTheClientToRead() throws {
+        let (_, d, _, id, _) = try sessionOnTestUpstream()
+        let ws = try WebSocketTestClient(port: d.listenPort, path: "/sessions/\(id)/ws")
+        let budget = try d.onLoop { daemon in
+            let old = daemon.loop.sendQueueBudget
+            daemon.loop.sendQueueBudget = 0  // any byte queued is over it
+            return old
+        }
+        let ping = WebSocketTestClient.frame(9, [UInt8](repeating: 0x70, count: 125))
+        var all: [UInt8] = []
+        for _ in 0..<(40 << 20) / ping.count { all += ping }
+        ws.socket.setTimeout(1)
+        XCTAssertThrowsError(try ws.socket.send(all), "the proxy stops reading a client that owes")
+        let queued = try d.onLoop { $0.loop.sendQueueBytes }
+        XCTAssertLessThan(queued, 2 * 65536 + 4096, "about one read's pongs held: \(queued) bytes")
+        try d.onLoop { $0.loop.sendQueueBudget = budget }
+        ws.socket.setTimeout(10)
+        var pongs = 0
+        while pongs < 5_000, let frame = try ws.next() {
+            XCTAssertEqual(frame.opcode, 10)
+            pongs += 1
+        }
+        XCTAssertEqual(pongs, 5_000, "the client reads: its pongs come and it is read again")
+    }
 }

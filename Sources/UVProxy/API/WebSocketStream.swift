@@ -338,11 +338,13 @@ final class WebSocketStream: SessionObserver, TurnTask, ConnectionTakeover {
         } else {
             result = api.wsInput.withUnsafeBytes { session.sendInput($0, none, seq: nil) }
         }
-        if result == .full {
-            // More input waits for the target than the session may hold (SPEC §2's input
-            // limit): the client is told to come back later rather than held in memory.
-            sendClose(WebSocket.CloseCode.tryAgainLater, "too much input is waiting for the target")
-        }
+        closeIfFull(result)
+    }
+
+    /// More input waits for the target than the session may hold (SPEC §2's input limit): the
+    /// client is told to come back later rather than held in memory.
+    private func closeIfFull(_ result: Session.InputResult) {
+        if result == .full { sendClose(WebSocket.CloseCode.tryAgainLater, "too much input is waiting for the target") }
     }
 
     /// `gmcp.mudstandards.org`: a text message is GMCP, `Package.Message[ <JSON>]`, to the game.
@@ -354,9 +356,7 @@ final class WebSocketStream: SessionObserver, TurnTask, ConnectionTakeover {
         session.lastTouched = api.now
         var frame: [UInt8] = []
         GMCP.encode(package: parsed.package, payload: parsed.payload, into: &frame)
-        if session.sendGMCP(frame) == .full {
-            sendClose(WebSocket.CloseCode.tryAgainLater, "too much input is waiting for the target")
-        }
+        closeIfFull(session.sendGMCP(frame))
     }
 
     // MARK: SessionObserver

@@ -269,9 +269,10 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
         return queued == 0 || (queued <= limits.maxQueuedResponseBytes && !loop.isOverSendBudget)
     }
 
-    /// More is queued for the client than one connection may hold (`maxQueuedResponseBytes`,
-    /// SPEC §5): a protocol that answers what it reads (WebSocket pongs) stops reading.
-    public var owesTooMuch: Bool { stream.queuedWriteBytes > limits.maxQueuedResponseBytes }
+    /// The client owes more than it may (`mayAnswerMore`'s rules: over one connection's
+    /// `maxQueuedResponseBytes`, or anything while the process is over its send budget, SPEC
+    /// §5): a protocol that answers what it reads (WebSocket pongs) stops reading.
+    public var owesTooMuch: Bool { !mayAnswerMore }
 
     /// Whether a streamed response may write more now (same rules, with a stream's own limit).
     public func mayStreamMore(below highWater: Int) -> Bool {
