@@ -51,4 +51,27 @@ extension IntegrationReloadTests {
         XCTAssertEqual(try d.onLoop { $0.config.maxWait }, new.maxWait, "a name that does not resolve changes nothing")
         XCTAssertEqual(try c.request("POST", "/sessions?target=nowhere").status, 400)
     }
+
+    /// The names a reload looks up are those of the config it puts in force: a file that turns
+    /// the demo game on (restart-only: ignored) keeps the running daemon's default target, the
+    /// file's `upstream`, whose name is looked up off the loop like any other (before, only the
+    /// names of the file as written were, and the upstream was looked up on the loop, blocking it).
+    func testReloadLooksUpTheNamesOfTheConfigItPutsInForce() throws {
+        let (up, d, c, _, _) = try sessionOnTestUpstream()
+        var new = try d.onLoop { $0.config }
+        new.demo = true
+        new.upstream = "localhost:\(up.port)"
+        new.maxWait = 7
+        try d.onLoop { daemon in daemon.configLoader = { new } }
+        let underWay = try d.onLoop { daemon -> Bool in
+            daemon.reload()
+            return daemon.isReloading
+        }
+        XCTAssertTrue(underWay, "the upstream's name is being looked up off the loop when reload() returns")
+        let deadline = Date().addingTimeInterval(10)
+        while try d.onLoop({ $0.isReloading }), Date() < deadline { usleep(5_000) }
+        XCTAssertEqual(try d.onLoop { $0.config.maxWait }, 7, "the reload is in force")
+        XCTAssertEqual(try d.onLoop { $0.config.demo }, false, "demo needs a restart")
+        XCTAssertEqual(try c.request("POST", "/sessions").status, 201, "the default target by its name")
+    }
 }

@@ -20,7 +20,7 @@ extension ProxyDaemon {
             return logger.warning("config reload failed, the running config stays in force: \(error)")
         }
         reloading = true
-        AddressResolver.resolve(new.targetAddresses, loop: loop) { [unowned self] resolved in
+        AddressResolver.resolve(inForce(new).targetAddresses, loop: loop) { [unowned self] resolved in
             self.reloading = false
             guard self.shutdownTimer == nil else { return }
             do {
@@ -39,15 +39,9 @@ extension ProxyDaemon {
     /// invalid or a target does not resolve.
     public func apply(_ new: ProxyConfig, resolved: [String: Result<SocketAddress, AddressError>] = [:]) throws {
         try new.validate()
-        var next = new
+        let next = inForce(new)
         let restartOnly = new.changedKeys(from: config).filter { ["listen", "demo", "log-format", "node-id"].contains($0) }
-        next.listen = config.listen
-        next.nodeId = config.nodeId  // every open session's id carries it
-        next.demo = config.demo
-        next.logFormat = config.logFormat
-        // With the demo game as the default target, `upstream` is not in force (nor was it).
         let upstreamIgnored = config.demo && new.upstream != config.upstream
-        if config.demo { next.upstream = config.upstream }
         // Resolve every target before changing anything, so a bad one leaves the old config in force.
         let apiSettings = try next.apiSettings(defaultAddress: demoAddress, resolved: resolved,
                                                listenIsLoopback: listenIsLoopback)
@@ -75,5 +69,18 @@ extension ProxyDaemon {
             logger.warning("config: upstream changed; ignored while the demo game is the default target")
         }
         if maxSessionsChanged { warnAboutLimits() }
+    }
+
+    /// `new` as a reload puts it in force: what needs a restart stays as it runs (`listen`,
+    /// `node-id`, which every open session's id carries, `demo`, `log-format`), and with the
+    /// demo game as the default target `upstream` is not in force (nor was it).
+    func inForce(_ new: ProxyConfig) -> ProxyConfig {
+        var next = new
+        next.listen = config.listen
+        next.nodeId = config.nodeId
+        next.demo = config.demo
+        next.logFormat = config.logFormat
+        if config.demo { next.upstream = config.upstream }
+        return next
     }
 }
