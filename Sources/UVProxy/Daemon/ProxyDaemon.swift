@@ -226,7 +226,8 @@ public final class ProxyDaemon: SessionEventSink, HTTPServerObserver {
         defer { fclose(file) }
         var line = [CChar](repeating: 0, count: 64)
         guard fgets(&line, 64, file) != nil else { return nil }
-        let parts = String(cString: line).split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\n" })
+        let text = String(decoding: line.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        let parts = text.split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\n" })
         guard parts.count == 2, let low = Int(parts[0]), let high = Int(parts[1]), low <= high else { return nil }
         return low...high
     }
