@@ -20,6 +20,7 @@ the process's own. So does time the hypervisor took the CPU from it while it ran
 which the guest cannot see per thread: a machine that steals a lot can still fail the check.
 """
 
+import bisect
 import os
 import signal
 import subprocess
@@ -67,7 +68,9 @@ def longest_wait(samples, start, end, length):
     w − (t_j − t_i − length) of it falls into one such span. The answer is the largest such
     bound (never more than `length`): a lower bound of the true longest wait, so a stall is
     never excused by more waiting than the samples prove."""
-    pts = [(t, w / 1e3) for t, w in samples if start - INTERVAL * 5 <= t <= end + INTERVAL * 5]
+    lo = bisect.bisect_left(samples, start - INTERVAL * 5, key=lambda x: x[0])
+    hi = bisect.bisect_right(samples, end + INTERVAL * 5, key=lambda x: x[0])
+    pts = [(t, w / 1e3) for t, w in samples[lo:hi]]
     best = 0.0
     for i, (ti, wi) in enumerate(pts):
         for j in range(i + 1, len(pts)):
