@@ -134,6 +134,14 @@ final class IntegrationOperationsTests: XCTestCase {
         XCTAssertTrue(lines.all.allSatisfy { $0.hasSuffix("}\n") && $0.filter { $0 == "\n" }.count == 1 })
     }
 
+    /// The ephemeral port range behind the start-up warning about ports per target.
+    func testLocalPortRangeIsTheKernels() throws {
+        let text = try String(contentsOfFile: "/proc/sys/net/ipv4/ip_local_port_range", encoding: .utf8)
+        let parts = text.split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\n" }).compactMap { Int($0) }
+        XCTAssertEqual(parts.count, 2)
+        XCTAssertEqual(ProxyDaemon.localPortRange(), parts[0]...parts[1])
+    }
+
     func testLoggablePathDropsTheQueryAndShortensIds() {
         XCTAssertEqual(ProxyDaemon.loggablePath(Array("/sessions/abcdefghijklmnopqrstuv/input?cmd=pw".utf8)),
                        "/sessions/abcdefgh…/input")
