@@ -1,14 +1,15 @@
-"""deploy/nginx.conf, as shipped, in front of a uvproxyd under test (Python 3 standard library
-only): scripts/nginx-test and scripts/browser-test run it.
+"""deploy/nginx.conf and deploy/nginx-cluster.conf, as shipped, in front of the uvproxyd
+processes under test (Python 3 standard library only): scripts/nginx-test and
+scripts/browser-test run them.
 
     from nginxfront import HOST, NGINX, self_signed, site_config
     cert, key = self_signed(tmp)               # for HOST and 127.0.0.1, made with openssl
-    conf = site_config(tmp, port, uvproxyd_port, cert, key)
+    conf = site_config(tmp, port, uvproxyd_port, cert, key)   # or cluster_config(tmp, port, [a, b, c])
     spawn(nginx_command(tmp, conf), ...)       # then wait for `port`
     spki_sha256(cert)                          # for Chromium's --ignore-certificate-errors-spki-list
 
-Only the file's listen port, uvproxyd's address and the certificate paths change; anything
-else the file says runs as written. `missing()` names what is not installed.
+Only the files' listen port, uvproxyd's addresses and the certificate paths change; anything
+else they say runs as written. `missing()` names what is not installed.
 """
 import base64
 import hashlib
@@ -18,6 +19,7 @@ import subprocess
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SHIPPED = os.path.join(ROOT, "deploy", "nginx.conf")
+CLUSTER = os.path.join(ROOT, "deploy", "nginx-cluster.conf")
 HOST = "play.example.org"
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 
@@ -39,17 +41,30 @@ def self_signed(tmp):
 
 
 def site_config(tmp, port, uvproxyd_port, cert, key):
+    """nginx.conf in `tmp` with deploy/nginx.conf listening on 127.0.0.1:`port` in front of
+    uvproxyd on `uvproxyd_port` (`configure`)."""
+    return configure(tmp, SHIPPED, [("listen 443 ssl http2;", f"listen 127.0.0.1:{port} ssl http2;"),
+                                    ("server 127.0.0.1:8181;", f"server 127.0.0.1:{uvproxyd_port};"),
+                                    (f"/etc/letsencrypt/live/{HOST}/fullchain.pem", cert),
+                                    (f"/etc/letsencrypt/live/{HOST}/privkey.pem", key)])
+
+
+def cluster_config(tmp, port, node_ports):
+    """nginx.conf in `tmp` with deploy/nginx-cluster.conf listening on 127.0.0.1:`port` in front
+    of the nodes a, b, c on `node_ports` (`configure`)."""
+    return configure(tmp, CLUSTER, [("listen 8080;", f"listen 127.0.0.1:{port};")]
+                     + [(f"127.0.0.1:{8181 + i};", f"127.0.0.1:{p};") for i, p in enumerate(node_ports)])
+
+
+def configure(tmp, shipped, replacements):
     """nginx.conf in `tmp`: what Debian's /etc/nginx/nginx.conf gives a conf.d file (an `http`
-    block), in the foreground, with deploy/nginx.conf listening on 127.0.0.1:`port` in front of
-    uvproxyd on `uvproxyd_port`. Raises ValueError if the file lacks a line this changes."""
-    with open(SHIPPED) as f:
+    block), in the foreground, with the file `shipped` changed by `replacements` only. Raises
+    ValueError if the file lacks one of them."""
+    with open(shipped) as f:
         site = f.read()
-    for old, new in (("listen 443 ssl http2;", f"listen 127.0.0.1:{port} ssl http2;"),
-                     ("server 127.0.0.1:8181;", f"server 127.0.0.1:{uvproxyd_port};"),
-                     (f"/etc/letsencrypt/live/{HOST}/fullchain.pem", cert),
-                     (f"/etc/letsencrypt/live/{HOST}/privkey.pem", key)):
+    for old, new in replacements:
         if old not in site:
-            raise ValueError(f"deploy/nginx.conf has no `{old}` (the tests change only that)")
+            raise ValueError(f"{os.path.relpath(shipped, ROOT)} has no `{old}` (the tests change only that)")
         site = site.replace(old, new)
     with open(os.path.join(tmp, "site.conf"), "w") as f:
         f.write(site)
