@@ -24,6 +24,33 @@ final class IntegrationLoopLagTests: XCTestCase {
         XCTAssertGreaterThanOrEqual(try XCTUnwrap(c.metric("uvproxyd_loop_lag_max_seconds")), 0.2)
     }
 
+    /// When the period's longest turn ended (`uvproxyd_loop_lag_end_seconds`, the host's
+    /// CLOCK_MONOTONIC), so that a stall can be set against other measurements of the host:
+    /// scripts/soak sets it against the daemon's waits for a CPU.
+    func testTheLongestTurnsEndIsExported() throws {
+        let d = try startDaemon()
+        let c = try d.client()
+        _ = try c.metric("uvproxyd_loop_lag_seconds")
+        let before = monotonicSeconds()
+        try d.onLoop { _ in usleep(150_000) }
+        let text = try c.request("GET", "/metrics").text
+        let after = monotonicSeconds()
+        func value(_ name: String) -> Double? {
+            text.split(separator: "\n").first { $0.hasPrefix(name + " ") }.flatMap { Double($0.dropFirst(name.count + 1)) }
+        }
+        let lag = try XCTUnwrap(value("uvproxyd_loop_lag_seconds"))
+        let end = try XCTUnwrap(value("uvproxyd_loop_lag_end_seconds"), "the end of the longest turn is exported")
+        XCTAssertGreaterThanOrEqual(lag, 0.15)
+        XCTAssertGreaterThanOrEqual(end, before + 0.15, "it ended after the stall began and lasted")
+        XCTAssertLessThanOrEqual(end, after, "and before the scrape's answer came")
+    }
+
+    private func monotonicSeconds() -> Double {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+    }
+
     func testTimeAsleepInThePollIsNotLag() throws {
         let d = try startDaemon()
         let c = try d.client()

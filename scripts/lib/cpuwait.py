@@ -3,17 +3,19 @@ process caused from one the machine caused (Python 3 standard library only).
 
 A loop stall is wall-clock: a turn of the event loop during which the kernel ran something
 else (another process, or the hypervisor another VM) lasts longer than its own work. The
-soak's stall check is about the daemon's own work, so it subtracts the longest wait for a CPU
-that fits in the stall. The wait comes from `/proc/PID/schedstat` (its second field is the
+soak's stall check is about the daemon's own work, so it subtracts what the daemon waited for a
+CPU during the turn. The daemon exports when its longest recent turn ended
+(`uvproxyd_loop_lag_end_seconds`, CLOCK_MONOTONIC, the clock of `time.monotonic()`) and how
+long it was; the wait comes from `/proc/PID/schedstat` (its second field, `run_delay`, is the
 time the thread spent runnable on a run queue, not running), sampled every 2 ms by a process
 of its own (`python3 cpuwait.py PID FILE`: a thread of the busy harness would sample only when
-it gets the GIL).
+it gets the GIL), at nice -15 when it may (a starved machine starves the sampler last).
 
-    from cpuwait import Sampler, longest_wait
+    from cpuwait import Sampler, waited_within
     s = Sampler(pid, path)           # starts sampling
     ...
-    samples = s.stop()               # [(monotonic s, ms waited so far)]
-    waited = longest_wait(samples, start, end, length)
+    samples = s.stop()               # [(s before the read, s after it, ms waited so far)]
+    waited = waited_within(samples, turn_start, turn_end)
 
 Time the thread was stopped or asleep in a system call is not a wait for a CPU: it counts as
 the process's own. So does time the hypervisor took the CPU from it while it ran (steal),
@@ -42,45 +44,50 @@ class Sampler:
     def __init__(self, pid, path, spawn=subprocess.Popen):
         self.path = path
         self.proc = spawn([sys.executable, os.path.abspath(__file__), str(pid), path])
+        try:
+            os.setpriority(os.PRIO_PROCESS, self.proc.pid, -15)
+        except OSError:
+            pass  # not root: it samples at nice 0
 
     def stop(self):
-        """Stops sampling; the samples, (time.monotonic() seconds, ms waited so far), in order."""
+        """Stops sampling; the samples, (time.monotonic() s before the read, s after it, ms waited
+        so far), in order."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         self.proc.wait()
         out = []
         with open(self.path) as f:
             for line in f:
-                t, _, w = line.partition(" ")
                 try:
-                    out.append((float(t), float(w)))
+                    before, after, waited = (float(x) for x in line.split())
+                    out.append((before, after, waited))
                 except ValueError:
                     pass  # the last line, cut short by SIGTERM
         return out
 
 
-def longest_wait(samples, start, end, length):
-    """The most time (s) the thread can be shown to have waited for a CPU within some span of
-    `length` seconds inside [start, end], from `samples` [(t s, waited ms)].
+def waited_within(samples, start, end):
+    """The time (s) the thread can be shown to have waited for a CPU between `start` and `end`
+    (a turn of its loop), from `samples` [(t before the read, t after it, ms waited so far)].
 
-    Between two samples i < j the thread waited w = waited_j − waited_i. If the samples are
-    closer than `length`, a span of that length holds all of w; if farther apart, at least
-    w − (t_j − t_i − length) of it falls into one such span. The answer is the largest such
-    bound (never more than `length`): a lower bound of the true longest wait, so a stall is
-    never excused by more waiting than the samples prove."""
-    lo = bisect.bisect_left(samples, start - INTERVAL * 5, key=lambda x: x[0])
-    hi = bisect.bisect_right(samples, end + INTERVAL * 5, key=lambda x: x[0])
-    pts = [(t, w / 1e3) for t, w in samples[lo:hi]]
+    The kernel adds a wait to `run_delay` when the thread gets a CPU back. The thread was running
+    at `start` (the turn's poll had returned) and at `end` (a turn ends in its own code). So for a
+    sample i read at or after `start` and a later sample j, every wait added between them began
+    after `start`; those added after `end` began after it too, and took at most the time from
+    `end` to j's read. Hence waited_j − waited_i − max(0, j's read − `end`) of waiting lies in
+    the turn: the answer is the largest such bound (0 when no sample was read in the turn),
+    never more than the turn. Since waited only grows, the first sample read in the turn is the
+    best i."""
+    lo = bisect.bisect_left(samples, start, key=lambda x: x[0])
+    if lo >= len(samples) or samples[lo][0] > end:
+        return 0.0
+    _, _, first = samples[lo]
     best = 0.0
-    for i, (ti, wi) in enumerate(pts):
-        for j in range(i + 1, len(pts)):
-            tj, wj = pts[j]
-            if tj - ti > 2 * length + 0.05:
-                break
-            bound = (wj - wi) - max(0.0, (tj - ti) - length)
-            if bound > best:
-                best = bound
-    return min(best, length)
+    for _, after, waited in samples[lo + 1:]:
+        if after - end > 0.1:
+            break
+        best = max(best, (waited - first) / 1e3 - max(0.0, after - end))
+    return min(best, end - start)
 
 
 def _main(pid, path):
@@ -88,11 +95,12 @@ def _main(pid, path):
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
     with open(path, "w", buffering=1 << 16) as out:
         while not stop:
+            before = time.monotonic()
             try:
                 w = run_delay_ms(pid)
             except (OSError, IndexError, ValueError):
                 break  # the process is gone
-            out.write(f"{time.monotonic():.6f} {w:.3f}\n")
+            out.write(f"{before:.6f} {time.monotonic():.6f} {w:.3f}\n")
             time.sleep(INTERVAL)
 
 

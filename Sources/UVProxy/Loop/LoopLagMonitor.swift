@@ -21,6 +21,8 @@ public final class LoopLagMonitor: LoopHandle {
     private var pollReturned: UInt64 = 0
     /// The longest turn since `takeRecent()` last ran, in nanoseconds.
     public private(set) var recentMax: UInt64 = 0
+    /// When that turn ended (`uv_hrtime`, the host's CLOCK_MONOTONIC, nanoseconds).
+    public private(set) var recentMaxEnd: UInt64 = 0
     /// The longest turn since the monitor started, in nanoseconds.
     public private(set) var overallMax: UInt64 = 0
     /// Turns measured.
@@ -56,13 +58,14 @@ public final class LoopLagMonitor: LoopHandle {
         pollReturned = 0
         let busy = now > start ? now - start : 0
         turns &+= 1
-        if busy > recentMax { recentMax = busy }
+        if busy > recentMax { recentMax = busy; recentMaxEnd = now }
         if busy > overallMax { overallMax = busy }
     }
 
-    /// The longest turn since the previous call (nanoseconds), and starts a new period.
-    public func takeRecent() -> UInt64 {
-        defer { recentMax = 0 }
-        return recentMax
+    /// The longest turn since the previous call and when it ended (nanoseconds; the end on
+    /// the monotonic clock, 0 if no turn was measured), and starts a new period.
+    public func takeRecent() -> (longest: UInt64, end: UInt64) {
+        defer { recentMax = 0; recentMaxEnd = 0 }
+        return (recentMax, recentMaxEnd)
     }
 }
