@@ -608,6 +608,14 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
         loop.deadlines.cancel(self)
     }
 
+    /// A request the client did not finish in time: 408, and the connection closes after it.
+    private func timeOut(_ reason: String) {
+        keepAlive = false
+        awaitingResponse = true
+        requestStart = EventLoop.hrtime
+        respondError(.requestTimeout, reason)
+    }
+
     public func deadlineReached(now: UInt64) {
         switch timerKind {
         case .idle:
@@ -631,10 +639,7 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
                 else { schedule(.idle, at: lastActivity + limits.keepAliveTimeoutMs) }
                 return
             }
-            keepAlive = false
-            awaitingResponse = true
-            requestStart = EventLoop.hrtime
-            respondError(.requestTimeout, "request headers not complete within \(limits.headerTimeoutMs / 1000) seconds")
+            timeOut("request headers not complete within \(limits.headerTimeoutMs / 1000) seconds")
         case .body:
             guard phase == .open, !awaitingResponse else { return }
             // The clock times the client: bytes we hold unparsed (its responses wait, the
@@ -643,10 +648,7 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
             guard parser.inBody, unparsed.count == unparsedStart else {
                 return schedule(.idle, at: lastActivity + limits.keepAliveTimeoutMs)
             }
-            keepAlive = false
-            awaitingResponse = true
-            requestStart = EventLoop.hrtime
-            respondError(.requestTimeout, "request body not complete within \(limits.bodyTimeoutMs / 1000) seconds")
+            timeOut("request body not complete within \(limits.bodyTimeoutMs / 1000) seconds")
         case .held:
             guard phase == .open, awaitingResponse else { return }
             timerKind = .idle
