@@ -71,6 +71,81 @@ final class IntegrationGMCPTests: XCTestCase {
         XCTAssertEqual(again, ["text 7:1", "gmcp 7:2"])
     }
 
+    /// The next `count` events of `stream` (comments skipped) as "kind id text-or-data".
+    private func events(_ stream: SSETestClient, _ count: Int) throws -> [String] {
+        var seen: [String] = []
+        while seen.count < count, let e = try stream.next() {
+            if e.comment != nil && e.id == nil && e.event == nil { continue }
+            seen.append("\(e.event ?? "text") \(e.id ?? "-") \(e.event == nil ? e.text ?? "?" : e.data)")
+        }
+        return seen
+    }
+
+    /// Reads until the session is closed (its game hung up).
+    private func waitClosed(_ c: HTTPTestClient, _ id: String) throws {
+        for _ in 0..<50 where try c.call("GET", "/sessions/\(id)?since=0&max=1&wait=0.2").header("X-Session-State") == "closed" {
+            return
+        }
+        XCTFail("the session did not close")
+    }
+
+    /// A GMCP message right after part of a character (a UTF-8 lead byte whose continuation
+    /// comes after the message, or a byte that is not UTF-8 at all) is not held back behind it:
+    /// the stream stalled there for good (found by a black-box probe), even past the game's close.
+    func testAMessageAfterPartOfACharacterIsNotHeldBack() throws {
+        let (d, _, id, target) = try gmcpSession()
+        try target.send(bytes("caf") + [0xC3] + gmcp("Char.Vitals {\"hp\":1}") + [0xA9] + bytes("\r\n")
+                        + bytes("HP caf") + [0xE9] + gmcp("Room.Info") + bytes("\r\nnext\r\n"))
+        let stream = try SSETestClient(port: d.listenPort, path: "/sessions/\(id)/events?since=0")
+        XCTAssertEqual(try events(stream, 4), [
+            "text 3:0 caf",
+            "gmcp 3:1 {\"seq\":0,\"package\":\"Char.Vitals\",\"data\":{\"hp\":1}}",
+            "text 13:1 é\r\nHP caf",  // the character whole, after the message
+            "gmcp 13:2 {\"seq\":1,\"package\":\"Room.Info\",\"data\":null}",
+        ])
+        XCTAssertEqual(try events(stream, 1), ["text 22:2 \u{FFFD}\r\nnext\r\n"])
+        target.close()
+        XCTAssertEqual(try events(stream, 1).first?.hasPrefix("close 22:2 "), true, "the close event comes")
+        XCTAssertNil(try stream.next(), "and the response ends")
+    }
+
+    /// A closed session's GMCP messages not yet delivered are still streamed: `204` only when
+    /// the text and the GMCP log are both delivered (SPEC §2: "closed and fully delivered").
+    func testAClosedSessionStreamsTheMessagesStillOwed() throws {
+        let (d, c, id, target) = try gmcpSession()
+        try target.send(bytes("a\r\n") + gmcp("A.One 1") + gmcp("A.Two 2") + gmcp("A.Three 3"))
+        target.close()
+        try waitClosed(c, id)
+        let owed = try SSETestClient(port: d.listenPort, path: "/sessions/\(id)/events", headers: ["Last-Event-ID": "3:1"])
+        XCTAssertEqual(owed.status, 200)
+        let seen = try events(owed, 3)
+        XCTAssertEqual(Array(seen.prefix(2)), [
+            "gmcp 3:2 {\"seq\":1,\"package\":\"A.Two\",\"data\":2}",
+            "gmcp 3:3 {\"seq\":2,\"package\":\"A.Three\",\"data\":3}",
+        ])
+        XCTAssertEqual(seen.last?.hasPrefix("close 3:3 "), true, "the close event's id is <offset>:<seq> too (SPEC §7)")
+        let done = try SSETestClient(port: d.listenPort, path: "/sessions/\(id)/events", headers: ["Last-Event-ID": "3:3"])
+        XCTAssertEqual(done.status, 204, "all delivered: EventSource stops")
+    }
+
+    /// Resuming at a seq the log no longer holds is `409` with `X-Gmcp-Base`, as `GET …/gmcp`
+    /// says (it skipped the evicted messages silently); a seq not yet given is `400`.
+    func testAStreamResumingAtAnEvictedOrFutureSeqIsRefused() throws {
+        let (d, c, id, target) = try gmcpSession()
+        var burst: [UInt8] = []
+        for k in 0..<300 { burst += gmcp("Char.Tick \(k)") }
+        try target.send(burst + bytes("done\r\n"))
+        XCTAssertEqual(try c.readBytes(id, from: 0, count: 6), bytes("done\r\n"))
+        let evicted = try SSETestClient(port: d.listenPort, path: "/sessions/\(id)/events", headers: ["Last-Event-ID": "0:0"])
+        XCTAssertEqual(evicted.status, 409)
+        XCTAssertEqual(evicted.headers["x-gmcp-base"], "44")
+        let future = try SSETestClient(port: d.listenPort, path: "/sessions/\(id)/events", headers: ["Last-Event-ID": "6:301"])
+        XCTAssertEqual(future.status, 400)
+        let held = try SSETestClient(port: d.listenPort, path: "/sessions/\(id)/events", headers: ["Last-Event-ID": "0:44"])
+        XCTAssertEqual(held.status, 200)
+        XCTAssertEqual(try events(held, 1), ["gmcp 0:45 {\"seq\":44,\"package\":\"Char.Tick\",\"data\":44}"])
+    }
+
     /// WebSocket `gmcp.mudstandards.org`: the bytes in binary frames, GMCP as text frames among
     /// them in arrival order, and a client's text frame is GMCP to the game.
     func testWebSocketCarriesGMCPAsTextFramesBothWays() throws {

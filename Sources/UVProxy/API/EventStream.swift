@@ -28,20 +28,14 @@ final class EventStream: SessionObserver, TurnTask {
     /// Largest event: bounds the scratch buffer.
     static let maxChunk: UInt64 = 32 * 1024
 
-    init(connection: HTTPConnection, api: ProxyAPI, session: Session, cursor: UInt64, gmcpCursor: UInt64? = nil) {
+    /// `gmcpCursor`: on a GMCP session, the seq to start at (the API has checked that the log
+    /// holds it, or that it is the next).
+    init(connection: HTTPConnection, api: ProxyAPI, session: Session, cursor: UInt64, gmcpCursor: UInt64?) {
         self.connection = connection
         self.api = api
         self.session = session
         self.cursor = cursor
-        if let log = session.gmcp {
-            // Resuming (`<offset>:<seq>`) where it was; else from the first message at or after
-            // the text's start. A seq the log no longer holds starts at its oldest.
-            var seq = gmcpCursor ?? log.next
-            if gmcpCursor == nil {
-                while seq > log.base, let previous = log.message(seq - 1), previous.offset >= cursor { seq -= 1 }
-            }
-            self.gmcpCursor = min(max(seq, log.base), log.next)
-        }
+        self.gmcpCursor = gmcpCursor
         decoder = TextDecoder(charset: session.target.charset)
     }
 
@@ -60,11 +54,21 @@ final class EventStream: SessionObserver, TurnTask {
                 return end(event: nil)
             }
             var to = min(session.ring.end, cursor + EventStream.maxChunk)
-            if let message = nextGMCP { to = min(to, message.offset) }  // the text before it first
+            let message = nextGMCP
+            if let message { to = min(to, message.offset) }  // the text before it first
             if session.target.charset == .utf8, session.isOpen || to < session.ring.end {
                 to -= UInt64(session.ring.incompleteUTF8Tail(from: cursor, to: to))
             }
-            guard to > cursor else { break }  // only part of a character so far
+            guard to > cursor else {
+                // Only part of a character before the next GMCP message: the message goes first
+                // (its id keeps the text's cursor at the character's start, which the text after
+                // the message may complete); else the character is still coming.
+                if let message {  // here message.offset > cursor, and only a character's part lies between
+                    writeGMCP(message)
+                    continue
+                }
+                break
+            }
             write(from: cursor, to: to)
         }
         guard let session else { return }  // a write failed and closed the connection
@@ -138,7 +142,15 @@ final class EventStream: SessionObserver, TurnTask {
     func end(event reason: CloseReason?) {
         if let reason {
             var out: [UInt8] = []
-            out.append("event: close\ndata: {\"reason\": ")
+            out.append("event: close\n")
+            if let gmcpCursor {  // every event's id is <offset>:<seq> on a GMCP session (SPEC §7)
+                out.append("id: ")
+                out.append(contentsOf: String(cursor).utf8)
+                out.append(UInt8(ascii: ":"))
+                out.append(contentsOf: String(gmcpCursor).utf8)
+                out.append(UInt8(ascii: "\n"))
+            }
+            out.append("data: {\"reason\": ")
             out.appendJSONString(reason.text.utf8)
             out.append("}\n\n")
             out.withUnsafeBytes { connection.writeStream($0) }

@@ -17,9 +17,7 @@ extension ProxyAPI {
         guard let (since, waitMs) = sinceAndWait(params, connection) else { return }
         session.lastTouched = now
         let from = since ?? session.gmcp!.delivered
-        if case .ahead(let next) = session.gmcp!.since(from) {
-            return error(connection, .badRequest, "since \(from) is beyond the next GMCP message (\(next))")
-        }
+        if case .ahead(let next) = session.gmcp!.since(from) { return gmcpAhead(connection, from, next: next) }
         if from == session.gmcp!.next, waitMs > 0, session.isOpen {
             let waiter = GMCPWaiter(connection: connection, api: self, session: session, since: from)
             if let older = session.gmcpWaiter {  // a newer poll answers the older one, at the end of the turn
@@ -34,18 +32,26 @@ extension ProxyAPI {
         respondGMCP(connection, session, from: from)
     }
 
+    /// `409` with `X-Gmcp-Base`: message `seq` is no longer held (a read or a stream's resume).
+    func gmcpEvicted(_ connection: HTTPConnection, _ seq: UInt64, base: UInt64) {
+        connection.begin(.conflict)
+        connection.header("X-Gmcp-Base", base)
+        connection.finishError("GMCP message \(seq) was evicted; the oldest kept is \(base)")
+    }
+
+    /// `400`: no message has seq `seq` yet, nor will the next.
+    func gmcpAhead(_ connection: HTTPConnection, _ seq: UInt64, next: UInt64) {
+        error(connection, .badRequest, "GMCP seq \(seq) is beyond the next GMCP message (\(next))")
+    }
+
     /// `{"next": K2, "messages": [...]}` from `from`, or `409` with `X-Gmcp-Base` when it was
     /// evicted. Answering counts as delivering: a read without `since` starts after it.
     func respondGMCP(_ connection: HTTPConnection, _ session: Session, from: UInt64) {
         guard let log = session.gmcp else { return respondEmpty(connection) }
         var body: [UInt8] = []
         switch log.since(from) {
-        case .evicted(let base):
-            connection.begin(.conflict)
-            connection.header("X-Gmcp-Base", base)
-            return connection.finishError("GMCP message \(from) was evicted; the oldest kept is \(base)")
-        case .ahead(let next):
-            return error(connection, .badRequest, "since \(from) is beyond the next GMCP message (\(next))")
+        case .evicted(let base): return gmcpEvicted(connection, from, base: base)
+        case .ahead(let next): return gmcpAhead(connection, from, next: next)
         case .messages(let messages):
             body.append("{\"next\": ")
             body.append(contentsOf: String(log.next).utf8)

@@ -446,8 +446,23 @@ public final class ProxyAPI: HTTPHandler {
             start = since
         }
         guard isReadable(start, session, connection) else { return }
+        if let log = session.gmcp {
+            // Resuming (`<offset>:<seq>`) where it was, with the 409 and 400 of `GET …/gmcp`;
+            // else from the first message at or after the text's start.
+            if let seq = gmcpStart {
+                switch log.since(seq) {
+                case .evicted(let base): return gmcpEvicted(connection, seq, base: base)
+                case .ahead(let next): return gmcpAhead(connection, seq, next: next)
+                case .messages: break
+                }
+            } else {
+                gmcpStart = log.first(atOrAfter: start)
+            }
+        } else {
+            gmcpStart = nil  // a session without GMCP: plain offsets
+        }
         session.lastTouched = clock()
-        if !session.isOpen, start == session.ring.end {
+        if !session.isOpen, start == session.ring.end, gmcpStart == session.gmcp?.next {
             return respondEmpty(connection)  // nothing more will come: 204 stops EventSource
         }
         session.acknowledge(upTo: start)

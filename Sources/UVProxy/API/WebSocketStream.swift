@@ -77,9 +77,7 @@ final class WebSocketStream: SessionObserver, TurnTask, ConnectionTakeover {
         }
         decoder = TextDecoder(charset: session.target.charset, escapesJSON: false)
         if mode == .gmcp, let log = session.gmcp {
-            var seq = log.next  // from the first message at or after the text's start
-            while seq > log.base, let previous = log.message(seq - 1), previous.offset >= cursor { seq -= 1 }
-            gmcpCursor = seq
+            gmcpCursor = log.first(atOrAfter: cursor)  // from the first message at or after the text's start
         }
     }
 

@@ -217,6 +217,14 @@ public struct GMCPLog {
         return .messages(entries[(start + Int(seq - base))...])
     }
 
+    /// The seq of the first message held that came at or after text offset `offset` (`next`
+    /// when none did): where a reader that starts at that offset without a seq starts.
+    public func first(atOrAfter offset: UInt64) -> UInt64 {
+        var seq = next
+        while seq > base, let previous = message(seq - 1), previous.offset >= offset { seq -= 1 }
+        return seq
+    }
+
     /// The message `seq`, if the log holds it.
     public func message(_ seq: UInt64) -> Message? {
         guard seq >= base && seq < next else { return nil }
