@@ -62,6 +62,36 @@ final class IntegrationWebSocketTests: XCTestCase {
         XCTAssertEqual(try c.call("GET", "/sessions/\(id)?token=s3cret").status, 401, "the query token is for the WebSocket paths only")
     }
 
+    /// `GET /ws` that cannot attach (a `since` malformed or past the end) is 400 and leaves no
+    /// session behind: one was created and held its slot and its game connection until the idle
+    /// timeout (found by a black-box probe; SPEC §2: no session exists after a failed create).
+    func testACreateAndAttachThatCannotAttachLeavesNoSession() throws {
+        let up = try startUpstream()
+        let d = try startDaemon {
+            $0.upstream = "127.0.0.1:\(up.port)"
+            $0.maxSessions = 1
+        }
+        let malformed = try WebSocketTestClient(port: d.listenPort, path: "/ws?since=abc")
+        XCTAssertEqual(malformed.status, 400, (try? malformed.body()) ?? "")
+        XCTAssertEqual(try WebSocketTestClient(port: d.listenPort, path: "/ws?since=5").status, 400)
+        let c = try d.client()
+        XCTAssertEqual(try c.metric("uvproxyd_sessions{state=\"open\"}"), 0)
+        XCTAssertEqual(try c.call("POST", "/sessions").status, 201, "the one slot is free")
+    }
+
+    /// Frames that come in the same packet as `GET /ws`'s request (a client that does not wait
+    /// for the 101) are read once the session exists, as on `/sessions/{id}/ws`: they were lost.
+    func testFramesBehindACreateAndAttachAreRead() throws {
+        let up = try startUpstream()
+        let d = try startDaemon { $0.upstream = "127.0.0.1:\(up.port)" }
+        let s = try TestSocket.connect(port: d.listenPort)
+        try s.send(bytes("GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                         + "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+                   + WebSocketTestClient.frame(1, bytes("look")))
+        let target = try up.connection(0)
+        XCTAssertEqual(try target.receive(exactly: 6), bytes("look\r\n"))
+    }
+
     func testTheTargetsCloseComesAfterItsLastBytes() throws {
         let (_, d, _, id, target) = try sessionOnTestUpstream()
         let ws = try WebSocketTestClient(port: d.listenPort, path: "/sessions/\(id)/ws", protocols: ["binary"])

@@ -144,8 +144,12 @@ public final class ProxyAPI: HTTPHandler {
             attachWebSocket(connection, session, params, handshake, sessionID: nil)
         case .webSocketCreate:
             guard let handshake = webSocketHandshake(connection, request) else { return }
+            // A malformed `since` is 400 before a session exists; one past the end (the game has
+            // said less) is 400 after, and the session goes again (SPEC §2: no session exists
+            // after a failed create), as it does when the 101 cannot be written.
+            if case .failure(let e)? = params.unsigned("since") { return error(connection, .badRequest, e.reason) }
             createSession(connection, params, compat: false) { [unowned self] session, id in
-                attachWebSocket(connection, session, params, handshake, sessionID: id)
+                if !attachWebSocket(connection, session, params, handshake, sessionID: id) { table.delete(session) }
             }
         case .gmcp(let id):
             guard let session = lookup(id, connection) else { return }
@@ -312,15 +316,19 @@ public final class ProxyAPI: HTTPHandler {
     /// Answers 101 and attaches a `WebSocketStream` at the start offset (the rules of Stream:
     /// `since`, else `delivered`; 400/409 before the upgrade). `sessionID`: the id of a session
     /// created by this request (`GET /ws`), sent as `X-Session-Id`.
+    /// Returns whether the socket is attached.
+    @discardableResult
     private func attachWebSocket(_ connection: HTTPConnection, _ session: Session, _ params: Parameters,
-                                 _ handshake: (accept: [UInt8], subprotocol: String?), sessionID: [UInt8]?) {
+                                 _ handshake: (accept: [UInt8], subprotocol: String?), sessionID: [UInt8]?) -> Bool {
         var start = session.delivered
         switch params.unsigned("since") {
-        case .failure(let e)?: return error(connection, .badRequest, e.reason)
+        case .failure(let e)?:
+            error(connection, .badRequest, e.reason)
+            return false
         case .success(let n)?: start = n
         case nil: break
         }
-        guard isReadable(start, session, connection) else { return }
+        guard isReadable(start, session, connection) else { return false }
         session.lastTouched = clock()
         session.acknowledge(upTo: start)
         var extra: [(String, String)] = [("Cache-Control", "no-store")]  // SPEC §2: every response, the 101 too
@@ -332,11 +340,12 @@ public final class ProxyAPI: HTTPHandler {
                                      subprotocol: handshake.subprotocol)
         connection.switchProtocols(head: head, to: socket)
         // The head's write can fail (the client reset) and close the connection at once.
-        guard connection.isStreaming else { return }
+        guard connection.isStreaming else { return false }
         connection.attachment = .webSocket(socket)
         webSockets += 1
         connection.hold(until: clock() + WebSocketStream.pingIntervalMs)
         socket.pump()
+        return true
     }
 
     /// A WebSocket may carry the token as `token` in the query (browsers cannot set headers on

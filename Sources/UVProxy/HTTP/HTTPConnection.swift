@@ -476,6 +476,9 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
         cancelTimer()
         noteSendStart()
         bytes.withUnsafeBytes { _ = stream.write($0) }
+        // Bytes that came behind a request answered later (`GET /ws` waits for its game): the
+        // new protocol's, handed over at the end of the turn, before anything read after them.
+        if !inParseLoop, unparsed.count > unparsedStart { loop.turns.enqueue(self) }
     }
 
     /// Reading from the client stops (input waits in TCP) until `resumeReading`.
@@ -554,7 +557,7 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
 
     public func runTurnTask() {
         turnShare = HTTPConnection.requestsPerTurn
-        if phase == .open, !awaitingResponse { parseUnparsed() }
+        if phase == .open, !awaitingResponse || takeover != nil { parseUnparsed() }
     }
 
     // MARK: Closing
