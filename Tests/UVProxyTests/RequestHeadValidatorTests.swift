@@ -231,6 +231,23 @@ final class RequestHeadValidatorTests: XCTestCase {
         }
     }
 
+    /// A field value's trailing whitespace is not part of it (RFC 9112 §5: OWS after the value):
+    /// `Authorization: Bearer tok ` was 401, `Last-Event-ID: 2 ` 400 (found by a black-box probe).
+    func testTrailingWhitespaceIsNotPartOfAValue() {
+        let parser = HTTPRequestParser(maxBody: 1024)
+        let recorder = Recorder()
+        parser.delegate = recorder
+        let text = Array(("GET / HTTP/1.1\r\nHost: example.org \t\r\nAuthorization: Bearer tok \r\nLast-Event-ID: 2\t\r\n"
+                          + "Upgrade: websocket \r\nContent-Type: text/plain  \r\n\r\n").utf8)
+        XCTAssertEqual(text.withUnsafeBytes { parser.parse($0) }, .success(text.count))
+        XCTAssertEqual(recorder.completed, 1)
+        XCTAssertEqual(parser.request.host, Array("example.org".utf8))
+        XCTAssertEqual(Array(parser.request.authorization), Array("Bearer tok".utf8))
+        XCTAssertEqual(Array(parser.request.lastEventID), Array("2".utf8))
+        XCTAssertEqual(Array(parser.request.upgrade), Array("websocket".utf8))
+        XCTAssertEqual(Array(parser.request.contentType), Array("text/plain".utf8))
+    }
+
     /// Bytes offered while the parser is paused (before the owner resumes it) are not taken, and
     /// are judged from their first byte when offered again.
     func testBytesOfferedWhilePausedAreJudgedOnce() {

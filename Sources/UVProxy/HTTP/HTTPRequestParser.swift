@@ -288,6 +288,9 @@ final class HTTPRequestParser {
             value.clear()
             inValue = false
         }
+        // Whitespace after the value is not part of it (RFC 9112 §5; http_parser drops only the
+        // whitespace before it).
+        while let last = value.last, last == 32 || last == 9 { value.removeLast() }
         switch kind {
         case .host:
             request.hostCount += 1
