@@ -333,6 +333,23 @@ final class IntegrationAPITests: XCTestCase {
         XCTAssertFalse(target.isReadable(within: 0.2), "no duplicate reached the target")
     }
 
+    /// `/mud` sends its command "as in Input": a duplicate `seq` is not sent and its answer
+    /// says `X-Duplicate: 1`, held or not (the header was missing; found by a black-box probe).
+    func testMudSaysWhenItsSeqWasADuplicate() throws {
+        let (_, _, c, id, target) = try sessionOnTestUpstream()
+        XCTAssertNil(try c.call("GET", "/mud?id=\(id)&cmd=one&seq=1").header("X-Duplicate"))
+        XCTAssertEqual(String(decoding: try target.receive(exactly: 5), as: UTF8.self), "one\r\n")
+        let again = try c.call("GET", "/mud?id=\(id)&cmd=one&seq=1")
+        XCTAssertEqual(again.status, 200)
+        XCTAssertEqual(again.header("X-Duplicate"), "1")
+        try c.send("GET", "/mud?id=\(id)&cmd=one&seq=1&wait=5")  // held until the game speaks
+        try target.send("ok\r\n")
+        let held = try c.readResponse()
+        XCTAssertEqual(held.text, "ok\r\n")
+        XCTAssertEqual(held.header("X-Duplicate"), "1")
+        XCTAssertFalse(target.isReadable(within: 0.2), "no duplicate reached the target")
+    }
+
     func testInputToClosedSession409() throws {
         let up = try startUpstream()
         let d = try startDaemon { $0.upstream = "127.0.0.1:\(up.port)" }

@@ -9,6 +9,7 @@ final class PendingRequest: SessionObserver, TurnTask {
         let since: UInt64
         let max: Int
         let compat: Bool
+        let duplicate: Bool
     }
 
     var read: Read?
@@ -36,7 +37,7 @@ final class PendingRequest: SessionObserver, TurnTask {
     /// Answers the held read with whatever the session now has at its cursor.
     func answer() {
         guard let r = cancel() else { return }
-        api.respondRead(connection, session: r.session, from: r.since, max: r.max, compat: r.compat)
+        api.respondRead(connection, session: r.session, from: r.since, max: r.max, compat: r.compat, duplicate: r.duplicate)
     }
 
     private func answerThisTurn() {

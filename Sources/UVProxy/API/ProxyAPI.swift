@@ -380,7 +380,9 @@ public final class ProxyAPI: HTTPHandler {
         return (since, waitMs)
     }
 
-    private func read(_ connection: HTTPConnection, _ session: Session, _ params: Parameters, compat: Bool) {
+    /// `duplicate`: `/mud`'s command was a `seq` already taken (`X-Duplicate: 1` on the answer).
+    private func read(_ connection: HTTPConnection, _ session: Session, _ params: Parameters, compat: Bool,
+                      duplicate: Bool = false) {
         guard let (since, waitMs) = sinceAndWait(params, connection) else { return }
         var max = Int.max
         switch params.unsigned("max", atLeast: 1) {
@@ -395,10 +397,10 @@ public final class ProxyAPI: HTTPHandler {
         session.lastTouched = now
         session.acknowledge(upTo: offset)
         if offset < session.ring.end || !session.isOpen || waitMs == 0 {
-            return respondRead(connection, session: session, from: offset, max: max, compat: compat)
+            return respondRead(connection, session: session, from: offset, max: max, compat: compat, duplicate: duplicate)
         }
         let pending = pendingRequest(for: connection)
-        pending.read = PendingRequest.Read(session: session, since: offset, max: max, compat: compat)
+        pending.read = PendingRequest.Read(session: session, since: offset, max: max, compat: compat, duplicate: duplicate)
         longPolls += 1
         // Hold first: replacing an older waiter can run that client's next request, which may
         // in turn supersede (and answer) this one before setWaiter returns.
@@ -406,7 +408,8 @@ public final class ProxyAPI: HTTPHandler {
         session.setWaiter(pending)
     }
 
-    func respondRead(_ connection: HTTPConnection, session: Session, from offset: UInt64, max: Int, compat: Bool) {
+    func respondRead(_ connection: HTTPConnection, session: Session, from offset: UInt64, max: Int, compat: Bool,
+                     duplicate: Bool = false) {
         // Evicted is only possible if history was evicted while the read waited.
         guard isReadable(offset, session, connection) else { return }
         let length = Int(min(session.ring.end - offset, UInt64(max)))
@@ -420,6 +423,7 @@ public final class ProxyAPI: HTTPHandler {
         } else {
             connection.header("X-Session-State", "open")
         }
+        if duplicate { connection.header("X-Duplicate", "1") }
         session.ring.withBytes(from: offset, max: length) { a, b in
             connection.finish(contentType: compat ? "text/plain" : "application/octet-stream", a, b)
         }
@@ -515,20 +519,21 @@ public final class ProxyAPI: HTTPHandler {
     // MARK: Input
 
     /// Sends the command of `request` to `session`. With `respond`, answers 204; otherwise
-    /// answers only errors and returns whether the caller may go on.
+    /// answers only errors and returns nil when the caller may not go on, else whether the
+    /// command was a duplicate `seq` (not sent again).
     @discardableResult
     private func input(_ connection: HTTPConnection, _ session: Session, _ request: HTTPRequest,
-                       _ params: Parameters, respond: Bool) -> Bool {
+                       _ params: Parameters, respond: Bool) -> Bool? {
         var seq: UInt64?
         switch params.unsigned("seq", atLeast: 1) {
-        case .failure(let e)?: error(connection, .badRequest, e.reason); return false
+        case .failure(let e)?: error(connection, .badRequest, e.reason); return nil
         case .success(let n)?:
             seq = n
         case nil: break
         }
         var raw = false
         switch params.boolean("raw") {
-        case .failure(let e)?: error(connection, .badRequest, e.reason); return false
+        case .failure(let e)?: error(connection, .badRequest, e.reason); return nil
         case .success(let b)?: raw = b
         case nil: break
         }
@@ -541,7 +546,7 @@ public final class ProxyAPI: HTTPHandler {
         } else if respond {
             command = request.body
         } else {
-            return true  // /mud without cmd: a plain read
+            return false  // /mud without cmd: a plain read
         }
         let result = command.withUnsafeBytes { bytes -> Session.InputResult in
             let crlf = UnsafeRawBufferPointer(start: UnsafeRawPointer(("\r\n" as StaticString).utf8Start), count: 2)
@@ -557,13 +562,13 @@ public final class ProxyAPI: HTTPHandler {
                 if result == .duplicate { connection.header("X-Duplicate", "1") }
                 connection.finish(contentType: nil)
             }
-            return true
+            return result == .duplicate
         case .closed:
             error(connection, .conflict, "session is closed (\(session.closeReason?.text ?? "closed"))")
         case .full:
             error(connection, .serviceUnavailable, "too much input is waiting for the target", retryAfter: true)
         }
-        return false
+        return nil
     }
 
     // MARK: /mud
@@ -577,10 +582,12 @@ public final class ProxyAPI: HTTPHandler {
         guard let session = id.flatMap(table.session) else {
             return error(connection, .notFound, "unknown session")
         }
+        var duplicate = false
         if params.has("cmd") {
-            guard input(connection, session, request, params, respond: false) else { return }
+            guard let wasDuplicate = input(connection, session, request, params, respond: false) else { return }
+            duplicate = wasDuplicate
         }
-        read(connection, session, params, compat: true)
+        read(connection, session, params, compat: true, duplicate: duplicate)
     }
 
     // MARK: Helpers
