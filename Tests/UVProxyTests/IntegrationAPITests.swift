@@ -901,6 +901,23 @@ final class IntegrationAPITests: XCTestCase {
 
     // MARK: Session lifetime
 
+    /// Any request naming the session touches it, a refused one too (SPEC §1: "no request has
+    /// touched"): a client polling with a bad cursor saw its session closed for idleness.
+    func testARefusedRequestStillTouchesItsSession() throws {
+        let up = try startUpstream()
+        let d = try startDaemon {
+            $0.upstream = "127.0.0.1:\(up.port)"
+            $0.idleTimeout = 1
+        }
+        let c = try d.client()
+        let id = try c.createSession()
+        for _ in 0..<10 {
+            XCTAssertEqual(try c.call("GET", "/sessions/\(id)?since=999").status, 400)
+            Thread.sleep(forTimeInterval: 0.25)  // the idle timeout is the test's clock
+        }
+        XCTAssertEqual(try c.call("GET", "/sessions/\(id)").header("X-Session-State"), "open")
+    }
+
     func testIdleTimeoutClosesUntouchedSession() throws {
         let up = try startUpstream()
         let d = try startDaemon {

@@ -579,9 +579,7 @@ public final class ProxyAPI: HTTPHandler {
         }
         // Ids are base64url: they never need percent-decoding.
         let id = idPrefix.isEmpty ? SessionID(text: idBytes) : SessionID(text: idBytes, prefix: idPrefix)
-        guard let session = id.flatMap(table.session) else {
-            return error(connection, .notFound, "unknown session")
-        }
+        guard let session = lookup(id, connection) else { return }
         var duplicate = false
         if params.has("cmd") {
             guard let wasDuplicate = input(connection, session, request, params, respond: false) else { return }
@@ -592,8 +590,13 @@ public final class ProxyAPI: HTTPHandler {
 
     // MARK: Helpers
 
+    /// The session a request names; the request touches it, whatever comes of it (SPEC §1's
+    /// idle timeout counts requests, a refused one too).
     func lookup(_ id: SessionID?, _ connection: HTTPConnection) -> Session? {
-        if let id, let session = table.session(id) { return session }
+        if let id, let session = table.session(id) {
+            session.lastTouched = clock()
+            return session
+        }
         error(connection, .notFound, "unknown session")
         return nil
     }
