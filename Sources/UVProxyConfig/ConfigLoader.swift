@@ -229,6 +229,7 @@ final class SettingsReader {
         guard ProxyConfig.isTargetName(name) else {
             throw problem(path, "not a valid target name (letters, digits, '-', '_', '.')", source: .file)
         }
+        if name == ProxyConfig.defaultTargetName { throw problem(path, ProxyConfig.defaultTargetNameTaken, source: .file) }
         guard let host = try read(path + ["host"], "text", in: file, { $0.string(forKey: $1) }), !host.isEmpty else {
             throw problem(path, "host is missing", source: .file)
         }
@@ -264,6 +265,18 @@ final class SettingsReader {
         }
         if failed { throw problem(path, "\(rawText(provider, path)) is not \(expected)", source: source) }
         if value != nil { origins[path.joined(separator: ".")] = source }
+        // The sources the answer overrides are read too: a bad value there is an error all the
+        // same (SPEC §4: a bad file or value stops start-up), not hidden by a flag.
+        for (lower, lowerSource) in layers.providers[results.count...] {
+            recorder.last = nil
+            let hidden = get(ConfigReader(provider: lower, accessReporter: recorder), ConfigKey(path))
+            guard let result = recorder.last?.providerResults.last?.result else { continue }
+            let bad = switch result {
+            case .failure: true
+            case .success(let lookup): lookup.value != nil && hidden == nil
+            }
+            if bad { throw problem(path, "\(rawText(lower, path)) is not \(expected)", source: lowerSource) }
+        }
         return value
     }
 

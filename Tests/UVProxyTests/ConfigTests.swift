@@ -261,6 +261,27 @@ final class ConfigTests: XCTestCase {
                        "UVPROXYD_MAX_SESSIONS: 'x' is not an integer")
     }
 
+    /// A value that a higher source overrides must still be well formed (SPEC §4: a bad file
+    /// or value stops start-up): a flag hid a bad file or environment value (black-box probe).
+    func testABadValueIsAnErrorEvenWhereAHigherSourceWins() throws {
+        XCTAssertEqual(loadError(ConfigLoader(flags: ["max-sessions": .int(5)], environment: ["UVPROXYD_MAX_SESSIONS": "abc"])),
+                       "UVPROXYD_MAX_SESSIONS: 'abc' is not an integer")
+        let path = try writeFile("idle-timeout: soon\n")
+        let message = loadError(ConfigLoader(flags: ["idle-timeout": .double(5)], file: path, environment: ["UVPROXYD_IDLE_TIMEOUT": "6"]))
+        XCTAssertEqual(message, "config \(path): idle-timeout: 'soon' is not a number")
+        XCTAssertEqual(try ConfigLoader(flags: ["max-sessions": .int(5)], environment: ["UVPROXYD_MAX_SESSIONS": "7"]).load().maxSessions, 5)
+    }
+
+    /// `default` is the default target's name: a `targets` entry of that name was taken and never
+    /// used (sessions went to `upstream`); it is an error naming the key.
+    func testATargetNamedDefaultIsAnError() throws {
+        let path = try writeFile("targets:\n  default: {host: 127.0.0.1, port: 4000}\n")
+        let message = loadError(ConfigLoader(file: path))
+        XCTAssertTrue(message.hasPrefix("config \(path): targets.default: "), message)
+        XCTAssertTrue(message.contains("upstream"), message)
+        XCTAssertTrue(loadError(ConfigLoader(flagTargets: ["default=127.0.0.1:4000"])).contains("'default' names the default target"))
+    }
+
     // MARK: Targets
 
     func testPerTargetSettingsReachTheTargets() throws {

@@ -159,12 +159,18 @@ public struct ProxyConfig: Sendable, Equatable {
         }
     }
 
+    /// The default target's name (in create answers and logs; `target=default` picks it).
+    public static let defaultTargetName = "default"
+    public static let defaultTargetNameTaken =
+        "'default' names the default target, which upstream sets (with telnet, charset, gmcp, proxy-protocol, connect-timeout)"
+
     /// Parses `NAME=HOST:PORT`.
     public static func parseTarget(_ text: String) throws -> (String, String) {
         guard let eq = text.firstIndex(of: "=") else { throw ConfigError("target: '\(text)' is not NAME=HOST:PORT") }
         let name = String(text[..<eq])
         let address = String(text[text.index(after: eq)...])
         guard isTargetName(name) else { throw ConfigError("target: '\(name)' is not a valid name") }
+        guard name != defaultTargetName else { throw ConfigError("target: \(defaultTargetNameTaken)") }
         return (name, address)
     }
 
