@@ -417,6 +417,29 @@ final class IntegrationAPITests: XCTestCase {
         XCTAssertEqual(try c.call("GET", "/sessions/\(closed)").status, 404)
     }
 
+    /// A shutdown waits for a deleted session's input to reach its target too, as for the
+    /// sessions it closes itself (SPEC §2, Delete: "for at most 5 seconds"): the daemon
+    /// stopped as soon as no open session drained, and the rest was lost (black-box probe).
+    func testShutdownLetsADeletedSessionsInputArrive() throws {
+        let (_, d, c, id, target) = try sessionOnTestUpstream { $0.bufferSize = 65536 }  // not read yet
+        let piece = 60000
+        var accepted = 0
+        for i in 0..<2000 {
+            let r = try c.call("POST", "/sessions/\(id)/input?raw=1", body: pattern(i * piece..<(i + 1) * piece))
+            if r.status == 503 { break }
+            XCTAssertEqual(r.status, 204)
+            accepted += 1
+        }
+        XCTAssertEqual(try c.call("DELETE", "/sessions/\(id)").status, 204)
+        XCTAssertEqual(try d.onLoop { $0.table.draining }, 1, "the deleted session is draining")
+        let stopper = Thread { d.stop() }
+        stopper.start()
+        Thread.sleep(forTimeInterval: 0.5)  // a game that reads late: the condition under test, not a wait for readiness
+        let all = try target.receiveAll()
+        XCTAssertEqual(all.count, accepted * piece, "every byte accepted before the DELETE")
+        XCTAssertNil(firstMismatch(all, pattern(0..<accepted * piece)))
+    }
+
     /// About 5 s: the drain limit is a constant.
     func testDeleteStopsDrainingAfterFiveSeconds() throws {
         let (_, _, c, id, target) = try sessionOnTestUpstream { $0.bufferSize = 65536 }  // never reads: the drain cannot finish

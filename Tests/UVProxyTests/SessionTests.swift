@@ -272,6 +272,22 @@ final class SessionTests: XCTestCase {
         XCTAssertTrue(link.aborted, "then a reset: the connection really closes")
         XCTAssertEqual(table.openCount, 0)
         XCTAssertEqual(table.closedCount, 0)
+        XCTAssertEqual(table.draining, 0)
+    }
+
+    /// Drains in progress are counted, a deleted session's too (no longer in the table): a
+    /// shutdown waits for them all.
+    func testDrainsAreCountedDeletedOrNot() throws {
+        let (deleted, deletedLink) = try open()
+        let (closing, _) = try open()
+        deletedLink.queuedBytes = 10
+        table.delete(deleted)
+        XCTAssertEqual(table.draining, 1)
+        XCTAssertEqual(table.closeAll(reason: .shutdown), 2, "the deleted session's drain counts")
+        table.upstreamFinished(deleted)
+        XCTAssertEqual(table.draining, 1)
+        table.upstreamFinished(closing)
+        XCTAssertEqual(table.draining, 0)
     }
 
     func testShutdownClosesOpenSessionsAndFailsPendingCreates() throws {

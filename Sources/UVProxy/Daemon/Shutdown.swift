@@ -18,9 +18,8 @@ extension ProxyDaemon {
         guard let timer = try? LoopTimer(loop: loop) else { return stopNow() }
         shutdownTimer = timer
         timer.onFire = { [unowned self] in
-            let draining = self.table.allSessions.contains { $0.link != nil }
             let waited = self.loop.now - self.shutdownStarted
-            if (self.server.connectionCount == 0 && !draining) || waited >= ProxyConfig.ms(self.config.shutdownTimeout) {
+            if (self.server.connectionCount == 0 && self.table.draining == 0) || waited >= ProxyConfig.ms(self.config.shutdownTimeout) {
                 self.stopNow()
             }
         }

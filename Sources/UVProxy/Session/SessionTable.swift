@@ -78,6 +78,9 @@ public final class SessionTable {
     /// Connecting or open: what `max-sessions` limits.
     public private(set) var openCount = 0
     public private(set) var closedCount = 0
+    /// Target connections still delivering a closed session's input (a DELETE, a shutdown), the
+    /// deleted sessions' too, which have left the table: a shutdown waits for them.
+    public private(set) var draining = 0
     public var counters = SessionCounters()
     public weak var events: SessionEventSink?
     /// Whether the process's send queues are over their budget (the loop knows; tests: never).
@@ -206,6 +209,7 @@ public final class SessionTable {
     private func finishDrain(_ session: Session, now: UInt64, delivered: Bool = true) {
         if delivered { session.link?.close() } else { session.link?.abort() }
         session.link = nil
+        draining -= 1
         if session.isRemoved {
             deadlines.cancel(session)
         } else {
@@ -227,6 +231,7 @@ public final class SessionTable {
         if !session.isRemoved { closedCount += 1 }
         if drain, let link = session.link {
             link.finish()
+            draining += 1
             deadlines.schedule(session, at: clock() + settings.deleteDrainMs)
         } else {
             session.link?.close()
@@ -300,14 +305,12 @@ public final class SessionTable {
     }
 
     /// Closes every open session with `reason` (shutdown), and fails creates still connecting.
-    /// Returns how many still deliver input.
+    /// Returns how many target connections still deliver input (deleted sessions' included).
     @discardableResult
     public func closeAll(reason: CloseReason) -> Int {
         failPendingCreates(.shuttingDown)
-        var draining = 0
         for session in sessions.all where session.state == .open {
             close(session, reason: reason, drain: true)
-            if session.link != nil { draining += 1 }
         }
         return draining
     }
@@ -320,6 +323,7 @@ public final class SessionTable {
     public func release(_ session: Session) {
         guard !session.isRemoved else { return }
         deadlines.cancel(session)
+        if session.link != nil, session.closeReason != nil { draining -= 1 }  // handed over mid-drain
         session.link = nil
         if session.state == .open {
             openCount -= 1
