@@ -260,6 +260,35 @@ final class IntegrationUpgradeTests: XCTestCase {
         XCTAssertEqual(try target.receive(exactly: ping.count), ping)
     }
 
+    /// A session whose target the new process's configuration no longer names (a reload
+    /// removed it before the upgrade) goes on with the target as it was: its connection, its
+    /// charset, its GMCP (SPEC §9: every session; it was closed, "lost", found by a black-box
+    /// probe). Creates on that name are refused as before.
+    func testASessionWhoseTargetTheNewConfigurationLacksGoesOn() throws {
+        let up = try startUpstream()
+        let old = try startDaemon {
+            $0.upstream = "127.0.0.1:\(up.port)"
+            $0.targets = ["oldmud": TargetConfig(address: "127.0.0.1:\(up.port)", charset: .latin1, gmcp: true)]
+        }
+        let c = try old.client()
+        let created = try c.call("POST", "/sessions?target=oldmud")
+        XCTAssertEqual(created.status, 201)
+        let id = try XCTUnwrap(created.json?["id"] as? String)
+        let target = try up.connection(0)
+        try target.send([Telnet.iac, Telnet.will, 201])
+        _ = try target.receive(until: "version")  // DO GMCP and Core.Hello
+        let new = try upgrade(old) { $0.upstream = "127.0.0.1:\(up.port)" }
+        let c2 = try new.client()
+        try target.send([0x63, 0x61, 0x66, 0xE9, 0x0D, 0x0A])  // "café" in Latin-1
+        XCTAssertEqual(try c2.readBytes(id, from: 0, count: 6), [0x63, 0x61, 0x66, 0xE9, 0x0D, 0x0A])
+        let stream = try SSETestClient(port: new.listenPort, path: "/sessions/\(id)/events?since=0")
+        XCTAssertEqual(try stream.next()?.text, "café\r\n", "decoded in the target's charset, as before")
+        XCTAssertEqual(try c2.call("POST", "/sessions/\(id)/input", body: "look").status, 204)
+        XCTAssertEqual(try target.receive(until: "look\r\n").hasSuffix("look\r\n"), true)
+        XCTAssertEqual(try c2.call("POST", "/sessions/\(id)/gmcp", body: "Core.Ping").status, 204, "GMCP is still on")
+        XCTAssertEqual(try c2.call("POST", "/sessions?target=oldmud").status, 400, "the name is gone for new sessions")
+    }
+
     // MARK: When the new process fails, the old one serves on
 
     func testANewProcessThatHangsUpBeforeItIsReadyChangesNothing() throws {

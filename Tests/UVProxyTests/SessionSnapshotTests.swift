@@ -113,7 +113,12 @@ final class SessionSnapshotTests: XCTestCase {
             readingPaused: .random(using: &rng), origin: origin,
             client: Bool.random(using: &rng) ? "198.51.100.\(Int.random(in: 0...255, using: &rng))" : nil,
             telnet: Bool.random(using: &rng) ? randomTelnet(&rng) : nil,
-            unwrittenOutput: randomBytes(Int.random(in: 0...300, using: &rng), &rng))
+            unwrittenOutput: randomBytes(Int.random(in: 0...300, using: &rng), &rng),
+            target: Bool.random(using: &rng) ? SessionSnapshot.TargetSettings(
+                address: ProxyProtocol.Endpoint(address: randomBytes(Bool.random(using: &rng) ? 4 : 16, &rng),
+                                                port: .random(in: 0...UInt16.max, using: &rng)),
+                telnet: .random(using: &rng), gmcp: .random(using: &rng),
+                charset: [Charset.utf8, .latin1, .cp437].randomElement(using: &rng)!) : nil)
     }
 
     // MARK: The format

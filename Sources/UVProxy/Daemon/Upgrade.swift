@@ -313,7 +313,13 @@ extension ProxyDaemon {
                 ])
             }
         }
-        guard let target = api.settings.target(named: snapshot.targetName) else {
+        // A target a reload removed: the session goes on with it as it was (new sessions cannot
+        // name it). Only an older writer's record lacks it.
+        let kept = snapshot.target.map {
+            Target(name: snapshot.targetName, address: SocketAddress($0.address), telnet: $0.telnet, charset: $0.charset,
+                   gmcp: $0.gmcp)
+        }
+        guard let target = api.settings.target(named: snapshot.targetName) ?? kept else {
             socket?.close()
             inbound.lost += 1
             return logger.warning("upgrade: the session's target is not in this configuration; its connection is closed", metadata: [

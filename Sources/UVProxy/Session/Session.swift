@@ -300,7 +300,10 @@ public final class Session: DeadlineOwner {
             lastSeq: lastSeq, lastTouchedAgoMs: now - min(lastTouched, now), openedAgoMs: now - min(openedAt, now),
             deadlineInMs: deadlineSlot >= 0 ? deadline - min(deadline, now) : nil,
             sentBytes: sentBytes, readingPaused: readingPaused, origin: origin, client: client,
-            telnet: link.telnet, unwrittenOutput: link.unwrittenOutput, gmcp: gmcp?.snapshot())
+            telnet: link.telnet, unwrittenOutput: link.unwrittenOutput, gmcp: gmcp?.snapshot(),
+            target: target.endpoint.map {
+                SessionSnapshot.TargetSettings(address: $0, telnet: target.telnet, gmcp: target.gmcp, charset: target.charset)
+            })
     }
 
     /// A session rebuilt from a snapshot, with no link yet (`SessionTable.adopt` attaches it).

@@ -41,6 +41,24 @@ public struct SessionSnapshot: Equatable, Sendable {
     public var id: SessionID
     /// The target by name: the new process takes it from its own configuration.
     public var targetName: String
+    /// The target as the session knew it: what the new process goes on with when its
+    /// configuration no longer has the name (a reload removed it). nil from an older writer.
+    public var target: TargetSettings?
+
+    /// What of a target a session needs once it is connected.
+    public struct TargetSettings: Equatable, Sendable {
+        public var address: ProxyProtocol.Endpoint
+        public var telnet: Bool
+        public var gmcp: Bool
+        public var charset: Charset
+
+        public init(address: ProxyProtocol.Endpoint, telnet: Bool, gmcp: Bool, charset: Charset) {
+            self.address = address
+            self.telnet = telnet
+            self.gmcp = gmcp
+            self.charset = charset
+        }
+    }
     public var status: Status
     /// The buffered bytes `[base, end)`, `acked` and `buffer-size`.
     public var ring: ByteRing.State
@@ -75,9 +93,10 @@ public struct SessionSnapshot: Equatable, Sendable {
                 lastSeq: UInt64 = 0, lastTouchedAgoMs: UInt64 = 0, openedAgoMs: UInt64 = 0,
                 deadlineInMs: UInt64? = nil, sentBytes: UInt64 = 0, readingPaused: Bool = false,
                 origin: ProxyProtocol.Endpoint? = nil, client: String? = nil, telnet: TelnetFilter.State? = nil,
-                unwrittenOutput: [UInt8] = [], gmcp: GMCPLog.State? = nil) {
+                unwrittenOutput: [UInt8] = [], gmcp: GMCPLog.State? = nil, target: TargetSettings? = nil) {
         self.id = id
         self.targetName = targetName
+        self.target = target
         self.status = status
         self.ring = ring
         self.delivered = delivered
@@ -123,7 +142,8 @@ public struct SessionSnapshot: Equatable, Sendable {
         static let telnet: UInt16 = 19           // group (TelnetTag); absent: not telnet mode
         static let unwrittenOutput: UInt16 = 20  // bytes
         static let gmcp: UInt16 = 22             // group (GMCPTag); absent: no GMCP (an empty log when the session has it)
-        static let known: Set<UInt16> = Set(1...20).union([22])
+        static let targetSettings: UInt16 = 23   // group (TargetTag); absent: an older writer (the name alone)
+        static let known: Set<UInt16> = Set(1...20).union([22, 23])
     }
 
     /// The telnet group's tags (version 1). Never renumber or reuse one.
@@ -154,6 +174,15 @@ public struct SessionSnapshot: Equatable, Sendable {
         static let gmcpVersion: UInt16 = 18      // text; absent: ""
         static let gmcpMessages: UInt16 = 19     // messages not yet taken, each: u64 position, u32 length, its data; absent: none
         static let known: Set<UInt16> = Set(1...19)
+    }
+
+    /// The target group's tags (`TargetSettings`). Never renumber or reuse one.
+    enum TargetTag {
+        static let address: UInt16 = 1           // u16 port, then 4 (IPv4) or 16 (IPv6) address bytes in network order
+        static let telnet: UInt16 = 2            // flag
+        static let gmcp: UInt16 = 3              // flag
+        static let charset: UInt16 = 4           // text: the IANA name
+        static let known: Set<UInt16> = Set(1...4)
     }
 
     /// The GMCP group's tags (`GMCPLog.State`). Never renumber or reuse one.
@@ -213,6 +242,14 @@ public struct SessionSnapshot: Equatable, Sendable {
             if let telnet { w.field(Tag.telnet) { SessionSnapshot.encodeTelnet(telnet, &$0) } }
             w.bytes(Tag.unwrittenOutput, unwrittenOutput)
             if let gmcp { w.field(Tag.gmcp) { SessionSnapshot.encodeGMCP(gmcp, &$0) } }
+            if let target {
+                w.field(Tag.targetSettings) { v in
+                    v.field(TargetTag.address) { $0.u16(target.address.port); $0.bytes(target.address.address) }
+                    v.flag(TargetTag.telnet, target.telnet)
+                    v.flag(TargetTag.gmcp, target.gmcp)
+                    v.text(TargetTag.charset, target.charset.description)
+                }
+            }
         }
     }
 
@@ -331,6 +368,17 @@ public struct SessionSnapshot: Equatable, Sendable {
         if let t = f.value(Tag.telnet) {
             telnet = try decodeTelnet(try SnapshotReader.fields(record, t, known: TelnetTag.known))
         }
+        var target: TargetSettings?
+        if let t = f.value(Tag.targetSettings) {
+            let g = try SnapshotReader.fields(record, t, known: TargetTag.known)
+            guard let a = g.value(TargetTag.address) else { throw .missingField(TargetTag.address) }
+            guard a.count == 2 + 4 || a.count == 2 + 16 else { throw .malformed(TargetTag.address) }
+            guard let charset = Charset(name: try g.requiredText(TargetTag.charset)) else { throw .malformed(TargetTag.charset) }
+            target = TargetSettings(
+                address: ProxyProtocol.Endpoint(address: Array(record[(a.lowerBound + 2)..<a.upperBound]),
+                                                port: SnapshotReader.u16(record, at: a.lowerBound)),
+                telnet: try g.requiredFlag(TargetTag.telnet), gmcp: try g.requiredFlag(TargetTag.gmcp), charset: charset)
+        }
         var gmcp: GMCPLog.State?
         if let g = f.value(Tag.gmcp) {
             gmcp = try decodeGMCP(try SnapshotReader.fields(record, g, known: GMCPTag.known), end: ring.end)
@@ -341,7 +389,7 @@ public struct SessionSnapshot: Equatable, Sendable {
             openedAgoMs: try f.requiredU64(Tag.openedAgo), deadlineInMs: try f.u64(Tag.deadlineIn),
             sentBytes: try f.requiredU64(Tag.sentBytes), readingPaused: try f.requiredFlag(Tag.readingPaused),
             origin: origin, client: try f.text(Tag.client), telnet: telnet,
-            unwrittenOutput: try f.requiredBytes(Tag.unwrittenOutput), gmcp: gmcp)
+            unwrittenOutput: try f.requiredBytes(Tag.unwrittenOutput), gmcp: gmcp, target: target)
     }
 
     private static func decodeTelnet(_ f: SnapshotFields) throws(SnapshotError) -> TelnetFilter.State {
