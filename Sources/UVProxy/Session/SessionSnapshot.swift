@@ -117,7 +117,9 @@ public struct SessionSnapshot: Equatable, Sendable {
     ///
     /// Added later, none of them must-understand: `gmcp` (22) is state only the GMCP API reads,
     /// which an older binary does not have; dropped, the session goes on as before GMCP existed
-    /// (its filter, having lost GMCP as well, strips the target's GMCP as it always did). 21 is
+    /// (its filter, having lost GMCP as well, strips the target's GMCP as it always did);
+    /// `targetSettings` (23) matters only when the reader's configuration lacks the target's
+    /// name, where an older binary closes the session as it always did. 21 is
     /// left unassigned: SessionSnapshotTests writes it as the field of a newer writer that an
     /// older reader skips.
     enum Tag {
