@@ -216,6 +216,49 @@ extension IntegrationHostileTests {
         XCTAssertLessThan(took, 4, "cut soon after send-timeout")
     }
 
+    /// Point 3, the clock's resolution: a client that stops taking its response is cut off soon
+    /// after `send-timeout`, whatever else times the connection: the first look came only with
+    /// the 75 s keep-alive timeout (a plain response), the 15 s comment (SSE) or the 30 s ping
+    /// (WebSocket), so a stalled client held its slot for up to 135 s (black-box probe).
+    func testAStalledReaderIsCutSoonAfterSendTimeoutOnEveryKindOfResponse() throws {
+        let d = try startDaemon {
+            $0.demo = true
+            $0.bufferSize = 8 << 20
+            $0.sendTimeout = 1
+        }
+        let c = try d.client()
+        let id = try c.createSession()
+        let size = 3 << 20
+        XCTAssertEqual(try c.request("POST", "/sessions/\(id)/input", body: "flood \(size)").status, 204)
+        try waitUntil("the flood buffered") {
+            try d.onLoop { $0.table.allSessions.first?.ring.end ?? 0 } >= UInt64(size)
+        }
+        c.socket.close()
+        let requests = [
+            "GET /sessions/\(id)?since=0 HTTP/1.1\r\nHost: localhost\r\n\r\n",
+            "GET /sessions/\(id)/events?since=0 HTTP/1.1\r\nHost: localhost\r\n\r\n",
+            "GET /sessions/\(id)/ws?since=0 HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                + "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Protocol: binary\r\n\r\n",
+        ]
+        for (kind, request) in zip(["a plain response", "an event stream", "a WebSocket"], requests) {
+            try waitUntil("no connection left") { try d.onLoop { $0.server.connectionCount } == 0 }
+            let stalled = try TestSocket.connect(port: d.listenPort)
+            var small: Int32 = 16 << 10
+            setsockopt(stalled.fd, SOL_SOCKET, SO_RCVBUF, &small, socklen_t(MemoryLayout<Int32>.size))
+            try stalled.send(request)
+            _ = try stalled.receive(max: 1024)  // the head, then nothing
+            let start = Date()
+            try withExtendedLifetime(stalled) {
+                try waitUntil("the stalled connection closed (\(kind))", timeout: 10) {
+                    try d.onLoop { $0.server.connectionCount } == 0
+                }
+            }
+            let took = Date().timeIntervalSince(start)
+            XCTAssertGreaterThanOrEqual(took, 0.9, "not cut before send-timeout: \(kind)")
+            XCTAssertLessThan(took, 3, "cut soon after send-timeout: \(kind)")
+        }
+    }
+
     /// Point 4: a telnet target that asks for the terminal type over and over and never reads
     /// the answers cannot grow the proxy (+76 MiB for 24 MiB sent before).
     func testTelnetTargetThatNegotiatesWithoutReading() throws {

@@ -30,6 +30,9 @@ public struct HTTPLimits: Sendable {
     /// A connection that owes its client bytes is closed only after this long without any
     /// byte of them taken by the client (SPEC §5 `send-timeout`).
     public var sendTimeoutMs: UInt64 = 60_000
+    /// How often a client owed bytes is looked at (it is cut off within about send-timeout plus
+    /// twice this after its last progress): a quarter of send-timeout, 0.1 to 5 s.
+    var stallCheckMs: UInt64 { min(5_000, max(100, sendTimeoutMs / 4)) }
     /// Most client connections held at once (SPEC §5 `max-connections`).
     public var maxConnections = 10_000
     /// Every connection starts with a PROXY protocol header, v1 or v2 (SPEC §6
@@ -86,6 +89,13 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
     /// took a byte (or when it was last owed nothing).
     private var lastAcked: UInt64 = 0
     private var lastProgress: UInt64
+    /// When the current hold ends (`hold(until:)`); the timer may fire before it to look at a
+    /// stalled client.
+    private var holdUntil: UInt64 = 0
+    /// `stream.bytesToKernel` when the client was last found possibly owed bytes (`mayBeOwed`).
+    private var bytesAtLastLook: UInt64 = 0
+    /// A response larger than this may sit in the kernel for a client that stopped reading.
+    static let largeResponse: UInt64 = 64 * 1024
     private enum Phase { case open, lingering, closed }
     private var closeWhenDrained = false
     private var phase = Phase.open
@@ -359,7 +369,28 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
     /// Keeps the current request open; `heldRequestTimedOut` is called at `until` (loop ms) if set.
     public func hold(until: UInt64?) {
         guard phase == .open, awaitingResponse else { return }  // already answered
-        if let until { schedule(.held, at: until) } else { cancelTimer() }
+        guard let until else { return cancelTimer() }
+        holdUntil = until
+        schedule(.held, at: stream.queuedWriteBytes > 0 ? min(until, loop.now + limits.stallCheckMs) : until)
+    }
+
+    /// A write left bytes waiting for the client: its stall clock is looked at soon, not only at
+    /// the end of the current hold (a stream's keep-alive, a WebSocket's ping).
+    @inline(__always) private func watchStall() {
+        if timerKind == .held, deadline > loop.now + limits.stallCheckMs, mayBeOwed() {
+            schedule(.held, at: loop.now + limits.stallCheckMs)
+        }
+    }
+
+    /// Whether the client may not have taken what was written (some of it is still here, or
+    /// more than a socket buffer's worth went to the kernel since the last time this said so):
+    /// worth a look at its stall clock, which costs a system call.
+    @inline(__always) private func mayBeOwed() -> Bool {
+        guard stream.queuedWriteBytes > 0 || stream.bytesToKernel &- bytesAtLastLook > HTTPConnection.largeResponse else {
+            return false
+        }
+        bytesAtLastLook = stream.bytesToKernel
+        return true
     }
 
     // MARK: Responses
@@ -492,6 +523,7 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
         guard phase == .open, isStreaming else { return }
         noteSendStart()
         stream.write(bytes)
+        watchStall()
     }
 
     /// Two buffers, in order, as one write (a frame's header and its payload: no copy).
@@ -499,6 +531,7 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
         guard phase == .open, isStreaming else { return }
         noteSendStart()
         stream.write(a, b)
+        watchStall()
     }
 
     /// The largest request body (a WebSocket message may be no larger: SPEC §8).
@@ -546,7 +579,11 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
         }
         // The idle deadline is lazy (checked against lastActivity when it fires): only arm it
         // if something else had replaced it.
-        if timerKind != .idle || deadlineSlot < 0 {
+        // A response the client may not have taken yet (some of it still here, or more than a
+        // socket buffer's worth since the last one): its stall clock is looked at soon.
+        if mayBeOwed() {
+            schedule(.idle, at: loop.now + limits.stallCheckMs)
+        } else if timerKind != .idle || deadlineSlot < 0 {
             schedule(.idle, at: lastActivity + limits.keepAliveTimeoutMs)
         }
         // A held request answered from elsewhere (a target's read, another client's request, a
@@ -625,7 +662,7 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
             guard phase == .open, !awaitingResponse else { return }
             if owesBytes {  // still sending: only a client that takes nothing is cut off
                 if sendStalled(now: now) { return close() }
-                return schedule(.idle, at: lastProgress + limits.sendTimeoutMs)
+                return schedule(.idle, at: min(lastProgress + limits.sendTimeoutMs, now + limits.stallCheckMs))
             }
             let due = lastActivity + limits.keepAliveTimeoutMs
             if now >= due {
@@ -654,6 +691,10 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
             timeOut("request body not complete within \(limits.bodyTimeoutMs / 1000) seconds")
         case .held:
             guard phase == .open, awaitingResponse else { return }
+            if now < holdUntil {  // an early look at a client owed bytes (`watchStall`)
+                if sendStalled(now: now) { return close() }
+                return schedule(.held, at: owesBytes ? min(holdUntil, now + limits.stallCheckMs) : holdUntil)
+            }
             timerKind = .idle
             server.handler?.heldRequestTimedOut(on: self)
         case .proxyHeader:
