@@ -257,6 +257,7 @@ extension IntegrationHostileTests {
             XCTAssertGreaterThanOrEqual(took, 0.9, "not cut before send-timeout: \(kind)")
             XCTAssertLessThan(took, 3, "cut soon after send-timeout: \(kind)")
         }
+        XCTAssertEqual(try d.client().metric("uvproxyd_send_timeouts_total"), 3, "each cut is counted")
     }
 
     /// Point 4: a telnet target that asks for the terminal type over and over and never reads

@@ -165,7 +165,7 @@ final class EventStream: SessionObserver, TurnTask {
     /// connection up.
     func keepAlive() {
         guard session != nil else { return }
-        if connection.sendStalled(now: api.now) { return connection.close() }
+        if connection.closeIfStalled(now: api.now) { return }
         if connection.queuedBytes == 0 {
             EventStream.keepAliveComment.withUnsafeBytes { connection.writeStream($0) }
         }

@@ -183,7 +183,7 @@ final class WebSocketStream: SessionObserver, TurnTask, ConnectionTakeover {
     /// `send-timeout` is cut off (SPEC §5); an idle one is pinged.
     func keepAlive() {
         guard session != nil, !closeSent else { return }
-        if connection.sendStalled(now: api.now) { return connection.close() }
+        if connection.closeIfStalled(now: api.now) { return }
         if connection.queuedBytes == 0, api.now >= connection.lastRead + WebSocketStream.pingIntervalMs / 2 {
             var frame: [UInt8] = []
             WebSocketFrameEncoder.appendPing(to: &frame)

@@ -41,6 +41,12 @@ extension ProxyDaemon {
         ])
     }
 
+    public func sendsTimedOut(count: UInt64, client: SocketAddress?) {
+        logger.notice("send-timeout: \(count) client connection\(count == 1 ? "" : "s") closed since the last notice, the client taking nothing it was owed", metadata: [
+            "count": "\(count)", "client": "\(client?.description ?? "-")",
+        ])
+    }
+
     public func proxyHeadersRejected(count: UInt64, peer: SocketAddress?, reason: String) {
         logger.warning("PROXY header missing or invalid: \(count) connection\(count == 1 ? "" : "s") closed since the last warning", metadata: [
             "count": "\(count)", "peer": "\(peer?.description ?? "-")", "reason": "\(reason)",

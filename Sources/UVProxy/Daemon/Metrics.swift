@@ -16,6 +16,7 @@ extension ProxyDaemon {
         metrics.count("uvproxyd_upstream_connect_failures_total", total: c.connectFailures)
         metrics.count("uvproxyd_accept_errors_total", total: server.metrics.acceptErrors)
         metrics.count("uvproxyd_proxy_header_errors_total", total: server.metrics.proxyHeaderErrors)
+        metrics.count("uvproxyd_send_timeouts_total", total: server.metrics.sendTimeouts)
         metrics.count("uvproxyd_upstream_received_bytes_total", total: c.upstreamReceivedBytes)
         metrics.count("uvproxyd_upstream_sent_bytes_total", total: c.upstreamSentBytes)
         for (code, n) in server.metrics.statusCounts.enumerated() where n > 0 {

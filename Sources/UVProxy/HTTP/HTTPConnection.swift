@@ -307,6 +307,15 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
         return now >= lastProgress + limits.sendTimeoutMs
     }
 
+    /// Closes the connection (counted, logged) if its client has taken nothing it is owed for
+    /// `send-timeout` (SPEC §5); returns whether it did.
+    public func closeIfStalled(now: UInt64) -> Bool {
+        guard sendStalled(now: now) else { return false }
+        server.sendTimedOut(self)
+        close()
+        return true
+    }
+
     /// Whether the client is owed bytes that are still in user space or in the kernel.
     private var owesBytes: Bool { stream.queuedWriteBytes > 0 || stream.unsentBytes > 0 }
 
@@ -661,7 +670,7 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
         case .idle:
             guard phase == .open, !awaitingResponse else { return }
             if owesBytes {  // still sending: only a client that takes nothing is cut off
-                if sendStalled(now: now) { return close() }
+                if closeIfStalled(now: now) { return }
                 return schedule(.idle, at: min(lastProgress + limits.sendTimeoutMs, now + limits.stallCheckMs))
             }
             let due = lastActivity + limits.keepAliveTimeoutMs
@@ -692,7 +701,7 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
         case .held:
             guard phase == .open, awaitingResponse else { return }
             if now < holdUntil {  // an early look at a client owed bytes (`watchStall`)
-                if sendStalled(now: now) { return close() }
+                if closeIfStalled(now: now) { return }
                 return schedule(.held, at: owesBytes ? min(holdUntil, now + limits.stallCheckMs) : holdUntil)
             }
             timerKind = .idle
@@ -704,7 +713,7 @@ public final class HTTPConnection: TCPStreamDelegate, HTTPRequestParserDelegate,
             close()
         case .linger:
             // A last response still on its way to a slow reader is not cut off while it reads.
-            if phase == .lingering, stream.queuedWriteBytes > 0, !sendStalled(now: now) {
+            if phase == .lingering, stream.queuedWriteBytes > 0, !closeIfStalled(now: now) {
                 return schedule(.linger, at: lastProgress + limits.sendTimeoutMs)
             }
             close()

@@ -9,6 +9,8 @@ public struct HTTPMetrics {
     public var acceptErrors: UInt64 = 0
     /// Connections closed for a missing or invalid PROXY header (`--accept-proxy-protocol`).
     public var proxyHeaderErrors: UInt64 = 0
+    /// Connections closed because their client took no byte it was owed for `send-timeout`.
+    public var sendTimeouts: UInt64 = 0
 }
 
 /// Told of every response (metrics, access log).
@@ -22,11 +24,15 @@ public protocol HTTPServerObserver: AnyObject {
     /// Connections were closed for a missing or invalid PROXY header: `count` since the last
     /// call, the last from `peer` for `reason`. At most once per `acceptWarningIntervalMs`.
     func proxyHeadersRejected(count: UInt64, peer: SocketAddress?, reason: String)
+    /// Connections were closed for `send-timeout`: `count` since the last call, the last one's
+    /// client `client`. At most once per `acceptWarningIntervalMs`.
+    func sendsTimedOut(count: UInt64, client: SocketAddress?)
 }
 
 extension HTTPServerObserver {
     public func acceptsFailed(count: UInt64, error: Int32) {}
     public func proxyHeadersRejected(count: UInt64, peer: SocketAddress?, reason: String) {}
+    public func sendsTimedOut(count: UInt64, client: SocketAddress?) {}
 }
 
 /// Accepts client connections and gives each an `HTTPConnection`.
@@ -50,6 +56,8 @@ public final class HTTPServer {
     private var lastAcceptWarning: UInt64?
     private var unreportedProxyHeaderErrors: UInt64 = 0
     private var lastProxyHeaderWarning: UInt64?
+    private var unreportedSendTimeouts: UInt64 = 0
+    private var lastSendTimeoutNotice: UInt64?
     public static let acceptWarningIntervalMs: UInt64 = 10_000
 
     public init(loop: EventLoop, limits: HTTPLimits, corsHeaders: [UInt8]? = nil) {
@@ -131,6 +139,19 @@ public final class HTTPServer {
         let n = unreportedProxyHeaderErrors
         unreportedProxyHeaderErrors = 0
         observer?.proxyHeadersRejected(count: n, peer: connection.tcpPeerAddress, reason: reason)
+    }
+
+    /// `connection`'s client took nothing of what it is owed for `send-timeout`: it is closed
+    /// (by the caller), counted, and logged at most once per `acceptWarningIntervalMs`.
+    func sendTimedOut(_ connection: HTTPConnection) {
+        metrics.sendTimeouts += 1
+        unreportedSendTimeouts += 1
+        let now = loop.now
+        if let last = lastSendTimeoutNotice, now - last < HTTPServer.acceptWarningIntervalMs { return }
+        lastSendTimeoutNotice = now
+        let n = unreportedSendTimeouts
+        unreportedSendTimeouts = 0
+        observer?.sendsTimedOut(count: n, client: connection.proxiedAddress ?? connection.tcpPeerAddress)
     }
 
     /// Over `max-connections`: a 503 the client can read at once, then the descriptor goes back
