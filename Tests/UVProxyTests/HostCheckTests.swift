@@ -14,6 +14,17 @@ final class HostCheckTests: XCTestCase {
         }
     }
 
+    /// `::1` however it is written (RFC 4291 §2.2): only `[::1]` passed (black-box probe).
+    func testTheIPv6LoopbackInAnySpelling() {
+        let check = HostCheck(allowedHosts: [])
+        for host in ["[0:0:0:0:0:0:0:1]", "[0::1]:8181", "[::0:1]", "[::01]", "[0000:0000:0000:0000:0000:0000:0000:0001]:80"] {
+            XCTAssertTrue(allows(check, host), host)
+        }
+        for host in ["[::0:2]", "[1::1]", "[::1%lo]", "[::1::]", "[0:0:0:0:0:0:0:0:1]", "[::g1]"] {
+            XCTAssertFalse(allows(check, host), host)
+        }
+    }
+
     func testOtherNamesAreRefused() {
         let check = HostCheck(allowedHosts: [])
         for host in ["evil.example", "evil.example:8181", "localhost.evil.example", "evil-localhost", "mylocalhost",
