@@ -44,6 +44,21 @@ final class IntegrationWebSocketTests: XCTestCase {
         XCTAssertEqual(replaced?.code, 4000, "with its own code: a client tells it from the session's end (1000)")
     }
 
+    /// Text both ways in the target's charset: a command typed as UTF-8 reaches a Latin-1 game
+    /// in Latin-1, as its output comes decoded from it (it went as UTF-8: "cafÃ©"; black-box probe).
+    func testTerminalTextGoesToTheGameInItsCharset() throws {
+        let (_, d, _, id, target) = try sessionOnTestUpstream { $0.charset = .latin1 }
+        let ws = try WebSocketTestClient(port: d.listenPort, path: "/sessions/\(id)/ws", protocols: ["terminal.mudstandards.org"])
+        try target.send([0x63, 0x61, 0x66, 0xE9, 0x0D, 0x0A])
+        XCTAssertEqual(String(decoding: try ws.read(until: "\n"), as: UTF8.self), "café\r\n")
+        try ws.sendText("say café ☕")
+        XCTAssertEqual(try target.receive(exactly: 12), bytes("say caf") + [0xE9, 0x20, 0x3F, 0x0D, 0x0A],
+                       "Latin-1, and ? for what it cannot hold")
+        let binary = try WebSocketTestClient(port: d.listenPort, path: "/sessions/\(id)/ws", protocols: ["binary"])
+        try binary.send(2, bytes("é"))
+        XCTAssertEqual(try target.receive(exactly: 2), bytes("é"), "binary input goes raw")
+    }
+
     func testCreateAndAttachInOneStepWithTheTokenInTheQuery() throws {
         let up = try startUpstream(greeting: "welcome\r\n")
         let d = try startDaemon {

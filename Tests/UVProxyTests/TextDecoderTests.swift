@@ -210,3 +210,21 @@ final class TextDecoderTests: XCTestCase {
         }
     }
 }
+
+/// Text from a client (a WebSocket's text frames, UTF-8) into the target's charset: the
+/// inverse of `TextDecoder` for every character the charset has, `?` for the others.
+final class TextEncoderTests: XCTestCase {
+    func testEveryCharsetRoundTripsWhatItCanHold() {
+        XCTAssertEqual(TextEncoder.encode(Array("say café ☕".utf8), to: .utf8), Array("say café ☕".utf8))
+        XCTAssertEqual(TextEncoder.encode(Array("say café ☕".utf8), to: .latin1), Array("say caf".utf8) + [0xE9, 0x20, 0x3F])
+        XCTAssertEqual(TextEncoder.encode(Array("é░π\u{1B}[1m".utf8), to: .cp437), [0x82, 0xB0, 0xE3, 0x1B, 0x5B, 0x31, 0x6D])
+        for charset in [Charset.latin1, .cp437] {
+            let all = (0...255).map { UInt8($0) }
+            var decoder = TextDecoder(charset: charset, escapesJSON: false)
+            var text: [UInt8] = []
+            all.withUnsafeBytes { decoder.decode($0, into: &text) }
+            decoder.finish(into: &text)
+            XCTAssertEqual(TextEncoder.encode(text, to: charset), all, "\(charset): every byte back")
+        }
+    }
+}

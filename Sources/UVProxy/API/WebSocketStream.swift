@@ -282,8 +282,11 @@ final class WebSocketStream: SessionObserver, TurnTask, ConnectionTakeover {
         case .text(let message) where mode == .gmcp:
             flushInput(&batch)  // GMCP follows the input before it
             sendGMCP(message)
+        case .text(let message) where mode == .terminal:
+            // A command in the target's charset, as its output is decoded from it.
+            add(TextEncoder.encode(message, to: session?.target.charset ?? .utf8), command: true, to: &batch)
         case .text(let message):
-            add(message, command: mode == .terminal, to: &batch)
+            add(message, command: false, to: &batch)
         case .binary(let message):
             add(message, command: false, to: &batch)
         case .ping(let payload):
