@@ -12,7 +12,9 @@ import FuzzSupport
 //   pieces), and `pendingByteCount` stays within 0…3;
 // - it means what the input means: unescaped, it is the input decoded by the Swift standard
 //   library (UTF-8, U+FFFD per maximal subpart), or byte by byte (Latin-1), or through the
-//   CP437 table.
+//   CP437 table;
+// - `TextEncoder` takes Latin-1's and CP437's text back to the very bytes, and any text to one
+//   byte per character.
 
 let charsets: [Charset] = [.utf8, .latin1, .cp437]
 
@@ -56,5 +58,18 @@ public func fuzzText(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
     case .cp437: expected = payload.map { $0 < 0x80 ? Unicode.Scalar($0) : Unicode.Scalar(TextDecoder.cp437High[Int($0) - 0x80])! }
     }
     fuzzCheck(scalars == expected, "\(charset) \(Array(payload)) means \(scalars), expected \(expected)")
+    // TextEncoder, the way back: a single-byte charset's text encodes to its bytes exactly; any
+    // text (the payload read as UTF-8, as a WebSocket's) encodes to one byte per character there.
+    var string = ""
+    string.unicodeScalars.append(contentsOf: expected)
+    let text = Array(string.utf8)
+    if charset != .utf8 {
+        fuzzCheck(TextEncoder.encode(text, to: charset) == Array(payload), "\(charset): \(Array(payload)) does not encode back")
+        let any = Array(String(decoding: payload, as: UTF8.self).utf8)
+        let encoded = TextEncoder.encode(any, to: charset)
+        fuzzCheck(encoded.count == String(decoding: any, as: UTF8.self).unicodeScalars.count, "\(charset): one byte per character")
+    } else {
+        fuzzCheck(TextEncoder.encode(text, to: .utf8) == text, "UTF-8 text is kept as it is")
+    }
     return 0
 }
