@@ -36,6 +36,42 @@ final class IntegrationHostCheckTests: XCTestCase {
         XCTAssertEqual(r.status, 200, r.text)
     }
 
+    /// Cross-site WebSocket hijacking: a browser lets any page open a WebSocket to the proxy
+    /// (no same-origin rule for WebSocket), and without a token the proxy trusts whoever reaches
+    /// it; the page's `Origin` is held to the Host check's names (and `--cors-origin`). A page
+    /// of any site could create sessions and play through a player's local proxy.
+    func testAWebSocketFromAPageOfAnotherSiteIsRefusedWithoutAToken() throws {
+        let up = try startUpstream()
+        let d = try startDaemon {
+            $0.upstream = "127.0.0.1:\(up.port)"
+            $0.allowedHosts = ["mud.example.org"]
+            $0.corsOrigin = "https://client.example.net"
+        }
+        func status(_ origin: String?) throws -> Int {
+            var headers = ["Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+                           "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="]
+            if let origin { headers["Origin"] = origin }
+            return try WebSocketTestClient(port: d.listenPort, path: "/ws", headers: headers).status
+        }
+        for origin in ["http://attacker.example", "https://attacker.example:\(d.listenPort)", "null", "http://localhost.attacker.example"] {
+            XCTAssertEqual(try status(origin), 403, origin)
+        }
+        XCTAssertEqual(up.connectionCount, 0, "no session was created for them")
+        for origin in [nil, "http://localhost:3000", "http://127.0.0.1:\(d.listenPort)", "https://MUD.example.org",
+                       "https://client.example.net", "http://[::1]:8080"] {
+            XCTAssertEqual(try status(origin), 101, origin ?? "no Origin (not a browser)")
+        }
+        let withToken = try startDaemon {
+            $0.upstream = "127.0.0.1:\(up.port)"
+            $0.token = "t"
+        }
+        let ws = try WebSocketTestClient(port: withToken.listenPort, path: "/ws?token=t", headers: [
+            "Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", "Origin": "https://anywhere.example",
+        ])
+        XCTAssertEqual(ws.status, 101, "with a token, the token is the check")
+    }
+
     func testAllowedHostsAndTokenTurnTheCheckOff() throws {
         let d = try startDaemon { $0.allowedHosts = ["Mud.Example.org"] }
         let c = try d.client()

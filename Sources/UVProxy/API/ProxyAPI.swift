@@ -291,6 +291,10 @@ public final class ProxyAPI: HTTPHandler {
 
     /// The upgrade request's checks (RFC 6455 §4.2.1); answers 400 or 426 itself and returns nil.
     private func webSocketHandshake(_ connection: HTTPConnection, _ request: HTTPRequest) -> (accept: [UInt8], subprotocol: String?)? {
+        if let hostCheck, !request.origin.isEmpty, !originAllowed(request.origin, hostCheck) {
+            error(connection, .forbidden, "a WebSocket from a page of another site (Origin \(String(decoding: request.origin, as: UTF8.self))) is refused while the proxy has no token: set a token, or name the site with allowed-host or cors-origin")
+            return nil
+        }
         func value(_ v: [UInt8]) -> [UInt8]? { v.isEmpty ? nil : v }
         let handshake = WebSocketHandshake.Request(
             upgrade: value(request.upgrade), connection: value(request.connection),
@@ -346,6 +350,21 @@ public final class ProxyAPI: HTTPHandler {
         connection.hold(until: clock() + WebSocketStream.pingIntervalMs)
         socket.pump()
         return true
+    }
+
+    /// Without a token on a loopback address (the Host check is on), a browser's WebSocket is
+    /// taken from the pages of the names that check allows and of `cors-origin` only: browsers
+    /// let any page open a WebSocket anywhere (no same-origin rule holds it back, as it does a
+    /// page's HTTP requests), and the proxy would let any site play through a player's proxy.
+    /// `Origin` is `scheme://host[:port]`; `null` (a sandboxed or local page) is refused.
+    private func originAllowed(_ origin: [UInt8], _ hostCheck: HostCheck) -> Bool {
+        if let cors = settings.corsOrigin, origin.count == cors.utf8.count,
+           zip(origin, cors.utf8).allSatisfy({ asciiLower($0) == asciiLower($1) }) { return true }
+        guard let colon = origin.firstIndex(of: UInt8(ascii: ":")), origin[colon...].starts(with: "://".utf8) else {
+            return false
+        }
+        let authority = origin[(colon + 3)...]
+        return !authority.isEmpty && hostCheck.allows(Array(authority))
     }
 
     /// A WebSocket may carry the token as `token` in the query (browsers cannot set headers on

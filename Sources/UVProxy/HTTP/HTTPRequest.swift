@@ -47,6 +47,8 @@ public final class HTTPRequest {
     public var webSocketKey: [UInt8] = []
     public var webSocketProtocol: [UInt8] = []
     public var webSocketExtensions: [UInt8] = []
+    /// The page a browser's request comes from (`Origin`), checked on a WebSocket upgrade.
+    public var origin: [UInt8] = []
     var transferEncodingCount = 0
     /// What its `Transfer-Encoding` says besides `chunked` (RFC 9112 §6).
     enum TransferCoding: UInt8 { case chunkedOrNone, otherCoding, chunkedNotLast }
@@ -73,6 +75,7 @@ public final class HTTPRequest {
         webSocketKey.clear()
         webSocketProtocol.clear()
         webSocketExtensions.clear()
+        origin.clear()
         transferEncodingCount = 0
         transferCoding = .chunkedOrNone
         contentLengthCount = 0
@@ -93,6 +96,7 @@ public final class HTTPRequest {
         upgrade = []
         connection = []
         webSocketVersion = []
+        origin = []
         webSocketKey = []
         webSocketProtocol = []
         webSocketExtensions = []

@@ -319,6 +319,7 @@ final class HTTPRequestParser {
         case .webSocketKey: HTTPRequestParser.join(&request.webSocketKey, value)
         case .webSocketProtocol: HTTPRequestParser.join(&request.webSocketProtocol, value)
         case .webSocketExtensions: HTTPRequestParser.join(&request.webSocketExtensions, value)
+        case .origin: request.origin.keep(value)
         case .other: break
         }
         return true
@@ -335,12 +336,14 @@ final class HTTPRequestParser {
     private enum HeaderKind {
         case other, host, expect, contentType, authorization, lastEventID, ifNoneMatch, contentLength, forwardedFor
         case transferEncoding, upgrade, connection, webSocketVersion, webSocketKey, webSocketProtocol, webSocketExtensions
+        case origin
 
         init(_ name: [UInt8]) {
             let n = name[...]
             switch name.count {
             case 4 where n.equalsIgnoringCase("host"): self = .host
             case 6 where n.equalsIgnoringCase("expect"): self = .expect
+            case 6 where n.equalsIgnoringCase("origin"): self = .origin
             case 12 where n.equalsIgnoringCase("content-type"): self = .contentType
             case 13 where n.equalsIgnoringCase("authorization"): self = .authorization
             case 13 where n.equalsIgnoringCase("last-event-id"): self = .lastEventID
