@@ -386,16 +386,21 @@ final class IntegrationAPITests: XCTestCase {
 
     // MARK: Delete
 
+    /// Posts `piece` bytes of the test pattern at a time until the input limit's 503 (the target
+    /// does not read); returns how many pieces were taken.
+    private func queueInputUntilFull(_ c: HTTPTestClient, _ id: String, piece: Int) throws -> Int {
+        for i in 0..<2000 {
+            let r = try c.call("POST", "/sessions/\(id)/input?raw=1", body: pattern(i * piece..<(i + 1) * piece))
+            if r.status == 503 { return i }
+            XCTAssertEqual(r.status, 204)
+        }
+        throw TestError("input was never refused")
+    }
+
     func testDeleteAnswersAtOnceAndQueuedInputStillArrives() throws {
         let (up, _, c, id, target) = try sessionOnTestUpstream { $0.bufferSize = 65536 }  // not read yet: input queues up in the proxy
         let piece = 60000
-        var accepted = 0
-        for i in 0..<2000 {
-            let r = try c.call("POST", "/sessions/\(id)/input?raw=1", body: pattern(i * piece..<(i + 1) * piece))
-            if r.status == 503 { break }
-            XCTAssertEqual(r.status, 204)
-            accepted += 1
-        }
+        let accepted = try queueInputUntilFull(c, id, piece: piece)
         XCTAssertGreaterThan(accepted, 0)
         let (del, took) = try timed { try c.call("DELETE", "/sessions/\(id)") }
         XCTAssertEqual(del.status, 204)
@@ -423,13 +428,7 @@ final class IntegrationAPITests: XCTestCase {
     func testShutdownLetsADeletedSessionsInputArrive() throws {
         let (_, d, c, id, target) = try sessionOnTestUpstream { $0.bufferSize = 65536 }  // not read yet
         let piece = 60000
-        var accepted = 0
-        for i in 0..<2000 {
-            let r = try c.call("POST", "/sessions/\(id)/input?raw=1", body: pattern(i * piece..<(i + 1) * piece))
-            if r.status == 503 { break }
-            XCTAssertEqual(r.status, 204)
-            accepted += 1
-        }
+        let accepted = try queueInputUntilFull(c, id, piece: piece)
         XCTAssertEqual(try c.call("DELETE", "/sessions/\(id)").status, 204)
         XCTAssertEqual(try d.onLoop { $0.table.draining }, 1, "the deleted session is draining")
         let stopper = Thread { d.stop() }
@@ -927,13 +926,7 @@ final class IntegrationAPITests: XCTestCase {
     /// Any request naming the session touches it, a refused one too (SPEC §1: "no request has
     /// touched"): a client polling with a bad cursor saw its session closed for idleness.
     func testARefusedRequestStillTouchesItsSession() throws {
-        let up = try startUpstream()
-        let d = try startDaemon {
-            $0.upstream = "127.0.0.1:\(up.port)"
-            $0.idleTimeout = 1
-        }
-        let c = try d.client()
-        let id = try c.createSession()
+        let (_, _, c, id, _) = try sessionOnTestUpstream { $0.idleTimeout = 1 }
         for _ in 0..<10 {
             XCTAssertEqual(try c.call("GET", "/sessions/\(id)?since=999").status, 400)
             Thread.sleep(forTimeInterval: 0.25)  // the idle timeout is the test's clock

@@ -164,15 +164,13 @@ extension IntegrationHostileTests {
         XCTAssertLessThan(grown, 3 << 20, "held for \(n) queued input bytes: \(grown) bytes")
     }
 
-    /// Point 3: a response is sent in full however slowly it is read; only a client that takes
-    /// nothing for `send-timeout` is cut off.
-    func testSlowReaderGetsItsWholeResponseAndAStalledOneIsCutAfterSendTimeout() throws {
+    /// A demo session (send-timeout 1 s) whose game has sent it 3 MiB, all buffered.
+    private func floodedSession() throws -> (TestDaemon, HTTPTestClient, String) {
         let d = try startDaemon {
             $0.demo = true
             $0.bufferSize = 8 << 20
             $0.sendTimeout = 1
         }
-        try d.onLoop { $0.server.limits.keepAliveTimeoutMs = 300 }
         let c = try d.client()
         let id = try c.createSession()
         let size = 3 << 20
@@ -180,6 +178,14 @@ extension IntegrationHostileTests {
         try waitUntil("the flood buffered") {
             try d.onLoop { $0.table.allSessions.first?.ring.end ?? 0 } >= UInt64(size)
         }
+        return (d, c, id)
+    }
+
+    /// Point 3: a response is sent in full however slowly it is read; only a client that takes
+    /// nothing for `send-timeout` is cut off.
+    func testSlowReaderGetsItsWholeResponseAndAStalledOneIsCutAfterSendTimeout() throws {
+        let (d, c, id) = try floodedSession()
+        try d.onLoop { $0.server.limits.keepAliveTimeoutMs = 300 }
         let end = try d.onLoop { Int($0.table.allSessions.first!.ring.end) }
         // Slow: about 600 KB/s through a small receive buffer, for ~5 s: far past keep-alive
         // (300 ms) and send-timeout (1 s), but always taking bytes.
@@ -221,18 +227,7 @@ extension IntegrationHostileTests {
     /// the 75 s keep-alive timeout (a plain response), the 15 s comment (SSE) or the 30 s ping
     /// (WebSocket), so a stalled client held its slot for up to 135 s (black-box probe).
     func testAStalledReaderIsCutSoonAfterSendTimeoutOnEveryKindOfResponse() throws {
-        let d = try startDaemon {
-            $0.demo = true
-            $0.bufferSize = 8 << 20
-            $0.sendTimeout = 1
-        }
-        let c = try d.client()
-        let id = try c.createSession()
-        let size = 3 << 20
-        XCTAssertEqual(try c.request("POST", "/sessions/\(id)/input", body: "flood \(size)").status, 204)
-        try waitUntil("the flood buffered") {
-            try d.onLoop { $0.table.allSessions.first?.ring.end ?? 0 } >= UInt64(size)
-        }
+        let (d, c, id) = try floodedSession()
         c.socket.close()
         let requests = [
             "GET /sessions/\(id)?since=0 HTTP/1.1\r\nHost: localhost\r\n\r\n",

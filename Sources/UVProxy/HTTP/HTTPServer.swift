@@ -51,13 +51,11 @@ public final class HTTPServer {
     /// Extra header lines (CORS) written into every response.
     var corsHeaders: [UInt8]?
     public private(set) var isAccepting = false
-    /// Failed accepts not yet reported to the observer, and when it was last told.
-    private var unreportedAcceptErrors: UInt64 = 0
-    private var lastAcceptWarning: UInt64?
-    private var unreportedProxyHeaderErrors: UInt64 = 0
-    private var lastProxyHeaderWarning: UInt64?
-    private var unreportedSendTimeouts: UInt64 = 0
-    private var lastSendTimeoutNotice: UInt64?
+    /// Failed accepts, rejected PROXY headers and send timeouts, told to the observer at most
+    /// once per `acceptWarningIntervalMs` each (a client can cause them at will).
+    private var acceptErrorReport = RateLimitedReport()
+    private var proxyHeaderReport = RateLimitedReport()
+    private var sendTimeoutReport = RateLimitedReport()
     public static let acceptWarningIntervalMs: UInt64 = 10_000
 
     public init(loop: EventLoop, limits: HTTPLimits, corsHeaders: [UInt8]? = nil) {
@@ -119,39 +117,25 @@ public final class HTTPServer {
     /// (the first failure at once, later ones summed until the interval has passed).
     private func acceptFailed(error: Int32, count: Int) {
         metrics.acceptErrors += UInt64(count)
-        unreportedAcceptErrors += UInt64(count)
-        let now = loop.now
-        if let last = lastAcceptWarning, now - last < HTTPServer.acceptWarningIntervalMs { return }
-        lastAcceptWarning = now
-        let n = unreportedAcceptErrors
-        unreportedAcceptErrors = 0
-        observer?.acceptsFailed(count: n, error: error)
+        if let n = acceptErrorReport.add(UInt64(count), now: loop.now) { observer?.acceptsFailed(count: n, error: error) }
     }
 
     /// A connection without a valid PROXY header is being closed: counted, and the observer is
     /// told at most once per `acceptWarningIntervalMs` (a client can cause this at will).
     func proxyHeaderRejected(_ connection: HTTPConnection, reason: String) {
         metrics.proxyHeaderErrors += 1
-        unreportedProxyHeaderErrors += 1
-        let now = loop.now
-        if let last = lastProxyHeaderWarning, now - last < HTTPServer.acceptWarningIntervalMs { return }
-        lastProxyHeaderWarning = now
-        let n = unreportedProxyHeaderErrors
-        unreportedProxyHeaderErrors = 0
-        observer?.proxyHeadersRejected(count: n, peer: connection.tcpPeerAddress, reason: reason)
+        if let n = proxyHeaderReport.add(1, now: loop.now) {
+            observer?.proxyHeadersRejected(count: n, peer: connection.tcpPeerAddress, reason: reason)
+        }
     }
 
     /// `connection`'s client took nothing of what it is owed for `send-timeout`: it is closed
     /// (by the caller), counted, and logged at most once per `acceptWarningIntervalMs`.
     func sendTimedOut(_ connection: HTTPConnection) {
         metrics.sendTimeouts += 1
-        unreportedSendTimeouts += 1
-        let now = loop.now
-        if let last = lastSendTimeoutNotice, now - last < HTTPServer.acceptWarningIntervalMs { return }
-        lastSendTimeoutNotice = now
-        let n = unreportedSendTimeouts
-        unreportedSendTimeouts = 0
-        observer?.sendsTimedOut(count: n, client: connection.proxiedAddress ?? connection.tcpPeerAddress)
+        if let n = sendTimeoutReport.add(1, now: loop.now) {
+            observer?.sendsTimedOut(count: n, client: connection.proxiedAddress ?? connection.tcpPeerAddress)
+        }
     }
 
     /// Over `max-connections`: a 503 the client can read at once, then the descriptor goes back
@@ -190,5 +174,21 @@ public final class HTTPServer {
     func connectionClosed(_ connection: HTTPConnection) {
         connections[ObjectIdentifier(connection)] = nil
         metrics.connections = connections.count
+    }
+}
+
+/// Events summed between reports, a report at most once per `HTTPServer.acceptWarningIntervalMs`
+/// (the first at once): a log line per interval, not one per event.
+struct RateLimitedReport {
+    private var unreported: UInt64 = 0
+    private var last: UInt64?
+
+    /// Counts `n` more; returns the count to report now, or nil while the interval runs.
+    mutating func add(_ n: UInt64, now: UInt64) -> UInt64? {
+        unreported += n
+        if let last, now - last < HTTPServer.acceptWarningIntervalMs { return nil }
+        last = now
+        defer { unreported = 0 }
+        return unreported
     }
 }
