@@ -47,6 +47,24 @@ final class IntegrationProxyProtocolTests: XCTestCase {
                        "UNKNOWN is the TCP peer too, which already has its one session")
     }
 
+    /// A v2 header with TLVs up to 4 KiB in all is taken, as nginx takes (a balancer's TLVs:
+    /// certificate details, ids; skipped unread, so the size costs no memory); past it, refused.
+    func testAV2HeaderWithTLVsUpTo4KiBIsTaken() throws {
+        let up = try startUpstream()
+        let d = try startDaemon {
+            $0.upstream = "127.0.0.1:\(up.port)"
+            $0.acceptProxyProtocol = true
+        }
+        func header(tlvBytes: Int) -> [UInt8] {
+            let length = 12 + tlvBytes
+            let tlv: [UInt8] = [0xE0, UInt8((tlvBytes - 3) >> 8), UInt8((tlvBytes - 3) & 0xFF)] + [UInt8](repeating: 0x61, count: tlvBytes - 3)
+            return Self.v2Signature + [0x21, 0x11, UInt8(length >> 8), UInt8(length & 0xFF), 203, 0, 113, 20, 127, 0, 0, 1,
+                                       0x9C, 0x40, 0x1F, 0x90] + tlv
+        }
+        XCTAssertEqual(try call(d.listenPort, header: header(tlvBytes: 4096 - 28), create).status, 201, "4096 bytes in all")
+        XCTAssertEqual(try call(d.listenPort, header: header(tlvBytes: 4097 - 28), create).status, 0, "4097: refused, closed")
+    }
+
     func testAnIPv4MappedSourceIsTheIPv4Client() throws {
         let up = try startUpstream()
         let log = LogCapture()

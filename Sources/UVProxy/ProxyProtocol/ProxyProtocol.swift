@@ -461,7 +461,7 @@ public struct ProxyHeaderParser {
     private var finished = Outcome.needMore
     public let maxLength: Int
 
-    public init(maxLength: Int = 1024) {       // v2 headers longer than this (16 + length) are invalid ("too long")
+    public init(maxLength: Int = 4096) {       // v2 headers longer than this (16 + length) are invalid ("too long"); nginx takes as much
         self.maxLength = maxLength
     }
 
