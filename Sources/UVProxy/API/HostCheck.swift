@@ -1,7 +1,3 @@
-#if canImport(Glibc)
-import Glibc
-#endif
-
 /// DNS rebinding protection (SPEC §5). A daemon on a loopback address without a token trusts
 /// whoever can reach it, and a web page the user opens can reach it: it rebinds its own name
 /// to 127.0.0.1, and the browser then sends the page's requests to us as same-origin. The
@@ -39,7 +35,7 @@ public struct HostCheck: Sendable, Equatable {
         if name.last == UInt8(ascii: "."), name.first != UInt8(ascii: "[") { name = name.dropLast() }
         if name.isEmpty { return false }
         if name.equalsIgnoringCase("localhost") || name.equals("[::1]") || HostCheck.isLoopbackIPv4(name)
-            || name.first == UInt8(ascii: "[") && HostCheck.isIPv6Loopback(name.dropFirst().dropLast()) {
+            || name.first == UInt8(ascii: "[") && SocketAddress.isIPv6Loopback(name.dropFirst().dropLast()) {
             return true
         }
         return allowed.contains { HostCheck.equalsIgnoringCase(name, $0) }
@@ -104,20 +100,6 @@ public struct HostCheck: Sendable, Equatable {
             }
         }
         return parts == 3 && digits > 0 && first == 127
-    }
-
-    /// `::1` in any of its spellings (`0:0:0:0:0:0:0:1`, `0::1`, `::01`…), parsed by
-    /// `inet_pton`; a zone or anything else is not.
-    static func isIPv6Loopback(_ text: ArraySlice<UInt8>) -> Bool {
-        guard text.count <= 45 else { return false }  // INET6_ADDRSTRLEN - 1
-        var address = in6_addr()
-        let parsed = withUnsafeTemporaryAllocation(of: CChar.self, capacity: 46) { cString in  // no heap
-            for (i, c) in text.enumerated() { cString[i] = CChar(bitPattern: c) }
-            cString[text.count] = 0
-            return inet_pton(AF_INET6, cString.baseAddress, &address) == 1
-        }
-        guard parsed else { return false }
-        return withUnsafeBytes(of: &address) { $0.prefix(15).allSatisfy { $0 == 0 } && $0[15] == 1 }
     }
 
     private static func equalsIgnoringCase(_ a: ArraySlice<UInt8>, _ lower: [UInt8]) -> Bool {

@@ -99,6 +99,20 @@ public struct SocketAddress: Sendable, CustomStringConvertible {
 
     public var description: String { "\(host):\(port)" }
 
+    /// `::1` in any of its spellings (`0:0:0:0:0:0:0:1`, `0::1`, `::01`…), parsed by
+    /// `inet_pton`; a zone or anything else is not.
+    static func isIPv6Loopback(_ text: ArraySlice<UInt8>) -> Bool {
+        guard text.count <= 45 else { return false }  // INET6_ADDRSTRLEN - 1
+        var address = in6_addr()
+        let parsed = withUnsafeTemporaryAllocation(of: CChar.self, capacity: 46) { cString in  // no heap
+            for (i, c) in text.enumerated() { cString[i] = CChar(bitPattern: c) }
+            cString[text.count] = 0
+            return inet_pton(AF_INET6, cString.baseAddress, &address) == 1
+        }
+        guard parsed else { return false }
+        return withUnsafeBytes(of: &address) { $0.prefix(15).allSatisfy { $0 == 0 } && $0[15] == 1 }
+    }
+
     /// 127.0.0.0/8, ::1, or ::ffff:127.0.0.0/104.
     public var isLoopback: Bool {
         withUnsafePointer(to: storage) { ptr in
