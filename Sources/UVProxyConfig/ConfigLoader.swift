@@ -258,24 +258,24 @@ final class SettingsReader {
         // The providers are asked in order until one has the key or fails: the last one asked answered.
         guard let results = recorder.last?.providerResults, let answered = results.last,
               results.count <= layers.providers.count else { return value }
-        let (provider, source) = layers.providers[results.count - 1]
-        let failed = switch answered.result {
-        case .failure: true
-        case .success(let lookup): lookup.value != nil && value == nil
+        // A provider's answer is bad if it failed, or had a value that did not convert.
+        func check(_ result: AccessEvent.ProviderResult?, converted: Bool, _ provider: any ConfigProvider, _ source: Source) throws {
+            let bad = switch result?.result {
+            case .failure?: true
+            case .success(let lookup)?: lookup.value != nil && !converted
+            case nil: false
+            }
+            if bad { throw problem(path, "\(rawText(provider, path)) is not \(expected)", source: source) }
         }
-        if failed { throw problem(path, "\(rawText(provider, path)) is not \(expected)", source: source) }
+        let (provider, source) = layers.providers[results.count - 1]
+        try check(answered, converted: value != nil, provider, source)
         if value != nil { origins[path.joined(separator: ".")] = source }
         // The sources the answer overrides are read too: a bad value there is an error all the
         // same (SPEC §4: a bad file or value stops start-up), not hidden by a flag.
         for (lower, lowerSource) in layers.providers[results.count...] {
             recorder.last = nil
             let hidden = get(ConfigReader(provider: lower, accessReporter: recorder), ConfigKey(path))
-            guard let result = recorder.last?.providerResults.last?.result else { continue }
-            let bad = switch result {
-            case .failure: true
-            case .success(let lookup): lookup.value != nil && hidden == nil
-            }
-            if bad { throw problem(path, "\(rawText(lower, path)) is not \(expected)", source: lowerSource) }
+            try check(recorder.last?.providerResults.last, converted: hidden != nil, lower, lowerSource)
         }
         return value
     }

@@ -96,11 +96,9 @@ final class EventStream: SessionObserver, TurnTask {
         var out = api.scratch
         api.scratch = []
         out.clear()
-        out.append("event: gmcp\nid: ")
-        out.append(contentsOf: String(cursor).utf8)
-        out.append(UInt8(ascii: ":"))
-        out.append(contentsOf: String(message.seq + 1).utf8)
-        out.append("\ndata: ")
+        out.append("event: gmcp\n")
+        EventStream.appendID(cursor, message.seq + 1, to: &out)
+        out.append("data: ")
         message.appendJSON(into: &out, includeOffset: false)
         out.append("\n\n")
         out.withUnsafeBytes { connection.writeStream($0) }
@@ -115,13 +113,8 @@ final class EventStream: SessionObserver, TurnTask {
         var out = api.scratch
         api.scratch = []  // keep the buffer uniquely referenced while we fill it
         out.clear()
-        out.append("id: ")
-        out.append(contentsOf: String(to).utf8)  // a small string: no allocation
-        if let gmcpCursor {
-            out.append(UInt8(ascii: ":"))
-            out.append(contentsOf: String(gmcpCursor).utf8)
-        }
-        out.append("\ndata: \"")
+        EventStream.appendID(to, gmcpCursor, to: &out)
+        out.append("data: \"")
         session.ring.withBytes(from: from, max: Int(to - from)) { a, b in
             decoder.decode(a, into: &out)
             decoder.decode(b, into: &out)
@@ -138,18 +131,24 @@ final class EventStream: SessionObserver, TurnTask {
         session.acknowledge(upTo: to)
     }
 
+    /// `id: <offset>` or, on a GMCP session, `id: <offset>:<next gmcp seq>`, and its newline.
+    private static func appendID(_ offset: UInt64, _ seq: UInt64?, to out: inout [UInt8]) {
+        out.append("id: ")
+        out.append(contentsOf: String(offset).utf8)  // a small string: no allocation
+        if let seq {
+            out.append(UInt8(ascii: ":"))
+            out.append(contentsOf: String(seq).utf8)
+        }
+        out.append(UInt8(ascii: "\n"))
+    }
+
     /// Ends the response: with a `close` event when the session closed, else silently.
     func end(event reason: CloseReason?) {
         if let reason {
             var out: [UInt8] = []
             out.append("event: close\n")
-            if let gmcpCursor {  // every event's id is <offset>:<seq> on a GMCP session (SPEC §7)
-                out.append("id: ")
-                out.append(contentsOf: String(cursor).utf8)
-                out.append(UInt8(ascii: ":"))
-                out.append(contentsOf: String(gmcpCursor).utf8)
-                out.append(UInt8(ascii: "\n"))
-            }
+            // Every event's id is <offset>:<seq> on a GMCP session (SPEC §7), the close's too.
+            if let gmcpCursor { EventStream.appendID(cursor, gmcpCursor, to: &out) }
             out.append("data: {\"reason\": ")
             out.appendJSONString(reason.text.utf8)
             out.append("}\n\n")

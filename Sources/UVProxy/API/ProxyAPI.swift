@@ -19,7 +19,7 @@ public struct APISettings: Sendable {
     }
 
     func target(named name: String?) -> Target? {
-        guard let name, name != "default", name != defaultTarget.name else { return defaultTarget }
+        guard let name, name != ProxyConfig.defaultTargetName, name != defaultTarget.name else { return defaultTarget }
         return targets[name]
     }
 }

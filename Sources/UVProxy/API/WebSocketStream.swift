@@ -285,9 +285,7 @@ final class WebSocketStream: SessionObserver, TurnTask, ConnectionTakeover {
         case .text(let message) where mode == .terminal:
             // A command in the target's charset, as its output is decoded from it.
             add(TextEncoder.encode(message, to: session?.target.charset ?? .utf8), command: true, to: &batch)
-        case .text(let message):
-            add(message, command: false, to: &batch)
-        case .binary(let message):
+        case .text(let message), .binary(let message):  // binary mode: raw bytes, either way
             add(message, command: false, to: &batch)
         case .ping(let payload):
             batch.pongs = true

@@ -201,7 +201,7 @@ public struct ProxyConfig: Sendable, Equatable {
         do { address = try defaultAddress ?? resolve(upstream) } catch {
             throw ConfigError("upstream: \(error)")
         }
-        var settings = APISettings(defaultTarget: Target(name: "default", address: address, telnet: telnet,
+        var settings = APISettings(defaultTarget: Target(name: ProxyConfig.defaultTargetName, address: address, telnet: telnet,
                                                          charset: charset, connectTimeoutMs: timeout,
                                                          proxyProtocol: proxyProtocol, gmcp: gmcp))
         for (name, t) in targets {

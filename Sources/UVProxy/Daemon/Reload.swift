@@ -57,7 +57,7 @@ extension ProxyDaemon {
         server.limits.acceptProxyProtocol = next.acceptProxyProtocol
         if let level = Logger.Level(rawValue: next.logLevel.lowercased()) { logger.logLevel = level }
 
-        let names = ["default"] + next.targets.keys.sorted()
+        let names = [ProxyConfig.defaultTargetName] + next.targets.keys.sorted()
         logger.notice("""
             config reloaded: \(names.count) target\(names.count == 1 ? "" : "s") (\(names.joined(separator: ", "))); \
             changed: \(changed.isEmpty ? "nothing" : changed.joined(separator: ", "))
