@@ -44,13 +44,15 @@ func referenceDecode(_ raw: ArraySlice<UInt8>) -> [UInt8] {
 
 func isDigits(_ s: ArraySlice<UInt8>) -> Bool { s.allSatisfy { $0 >= 48 && $0 <= 57 } }
 
-func referenceUnsigned(_ s: ArraySlice<UInt8>) -> UInt64? {
+/// Percent-encoded digits are digits (RFC 3986 §2.1: `%31` is `1`), so numbers are judged decoded.
+func referenceUnsigned(_ raw: ArraySlice<UInt8>) -> UInt64? {
+    let s = referenceDecode(raw)[...]
     guard !s.isEmpty, isDigits(s) else { return nil }
     return UInt64(String(decoding: s, as: UTF8.self)).flatMap { $0 <= UInt64(Int64.max) ? $0 : nil }  // below 2^63
 }
 
 func referenceSeconds(_ s: ArraySlice<UInt8>) -> UInt64? {
-    plainSeconds(s) ?? exponentSeconds(s)
+    plainSeconds(referenceDecode(s)[...]) ?? exponentSeconds(s)
 }
 
 /// `<plain seconds>e[+-]<digits>` (`+` also as a space or `%2B`), through Double.
