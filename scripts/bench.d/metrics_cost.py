@@ -49,6 +49,7 @@ def start_proxy(binary, upstream_port, wrapper=(), extra=()):
             return proc, int(m.group(1))
         if time.time() > deadline:
             break
+    proc.kill()
     raise SystemExit(f"{binary} did not become ready")
 
 
@@ -125,10 +126,10 @@ def main():
         for name, binary in (("with", args.with_bin), ("without", args.without_bin)):
             proc, port = start_proxy(binary, upstream_port)
             ids_file = os.path.join(tmp, f"ids-{name}")
+            procs[name] = (proc, port, ids_file)  # killed by `finally` if what follows fails (no wrk)
             with open(ids_file, "w") as f:
                 f.write("\n".join(create_sessions(port, args.sessions)) + "\n")
             wrk(args, port, ids_file, 1)  # warm-up
-            procs[name] = (proc, port, ids_file)
         results = {"with": [], "without": []}
         if args.rounds == 0:  # callgrind only
             for proc, _, _ in procs.values():
