@@ -122,6 +122,12 @@ final class ParameterTests: XCTestCase {
         XCTAssertEqual(try params("since=%31").unsigned("since")?.get(), 1)
         XCTAssertEqual(try params("since=4%32").unsigned("since")?.get(), 42)
         XCTAssertEqual(try params("wait=%30.5").milliseconds("wait")?.get(), 500)
+        XCTAssertEqual(try params("wait=%31e0").milliseconds("wait")?.get(), 1000)
+        // Decoded once: `%2531` is the text `%31`, not a digit (found by reviewing the fuzz reference).
+        for twice in ["%2531", "%2531e0", "1e%252B3", "%2530.5"] {
+            XCTAssertThrowsError(try params("wait=\(twice)").milliseconds("wait")?.get(), twice)
+            XCTAssertThrowsError(try params("since=\(twice)").unsigned("since")?.get(), twice)
+        }
     }
 
     func testSeconds() {

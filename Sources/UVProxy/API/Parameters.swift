@@ -151,7 +151,8 @@ public struct Parameters {
 
     @inline(__always)
     static func seconds(_ raw: ArraySlice<UInt8>) -> UInt64? {
-        parseSeconds(raw) ?? parseScientificSeconds(raw) ?? decodedOnly(raw) { parseSeconds($0) ?? parseScientificSeconds($0) }
+        // parseScientificSeconds decodes what it reads: decoded here only for plain seconds (once).
+        parseSeconds(raw) ?? parseScientificSeconds(raw) ?? decodedOnly(raw, parseSeconds)
     }
 
     /// A flag: "1", "true", "yes", "on" (or present with no value) are true; anything else false.
