@@ -19,7 +19,8 @@ import Glibc
 // Invariants:
 // - the process never crashes (ASan on);
 // - what the client reads is a sequence of whole HTTP/1.1 responses (a 100 Continue aside),
-//   each with a Content-Length that matches its body, except an event stream, which is last;
+//   each with a Content-Length that matches its body (a HEAD's: no body), except an event
+//   stream or a 101 Switching Protocols (WebSocket frames follow), which is last;
 // - one response per request, in order: the statuses the client reads are exactly the ones
 //   the server reported finished (HTTPServerObserver), in that order, and every request
 //   handed to the API was answered unless it was still held when the client left;
@@ -55,6 +56,8 @@ final class World: HTTPHandler, HTTPServerObserver {
     /// Requests handed to the API and statuses of finished responses, for this input.
     var handled = 0
     var finished: [Int] = []
+    /// Per request handed to the API, in order: whether it is a HEAD (its response has no body).
+    var heads: [Bool] = []
 
     init() {
         loop = try! EventLoop()
@@ -87,6 +90,7 @@ final class World: HTTPHandler, HTTPServerObserver {
 
     func handle(_ request: HTTPRequest, on connection: HTTPConnection) {
         handled += 1
+        heads.append(request.method == .head)
         api.handle(request, on: connection)
     }
     func heldRequestTimedOut(on connection: HTTPConnection) { api.heldRequestTimedOut(on: connection) }
@@ -208,8 +212,9 @@ struct Response {
     var close: Bool
 }
 
-/// Parses what the client read into responses; checks framing.
-func parseResponses(_ bytes: [UInt8]) -> [Response] {
+/// Parses what the client read into responses; checks framing. `heads[k]`: the k-th request
+/// handed over was a HEAD (a request the parser refused is answered last, with a body).
+func parseResponses(_ bytes: [UInt8], heads: [Bool]) -> [Response] {
     var out: [Response] = []
     var i = 0
     let crlfcrlf: [UInt8] = [13, 10, 13, 10]
@@ -250,12 +255,17 @@ func parseResponses(_ bytes: [UInt8]) -> [Response] {
             fuzzCheck(length == nil, "100 Continue with a body")
             continue
         }
+        let isHead = out.count < heads.count && heads[out.count]
         out.append(Response(status: status, close: close))
+        if status == 101 {
+            fuzzCheck(length == nil && !close, "a 101 with a length or Connection: close")
+            return out  // WebSocket frames follow, to the end of the connection
+        }
         if eventStream {
             fuzzCheck(length == nil && close, "an event stream with a length or without Connection: close")
             return out  // the stream runs to the end of the connection
         }
-        let bodyLength = length ?? 0
+        let bodyLength = isHead ? 0 : length ?? 0
         fuzzCheck(length != nil || status == 204 || status == 304, "status \(status) without Content-Length")
         fuzzCheck(bytes.count - i >= bodyLength, "a body is cut short: \(bodyLength) promised, \(bytes.count - i) sent")
         i += bodyLength
@@ -282,6 +292,7 @@ public func fuzzHTTP(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
     world.ensureFixtures()
     world.handled = 0
     world.finished = []
+    world.heads = []
     let payload = substitute(UnsafeRawBufferPointer(rebasing: input[1...]), world.ids)
     var splitter = Splitter(seed: input[0], length: payload.count)
     let before = world.server.connectionCount
@@ -333,7 +344,7 @@ public func fuzzHTTP(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
         if spins > 1_000_000 { break }
     }
     close(client.fd)
-    let responses = parseResponses(client.received)
+    let responses = parseResponses(client.received, heads: world.heads)
     turns = 0
     while world.server.connectionCount > before {
         world.turn()
