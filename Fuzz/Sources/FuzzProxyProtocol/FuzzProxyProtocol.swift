@@ -6,8 +6,9 @@ import Glibc
 
 // The PROXY protocol header parser and encoder (docs/RELIABILITY.md, "Fuzzing").
 //
-// Input: byte 0 seeds the cuts and picks `maxLength` (1024 when its top bit is clear, else
-// 16 + 4 × its low seven bits); the rest is what a client connection starts with.
+// Input: byte 0 seeds the cuts and picks `maxLength` (the parser's default, what the daemon
+// uses, when its top bit is clear, else 16 + 4 × its low seven bits); the rest is what a
+// client connection starts with (scripts/fuzz runs this target with a larger -max_len).
 // Invariants:
 // - the outcome (header or reason) and where the header ends do not depend on how the bytes
 //   are cut (whole, one byte at a time, random pieces with empty ones);
@@ -195,7 +196,7 @@ public func fuzzProxyProtocol(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CIn
     let input = fuzzInput(data, size)
     guard input.count >= 1 else { return 0 }
     let seed = input[0]
-    let maxLength = seed & 0x80 == 0 ? 1024 : 16 + 4 * Int(seed & 0x7F)
+    let maxLength = seed & 0x80 == 0 ? ProxyHeaderParser().maxLength : 16 + 4 * Int(seed & 0x7F)
     let payload = UnsafeRawBufferPointer(rebasing: input[1...])
 
     let a = parse(payload, maxLength: maxLength, cut: whole)
