@@ -209,9 +209,11 @@ extension IntegrationHostileTests {
         try waitUntil("the other connections gone") { try d.onLoop { $0.server.connectionCount } == 0 }
         let stalled = try TestSocket.connect(port: d.listenPort)
         stalled.setTimeout(15)
+        // From the request on: the stall may begin before this client, late on a loaded machine,
+        // has read the head.
+        let start = Date()
         try stalled.send("GET /sessions/\(id)?since=0 HTTP/1.1\r\nHost: localhost\r\n\r\n")
         _ = try stalled.receive(max: 1024)
-        let start = Date()
         try withExtendedLifetime(stalled) {  // it must stay open on our side (release builds)
             try waitUntil("the stalled connection closed", timeout: 10) {
                 try d.onLoop { $0.server.connectionCount } == 0
@@ -240,9 +242,9 @@ extension IntegrationHostileTests {
             let stalled = try TestSocket.connect(port: d.listenPort)
             var small: Int32 = 16 << 10
             setsockopt(stalled.fd, SOL_SOCKET, SO_RCVBUF, &small, socklen_t(MemoryLayout<Int32>.size))
+            let start = Date()  // from the request: the stall may begin before a late client reads the head
             try stalled.send(request)
             _ = try stalled.receive(max: 1024)  // the head, then nothing
-            let start = Date()
             try withExtendedLifetime(stalled) {
                 try waitUntil("the stalled connection closed (\(kind))", timeout: 10) {
                     try d.onLoop { $0.server.connectionCount } == 0
@@ -250,7 +252,7 @@ extension IntegrationHostileTests {
             }
             let took = Date().timeIntervalSince(start)
             XCTAssertGreaterThanOrEqual(took, 0.9, "not cut before send-timeout: \(kind)")
-            XCTAssertLessThan(took, 3, "cut soon after send-timeout: \(kind)")
+            XCTAssertLessThan(took, 4, "cut soon after send-timeout: \(kind)")  // it was 30 s and more
         }
         XCTAssertEqual(try d.client().metric("uvproxyd_send_timeouts_total"), 3, "each cut is counted")
     }
@@ -299,10 +301,10 @@ extension IntegrationHostileTests {
 
     /// Point 6: a long-poll longer than the idle timeout touches the session until it ends.
     func testLongPollLongerThanIdleTimeoutKeepsTheSessionOpen() throws {
-        let (_, _, c, id, _) = try sessionOnTestUpstream { $0.idleTimeout = 1 }
-        let r = try c.request("GET", "/sessions/\(id)?since=0&wait=2.5")
+        let (_, _, c, id, _) = try sessionOnTestUpstream { $0.idleTimeout = 2 }
+        let r = try c.request("GET", "/sessions/\(id)?since=0&wait=4")
         XCTAssertEqual(r.header("X-Session-State"), "open")
-        usleep(500_000)  // half the idle timeout: the session must still be open
+        usleep(500_000)  // a quarter of the idle timeout (room for a late client): still open
         let again = try c.request("GET", "/sessions/\(id)?since=0")
         XCTAssertEqual(again.header("X-Session-State"), "open", "closed right after the long-poll")
     }

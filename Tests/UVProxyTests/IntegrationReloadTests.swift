@@ -9,14 +9,14 @@ final class IntegrationReloadTests: XCTestCase {
     /// before a reload that lengthens linger must stay readable for the new linger; before the
     /// fix the old deadline removed it without looking at the new setting (404).
     func testReloadLengtheningLingerReachesSessionsAlreadyClosed() throws {
-        let (_, d, c, id, target) = try sessionOnTestUpstream { $0.linger = 0.5 }
+        let (_, d, c, id, target) = try sessionOnTestUpstream { $0.linger = 2 }  // the reload comes well within it, even late
         try target.send("bye")
         target.close()
         XCTAssertEqual(try c.waitClosed(id, since: 0).header("X-Session-State"), "closed")
         var new = try d.onLoop { $0.config }
         new.linger = 60
         try d.onLoop { try $0.apply(new) }
-        Thread.sleep(forTimeInterval: 1.0)
+        Thread.sleep(forTimeInterval: 2.5)  // past the old linger
         let r = try c.request("GET", "/sessions/\(id)?since=0")
         XCTAssertEqual(r.status, 200, "removed after the old linger")
         XCTAssertEqual(r.text, "bye")
