@@ -207,6 +207,7 @@ final class IntegrationStreamTests: XCTestCase {
         let deleted = try c.createSession()
         try waiter.send("GET", "/sessions/\(deleted)?since=0&wait=10")
         XCTAssertFalse(waiter.socket.isReadable(within: 0.2), "held while the session is open")
+        try waitUntil("the long-poll held") { try d.onLoop { $0.api.longPolls } == 1 }  // before another connection acts
         XCTAssertEqual(try c.call("DELETE", "/sessions/\(deleted)").status, 204)
         let (r, took) = try timed { try waiter.readResponse() }
         XCTAssertLessThan(took, 1)
@@ -217,6 +218,7 @@ final class IntegrationStreamTests: XCTestCase {
         let open = try c.createSession()
         try waiter.send("GET", "/sessions/\(open)?since=0&wait=10")
         XCTAssertFalse(waiter.socket.isReadable(within: 0.2), "held while the session is open")
+        try waitUntil("the long-poll held") { try d.onLoop { $0.api.longPolls } == 1 }  // before another connection acts
         let stopper = Thread { d.stop() }
         stopper.start()
         let (s, stopTook) = try timed { try waiter.readResponse() }
@@ -235,6 +237,7 @@ final class IntegrationStreamTests: XCTestCase {
         let target = try up.connection(0)
         try a.send("GET", "/sessions/\(id)?since=0&wait=10")
         XCTAssertFalse(a.socket.isReadable(within: 0.2), "first read is held")
+        try waitUntil("the long-poll held") { try d.onLoop { $0.api.longPolls } == 1 }  // before another connection acts
         let start = Date()
         try b.send("GET", "/sessions/\(id)?since=0&wait=10")
         let old = try a.readResponse()
