@@ -164,6 +164,42 @@ final class IntegrationGMCPTests: XCTestCase {
         XCTAssertEqual(try target.receive(exactly: 4), bytes("look"), "binary frames are the bytes, raw")
     }
 
+    /// A WebSocket resumes text and GMCP together with `since=<offset>:<next seq>`, as an SSE
+    /// stream does with `Last-Event-ID` (found by a client author's probe): with the offset alone a
+    /// message that came at the offset was sent again at every reconnect (it may or may not have
+    /// been read), and an evicted one was skipped without a word.
+    func testAWebSocketResumesGMCPAtTheSeqItNames() throws {
+        let (d, _, id, target) = try gmcpSession()
+        try target.send(bytes("hp ") + gmcp("Char.Vitals {\"hp\": 10}") + gmcp("Char.Vitals {\"hp\": 9}") + bytes("ok\r\n"))
+        _ = try d.client().readBytes(id, from: 0, count: 7)
+        func frames(_ path: String, _ n: Int) throws -> [String] {
+            let ws = try WebSocketTestClient(port: d.listenPort, path: path, protocols: ["gmcp.mudstandards.org"])
+            XCTAssertEqual(ws.status, 101, path)
+            var out: [String] = []
+            while out.count < n, let f = try ws.next() { out.append("\(f.opcode) \(f.text)") }
+            return out
+        }
+        XCTAssertEqual(try frames("/sessions/\(id)/ws?since=3:1", 2), ["1 Char.Vitals {\"hp\": 9}", "2 ok\r\n"],
+                       "the first message, read before, is not sent again")
+        XCTAssertEqual(try frames("/sessions/\(id)/ws?since=3:0", 3),
+                       ["1 Char.Vitals {\"hp\": 10}", "1 Char.Vitals {\"hp\": 9}", "2 ok\r\n"])
+        XCTAssertEqual(try frames("/sessions/\(id)/ws?since=7:2", 0), [])
+        var burst: [UInt8] = []
+        for k in 0..<300 { burst += gmcp("Char.Tick \(k)") }
+        try target.send(burst + bytes("x"))
+        _ = try d.client().readBytes(id, from: 7, count: 1)
+        let evicted = try WebSocketTestClient(port: d.listenPort, path: "/sessions/\(id)/ws?since=7:2",
+                                              protocols: ["gmcp.mudstandards.org"])
+        XCTAssertEqual(evicted.status, 409, "the seq was evicted: the client learns it")
+        XCTAssertEqual(evicted.headers["x-gmcp-base"], "46")
+        let ahead = try WebSocketTestClient(port: d.listenPort, path: "/sessions/\(id)/ws?since=8:303",
+                                            protocols: ["gmcp.mudstandards.org"])
+        XCTAssertEqual(ahead.status, 400)
+        let malformed = try WebSocketTestClient(port: d.listenPort, path: "/sessions/\(id)/ws?since=8:x",
+                                                protocols: ["gmcp.mudstandards.org"])
+        XCTAssertEqual(malformed.status, 400)
+    }
+
     func testALongPollIsAnsweredWhenAMessageComes() throws {
         let (d, _, id, target) = try gmcpSession()
         let poller = try d.client()

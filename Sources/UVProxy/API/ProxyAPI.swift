@@ -147,7 +147,9 @@ public final class ProxyAPI: HTTPHandler {
             // A malformed `since` is 400 before a session exists; one past the end (the game has
             // said less) is 400 after, and the session goes again (SPEC §2: no session exists
             // after a failed create), as it does when the 101 cannot be written.
-            if case .failure(let e)? = params.unsigned("since") { return error(connection, .badRequest, e.reason) }
+            if let since = params.bytes("since"), ProxyAPI.resumePoint(since[...]) == nil {
+                return error(connection, .badRequest, ProxyAPI.malformedWebSocketSince)
+            }
             createSession(connection, params, compat: false) { [unowned self] session, id in
                 if !attachWebSocket(connection, session, params, handshake, sessionID: id) { table.delete(session) }
             }
@@ -325,14 +327,21 @@ public final class ProxyAPI: HTTPHandler {
     private func attachWebSocket(_ connection: HTTPConnection, _ session: Session, _ params: Parameters,
                                  _ handshake: (accept: [UInt8], subprotocol: String?), sessionID: [UInt8]?) -> Bool {
         var start = session.delivered
-        switch params.unsigned("since") {
-        case .failure(let e)?:
-            error(connection, .badRequest, e.reason)
-            return false
-        case .success(let n)?: start = n
-        case nil: break
+        var gmcpSeq: UInt64?
+        if let since = params.bytes("since") {
+            guard let point = ProxyAPI.resumePoint(since[...]) else {
+                error(connection, .badRequest, ProxyAPI.malformedWebSocketSince)
+                return false
+            }
+            (start, gmcpSeq) = point
         }
         guard isReadable(start, session, connection) else { return false }
+        // GMCP text frames (`gmcp.mudstandards.org`) resume at the seq named, as SSE's do.
+        var gmcpCursor: UInt64?
+        if handshake.subprotocol == "gmcp.mudstandards.org" {
+            guard let cursor = gmcpStart(session, start, gmcpSeq, connection) else { return false }
+            gmcpCursor = cursor
+        }
         session.lastTouched = clock()
         session.acknowledge(upTo: start)
         var extra: [(String, String)] = [("Cache-Control", "no-store")]  // SPEC §2: every response, the 101 too
@@ -341,7 +350,7 @@ public final class ProxyAPI: HTTPHandler {
         let head = WebSocketHandshake.responseHead(accept: handshake.accept, subprotocol: handshake.subprotocol,
                                                    extraHeaders: extra)
         let socket = WebSocketStream(connection: connection, api: self, session: session, cursor: start,
-                                     subprotocol: handshake.subprotocol)
+                                     gmcpCursor: gmcpCursor, subprotocol: handshake.subprotocol)
         connection.switchProtocols(head: head, to: socket)
         // The head's write can fail (the client reset) and close the connection at once.
         guard connection.isStreaming else { return false }
@@ -351,6 +360,8 @@ public final class ProxyAPI: HTTPHandler {
         socket.pump()
         return true
     }
+
+    static let malformedWebSocketSince = "since must be an offset, or offset:seq (decimal numbers)"
 
     /// Without a token on a loopback address (the Host check is on), a browser's WebSocket is
     /// taken from the pages of the names that check allows and of `cors-origin` only: browsers
@@ -452,7 +463,7 @@ public final class ProxyAPI: HTTPHandler {
 
     private func events(_ connection: HTTPConnection, _ session: Session, _ request: HTTPRequest, _ params: Parameters) {
         var start = session.delivered
-        var gmcpStart: UInt64?
+        var gmcpSeq: UInt64?
         // A malformed `since` is 400 even when Last-Event-ID wins over it (SPEC §2).
         var since: UInt64?
         switch params.unsigned("since") {
@@ -462,39 +473,16 @@ public final class ProxyAPI: HTTPHandler {
         }
         if !request.lastEventID.isEmpty {  // EventSource reconnecting: resume where it was
             // `<offset>`, or `<offset>:<next gmcp seq>` on a GMCP session (SPEC §7).
-            let id = request.lastEventID[...]
-            let colon = id.firstIndex(of: UInt8(ascii: ":"))
-            guard let n = Parameters.parseUnsigned(colon.map { id[..<$0] } ?? id) else {
+            guard let point = ProxyAPI.resumePoint(request.lastEventID[...]) else {
                 return error(connection, .badRequest, "Last-Event-ID must be an offset, or offset:seq (decimal numbers)")
             }
-            if let colon {
-                guard let seq = Parameters.parseUnsigned(id[(colon + 1)...]) else {
-                    return error(connection, .badRequest, "Last-Event-ID must be an offset, or offset:seq (decimal numbers)")
-                }
-                gmcpStart = seq
-            }
-            start = n
+            (start, gmcpSeq) = point
         } else if let since {
             start = since
         }
-        guard isReadable(start, session, connection) else { return }
-        if let log = session.gmcp {
-            // Resuming (`<offset>:<seq>`) where it was, with the 409 and 400 of `GET …/gmcp`;
-            // else from the first message at or after the text's start.
-            if let seq = gmcpStart {
-                switch log.since(seq) {
-                case .evicted(let base): return gmcpEvicted(connection, seq, base: base)
-                case .ahead(let next): return gmcpAhead(connection, seq, next: next)
-                case .messages: break
-                }
-            } else {
-                gmcpStart = log.first(atOrAfter: start)
-            }
-        } else {
-            gmcpStart = nil  // a session without GMCP: plain offsets
-        }
+        guard isReadable(start, session, connection), let gmcpCursor = gmcpStart(session, start, gmcpSeq, connection) else { return }
         session.lastTouched = clock()
-        if !session.isOpen, start == session.ring.end, gmcpStart == session.gmcp?.next {
+        if !session.isOpen, start == session.ring.end, gmcpCursor == session.gmcp?.next {
             return respondEmpty(connection)  // nothing more will come: 204 stops EventSource
         }
         session.acknowledge(upTo: start)
@@ -505,7 +493,7 @@ public final class ProxyAPI: HTTPHandler {
         // The head's write can fail (the client reset) and close the connection at once, and
         // `connectionWillClose` has then run already: no stream may be attached after it.
         guard connection.isStreaming else { return }
-        let stream = EventStream(connection: connection, api: self, session: session, cursor: start, gmcpCursor: gmcpStart)
+        let stream = EventStream(connection: connection, api: self, session: session, cursor: start, gmcpCursor: gmcpCursor)
         connection.attachment = .eventStream(stream)
         eventStreams += 1
         connection.hold(until: clock() + settings.keepAliveMs)
@@ -526,6 +514,32 @@ public final class ProxyAPI: HTTPHandler {
             connection.finishError("bytes before offset \(session.ring.base) were evicted")
         }
         return false
+    }
+
+    /// `<offset>` or `<offset>:<next GMCP seq>`: an SSE event's id (`Last-Event-ID`) and a
+    /// WebSocket's `since` (SPEC §7: a stream resumes text and GMCP together). nil if malformed.
+    static func resumePoint(_ text: ArraySlice<UInt8>) -> (offset: UInt64, seq: UInt64?)? {
+        guard let colon = text.firstIndex(of: UInt8(ascii: ":")) else {
+            return Parameters.parseUnsigned(text).map { ($0, nil) }
+        }
+        guard let offset = Parameters.parseUnsigned(text[..<colon]), let seq = Parameters.parseUnsigned(text[(colon + 1)...]) else {
+            return nil
+        }
+        return (offset, seq)
+    }
+
+    /// Where a stream from text offset `start` starts in the session's GMCP log: at `seq` when
+    /// the client names one (else `409` with `X-Gmcp-Base` if evicted, `400` if past the next,
+    /// as `GET …/gmcp`: answered here, and the result is nil), otherwise at the first message at
+    /// or after `start`. `.some(nil)`: the session has no GMCP (plain offsets, a seq ignored).
+    private func gmcpStart(_ session: Session, _ start: UInt64, _ seq: UInt64?, _ connection: HTTPConnection) -> UInt64?? {
+        guard let log = session.gmcp else { return .some(nil) }
+        guard let seq else { return log.first(atOrAfter: start) }
+        switch log.since(seq) {
+        case .evicted(let base): gmcpEvicted(connection, seq, base: base); return nil
+        case .ahead(let next): gmcpAhead(connection, seq, next: next); return nil
+        case .messages: return seq
+        }
     }
 
     private func pendingRequest(for connection: HTTPConnection) -> PendingRequest {

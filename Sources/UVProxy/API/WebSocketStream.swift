@@ -65,7 +65,9 @@ final class WebSocketStream: SessionObserver, TurnTask, ConnectionTakeover {
     /// Our subprotocols, the most capable first: a client that offers several gets that one.
     static let subprotocols = ["gmcp.mudstandards.org", "binary", "terminal.mudstandards.org"]
 
-    init(connection: HTTPConnection, api: ProxyAPI, session: Session, cursor: UInt64, subprotocol: String?) {
+    /// `gmcpCursor`: the seq of the first GMCP message to send (`gmcp.mudstandards.org` on a GMCP
+    /// session; `ProxyAPI` finds it from `since`).
+    init(connection: HTTPConnection, api: ProxyAPI, session: Session, cursor: UInt64, gmcpCursor: UInt64?, subprotocol: String?) {
         self.connection = connection
         self.api = api
         self.session = session
@@ -76,9 +78,7 @@ final class WebSocketStream: SessionObserver, TurnTask, ConnectionTakeover {
         default: mode = .terminal
         }
         decoder = TextDecoder(charset: session.target.charset, escapesJSON: false)
-        if mode == .gmcp, let log = session.gmcp {
-            gmcpCursor = log.first(atOrAfter: cursor)  // from the first message at or after the text's start
-        }
+        if mode == .gmcp { self.gmcpCursor = gmcpCursor }
     }
 
     private var nextGMCP: GMCPLog.Message? {
