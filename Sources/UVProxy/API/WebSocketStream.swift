@@ -347,15 +347,21 @@ final class WebSocketStream: SessionObserver, TurnTask, ConnectionTakeover {
     }
 
     /// `gmcp.mudstandards.org`: a text message is GMCP, `Package.Message[ <JSON>]`, to the game.
-    /// One that is malformed, or comes before the game has offered GMCP, is dropped (as `POST
-    /// …/gmcp` would answer it 400 or 409): the bytes stream goes on.
+    /// One that comes before the game has offered GMCP waits for the offer (a client sends
+    /// `Core.Supports.Set` as the socket opens, often before the game's greeting), a few KiB at
+    /// most; one that is malformed, past that bound, or for a target without GMCP is dropped
+    /// (as `POST …/gmcp` would answer it 400 or 409): the bytes stream goes on.
     private func sendGMCP(_ message: [UInt8]) {
-        guard let session, session.isOpen, let link = session.link, link.gmcpEnabled,
+        guard let session, session.isOpen, session.target.gmcp, let link = session.link,
               let parsed = try? GMCP.parseClientMessage(message) else { return }
         session.lastTouched = api.now
         var frame: [UInt8] = []
         GMCP.encode(package: parsed.package, payload: parsed.payload, into: &frame)
-        closeIfFull(session.sendGMCP(frame))
+        if link.gmcpEnabled {
+            closeIfFull(session.sendGMCP(frame))
+        } else {
+            _ = link.holdGMCP(frame)
+        }
     }
 
     // MARK: SessionObserver

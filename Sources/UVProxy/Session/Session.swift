@@ -45,11 +45,18 @@ public protocol UpstreamLink: AnyObject {
     var gmcpEnabled: Bool { get }
     /// A whole telnet command (a GMCP subnegotiation), written as it is.
     func sendTelnet(_ command: [UInt8])
+    /// A GMCP subnegotiation from a client before the target has offered GMCP: kept, and written
+    /// once GMCP is on (after our `DO` and `Core.Hello`). False, and dropped, past `maxHeldGMCP`.
+    func holdGMCP(_ command: [UInt8]) -> Bool
+    /// Bytes `holdGMCP` keeps.
+    var heldGMCPBytes: Int { get }
 }
 
 extension UpstreamLink {
     public var gmcpEnabled: Bool { false }
     public func sendTelnet(_ command: [UInt8]) {}
+    public func holdGMCP(_ command: [UInt8]) -> Bool { false }
+    public var heldGMCPBytes: Int { 0 }
 }
 
 /// The part of a session's state that its connection holds (`UpstreamLink.handOverState`).

@@ -92,6 +92,21 @@ final class Upstream: UpstreamLink, TCPStreamDelegate, DeadlineOwner {
         checkOwed()
     }
 
+    /// GMCP a client sent before the target offered it (a WebSocket's `Core.Supports.Set` as it
+    /// opens, before the game's greeting): written once GMCP is on. At most `maxHeldGMCP` bytes
+    /// per session (a few messages; the rest is dropped, as GMCP sent too early was before);
+    /// freed with the connection, and not handed over by an upgrade.
+    private var heldGMCP: [UInt8] = []
+    static let maxHeldGMCP = 4096
+
+    var heldGMCPBytes: Int { heldGMCP.count }
+
+    func holdGMCP(_ command: [UInt8]) -> Bool {
+        guard telnet != nil, !finishing, heldGMCP.count + command.count <= Upstream.maxHeldGMCP else { return false }
+        heldGMCP += command
+        return true
+    }
+
     func handOverState() -> UpstreamHandOver {
         UpstreamHandOver(telnet: telnet?.filter.snapshot(), unwrittenOutput: stream.unwrittenBytes())
     }
@@ -168,6 +183,11 @@ final class Upstream: UpstreamLink, TCPStreamDelegate, DeadlineOwner {
         // The client's next request may have run meanwhile and ended the connection (finish
         // has sent FIN: nothing more may follow it).
         guard !telnet.filter.replies.isEmpty, !finishing else { return }
+        // GMCP held for the target's offer goes right after our answer to it (DO, Core.Hello).
+        if !heldGMCP.isEmpty, telnet.filter.gmcpEnabled {
+            telnet.filter.replies += heldGMCP
+            heldGMCP = []
+        }
         telnet.filter.replies.withUnsafeBytes { _ = stream.write($0) }
         session.table.counters.upstreamSentBytes += UInt64(telnet.filter.replies.count)
         telnet.filter.replies.removeAll()  // negotiation is rare after the greeting: free it
