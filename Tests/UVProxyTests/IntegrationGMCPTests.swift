@@ -209,9 +209,10 @@ final class IntegrationGMCPTests: XCTestCase {
         let ws = try WebSocketTestClient(port: d.listenPort, path: "/sessions/\(id)/ws", protocols: ["gmcp.mudstandards.org"])
         XCTAssertEqual(ws.status, 101)
         try ws.sendText("Core.Supports.Set [\"Char 1\"]")
-        try ws.sendText(String(repeating: "X", count: 5000))  // past the bound: dropped
+        try ws.sendText("Big.Message \"" + String(repeating: "x", count: 5000) + "\"")  // past the bound: dropped
         try ws.sendText("Char.Login {}")
-        try waitUntil("the frames read") { try d.onLoop { $0.table.allSessions.first?.link?.heldGMCPBytes ?? 0 } > 0 }
+        let held = gmcp("Core.Supports.Set [\"Char 1\"]").count + gmcp("Char.Login {}").count
+        try waitUntil("the frames read") { try d.onLoop { $0.table.allSessions.first?.link?.heldGMCPBytes ?? 0 } == held }
         XCTAssertFalse(target.isReadable(within: 0.1), "nothing goes before GMCP is on")
         try target.send([IAC, Telnet.will, GMCPOption])
         let expected = [IAC, Telnet.do, GMCPOption]
