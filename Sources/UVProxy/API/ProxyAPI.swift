@@ -338,7 +338,7 @@ public final class ProxyAPI: HTTPHandler {
         guard isReadable(start, session, connection) else { return false }
         // GMCP text frames (`gmcp.mudstandards.org`) resume at the seq named, as SSE's do.
         var gmcpCursor: UInt64?
-        if handshake.subprotocol == "gmcp.mudstandards.org" {
+        if WebSocketStream.Mode(subprotocol: handshake.subprotocol) == .gmcp {
             guard let cursor = gmcpStart(session, start, gmcpSeq, connection) else { return false }
             gmcpCursor = cursor
         }
@@ -360,8 +360,6 @@ public final class ProxyAPI: HTTPHandler {
         socket.pump()
         return true
     }
-
-    static let malformedWebSocketSince = "since must be an offset, or offset:seq (decimal numbers)"
 
     /// Without a token on a loopback address (the Host check is on), a browser's WebSocket is
     /// taken from the pages of the names that check allows and of `cors-origin` only: browsers
@@ -515,6 +513,8 @@ public final class ProxyAPI: HTTPHandler {
         }
         return false
     }
+
+    static let malformedWebSocketSince = "since must be an offset, or offset:seq (decimal numbers)"
 
     /// `<offset>` or `<offset>:<next GMCP seq>`: an SSE event's id (`Last-Event-ID`) and a
     /// WebSocket's `since` (SPEC §7: a stream resumes text and GMCP together). nil if malformed.

@@ -23,7 +23,18 @@
 /// session speaks GMCP) and `terminal.mudstandards.org` or none (text frames decoded in the
 /// target's charset, as SSE decodes them).
 final class WebSocketStream: SessionObserver, TurnTask, ConnectionTakeover {
-    enum Mode { case binary, gmcp, terminal }
+    enum Mode {
+        case binary, gmcp, terminal
+
+        /// The subprotocol the handshake chose (one of `subprotocols`; none is `terminal`).
+        init(subprotocol: String?) {
+            switch subprotocol {
+            case "binary": self = .binary
+            case "gmcp.mudstandards.org": self = .gmcp
+            default: self = .terminal
+            }
+        }
+    }
 
     // Stored properties in an order that leaves little padding (one object per WebSocket).
     unowned(unsafe) let connection: HTTPConnection  // owns this object (attachment)
@@ -72,11 +83,7 @@ final class WebSocketStream: SessionObserver, TurnTask, ConnectionTakeover {
         self.api = api
         self.session = session
         self.cursor = cursor
-        switch subprotocol {
-        case "binary": mode = .binary
-        case "gmcp.mudstandards.org": mode = .gmcp
-        default: mode = .terminal
-        }
+        mode = Mode(subprotocol: subprotocol)
         decoder = TextDecoder(charset: session.target.charset, escapesJSON: false)
         if mode == .gmcp { self.gmcpCursor = gmcpCursor }
     }
